@@ -1,0 +1,26 @@
+# One image for every bookstream service; the compose file picks the subcommand.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies get their own layer: it is rebuilt only when pyproject.toml changes, not on every code edit.
+# An empty stand-in package lets pip resolve and install them before the sources are copied.
+COPY pyproject.toml README.md ./
+RUN mkdir services && touch services/__init__.py \
+    && pip install . \
+    && pip uninstall -y bookstream \
+    && rm -rf services
+
+COPY services ./services
+RUN pip install --no-deps . \
+    && useradd --system --uid 10001 --no-create-home bookstream
+
+USER bookstream
+EXPOSE 9100
+ENTRYPOINT ["bookstream"]
+CMD ["--help"]

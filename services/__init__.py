@@ -1,0 +1,1 @@
+"""bookstream: BitMEX websocket to durable, scalable order-book state over Redis Streams and MongoDB."""

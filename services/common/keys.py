@@ -1,0 +1,52 @@
+"""Redis key and stream names of the contract in DESIGN.md, in one place.
+
+Per-symbol keys wrap the symbol in braces (`bitmex:l2:{XBTUSD}`): a Redis Cluster hash tag, so a symbol's
+streams, lease and epoch share one slot and a Lua script may touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOP10_GROUP = "top10"
+L2BUILDER_GROUP = "l2builder"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "bitmex"
+
+    def l2_stream(self, symbol: str) -> str:
+        return f"{self.prefix}:l2:{{{symbol}}}"
+
+    def ob10_stream(self, symbol: str) -> str:
+        return f"{self.prefix}:ob10:{{{symbol}}}"
+
+    def top10(self, symbol: str) -> str:
+        """The cached orderBook10 hash, and the PUBLISH channel announcing its changes."""
+        return f"{self.prefix}:top10:{symbol}"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:control"
+
+    @property
+    def symbols(self) -> str:
+        return f"{self.prefix}:symbols"
+
+    def lease(self, symbol: str) -> str:
+        return f"{self.prefix}:lease:{{{symbol}}}"
+
+    def epoch(self, symbol: str) -> str:
+        return f"{self.prefix}:epoch:{{{symbol}}}"
+
+    @property
+    def l2builder_members(self) -> str:
+        return f"{self.prefix}:l2builder:members"
+
+    def symbol_of(self, stream: str) -> str:
+        """The symbol inside a per-symbol key's braces."""
+        start, end = stream.find("{"), stream.rfind("}")
+        if start < 0 or end <= start:
+            raise ValueError(f"not a per-symbol key: {stream!r}")
+        return stream[start + 1:end]

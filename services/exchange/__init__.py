@@ -1,0 +1,1 @@
+"""exchange: a BitMEX-protocol websocket server, simulator and capture replay."""

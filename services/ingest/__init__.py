@@ -1,0 +1,1 @@
+"""ingest: reads the BitMEX websocket and publishes raw frames to per-symbol Redis Streams."""

@@ -1,0 +1,1 @@
+"""status: one view of streams, groups, owners and book freshness."""

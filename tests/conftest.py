@@ -1,0 +1,141 @@
+"""Fixtures: real Redis and MongoDB-protocol servers, `bookstream` subprocesses, the real captures.
+
+Set REDIS_URL or MONGO_CONNECTION_STRING to run the same tests against servers of your own; every test
+then works under its own key prefix and database, so it never touches anything else there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, stop_all
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTURE_CANDIDATES = (REPO.parent / "shared/data/bitmex-2021", Path("/work/shared/data/bitmex-2021"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def pytest_sessionfinish() -> None:
+    stop_all()
+
+
+@pytest.fixture(scope="session")
+def captures_dir() -> Path:
+    """The real BitMEX captures (read in place, never copied); skips the test when they are absent."""
+    override = os.environ.get("BOOKSTREAM_CAPTURES")
+    for candidate in ((Path(override),) if override else CAPTURE_CANDIDATES):
+        if (candidate / "2021-04-05.capture").exists():
+            return candidate
+    pytest.skip("real captures not found (set BOOKSTREAM_CAPTURES to the bitmex-2021 folder)")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis URL shared by the session: $REDIS_URL, or a private redis-server."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB URL shared by the session: $MONGO_CONNECTION_STRING, or a private nx-27017."""
+    if os.environ.get("MONGO_CONNECTION_STRING"):
+        yield os.environ["MONGO_CONNECTION_STRING"]
+        return
+    server = MongoServer(tmp_path_factory.mktemp("mongo")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server this test may stop, kill and restart."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def mongo_server(tmp_path: Path) -> Iterator[MongoServer]:
+    """A private MongoDB-protocol server this test may restart (needs the local nx-27017)."""
+    if os.environ.get("MONGO_CONNECTION_STRING"):
+        pytest.skip("restarting the MongoDB server needs the local nx-27017 server")
+    server = MongoServer(tmp_path / "mongo").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of this test's own, so tests sharing a Redis never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def mongo_database() -> str:
+    return f"bookstream_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def service_env(redis_url: str, mongo_url: str, key_prefix: str, mongo_database: str) -> dict[str, str]:
+    """Settings for services under test: this test's servers, prefix and database; no metrics port."""
+    return base_env(REDIS_URL=redis_url, MONGO_CONNECTION_STRING=mongo_url, KEY_PREFIX=key_prefix,
+                    MONGO_DATABASE=mongo_database, METRICS_PORT="0", LOG_LEVEL="INFO")
+
+
+RunService = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def run_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunService]:
+    """Start `bookstream <args>` as a real subprocess; `healthy=True` waits for its /healthz.
+
+    Every process is stopped at teardown; when the test failed, their logs are printed so the
+    failure report shows what each service said.
+    """
+    started: list[ServiceProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, healthy: bool = True,
+              name: str | None = None, timeout: float = 30) -> ServiceProcess:
+        process_env = dict(env if env is not None else base_env())
+        port = free_port()
+        process_env["METRICS_PORT"] = str(port)
+        process_env.setdefault("METRICS_HOST", "127.0.0.1")
+        label = name or f"{args[0]}-{len(started)}"
+        service = ServiceProcess(label, args, process_env, tmp_path / f"{label}.log", port)
+        started.append(service)
+        if healthy:
+            service.wait_healthy(timeout)
+        return service
+
+    yield start
+    for service in started:
+        if service.alive():
+            service.terminate(timeout=15)
+    failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
+                 for when in ("setup", "call"))
+    if failed:
+        for service in started:
+            print(f"\n===== log of {service.name} ({' '.join(service.args)}) =====\n{service.logs()[-20000:]}")
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()

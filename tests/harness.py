@@ -1,0 +1,236 @@
+"""Real servers and real service processes for the tests: redis-server, nx-27017 and `bookstream` itself.
+
+Everything listens on a free loopback port and is stopped by the fixture that started it; `ALL_PROCESSES`
+is a last-resort net so an interrupted run still leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import redis
+
+ALL_PROCESSES: list[subprocess.Popen[bytes]] = []
+BIN_DIR = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `predicate` until true; fail the test with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env=env, start_new_session=True)
+    log.close()
+    ALL_PROCESSES.append(process)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def stop_all() -> None:
+    for process in ALL_PROCESSES:
+        _stop(process, signal.SIGKILL)
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("redis-server", path=str(BIN_DIR))
+    if found is None:
+        raise RuntimeError("redis-server not found on PATH; `make test` installs one")
+    return found
+
+
+class RedisServer:
+    """A private redis-server with append-only persistence, so a restart keeps the streams."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = _spawn([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                               "--dir", str(self.workdir), "--save", "", "--appendonly", "yes",
+                               "--appendfsync", "everysec", "--protected-mode", "no"],
+                              self.workdir / "redis.log")
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.exceptions.RedisError:
+                return False
+
+        wait_until(ready, 20, f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def kill(self) -> None:
+        _stop(self.process, signal.SIGKILL)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+class MongoServer:
+    """A MongoDB wire-protocol server (nx-27017, SQLite-backed) with its data in a file, kept across restarts."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+    def start(self) -> MongoServer:
+        binary = shutil.which("nx-27017", path=str(BIN_DIR)) or shutil.which("nx-27017")
+        if binary is None:
+            raise RuntimeError("nx-27017 not found; install the test extra (`make test` does)")
+        self.process = _spawn([binary, "--data-dir", str(self.workdir / "data"), "--host", "127.0.0.1",
+                               "-p", str(self.port), "--log-file", str(self.workdir / "nx.log"),
+                               "--pid-file", str(self.workdir / "nx.pid")], self.workdir / "mongo.log")
+
+        def ready() -> bool:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                return True
+            return False
+
+        wait_until(ready, 20, f"nx-27017 on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def kill(self) -> None:
+        _stop(self.process, signal.SIGKILL)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def bookstream_argv() -> list[str]:
+    """The real console script when installed, else the module entry point."""
+    script = BIN_DIR / "bookstream"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
+
+
+class ServiceProcess:
+    """One `bookstream <subcommand>` child process with its combined output in a log file."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_path: Path,
+                 health_port: int | None) -> None:
+        self.name, self.args, self.env, self.log_path = name, list(args), env, log_path
+        self.health_port = health_port
+        self.process = _spawn([*bookstream_argv(), *self.args], log_path, env)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def health(self) -> tuple[int, bytes]:
+        """`(status, body)` of GET /healthz; status 0 when nothing answers."""
+        assert self.health_port, f"{self.name} was started without a health port"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as reply:
+                return int(reply.status), reply.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+        except (OSError, urllib.error.URLError):
+            return 0, b""
+
+    def metrics(self) -> str:
+        assert self.health_port, f"{self.name} was started without a health port"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=2) as reply:
+            return str(reply.read().decode())
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of the samples of `name` whose label text contains `labels` (0 when absent)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_healthy(self, timeout: float = 30) -> ServiceProcess:
+        def healthy() -> bool:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+            return self.health()[0] == 200
+
+        wait_until(healthy, timeout, f"{self.name} /healthz")
+        return self
+
+    def wait_log(self, text: str, timeout: float = 30) -> None:
+        wait_until(lambda: text in self.logs(), timeout, f"{text!r} in the log of {self.name}")
+
+    def terminate(self, timeout: float = 20) -> int:
+        _stop(self.process, signal.SIGTERM, timeout)
+        return int(self.process.returncode)
+
+    def kill(self) -> None:
+        _stop(self.process, signal.SIGKILL)
+
+    def wait(self, timeout: float = 30) -> int:
+        return int(self.process.wait(timeout))
+
+
+def base_env(**settings: str) -> dict[str, str]:
+    """The test process's environment without any bookstream setting, plus `settings`."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("REDIS_URL", "MONGO_CONNECTION_STRING", "SYMBOLS", "KEY_PREFIX", "BITMEX_WS_URL")}
+    env.update(settings)
+    return env

@@ -1,0 +1,70 @@
+"""The test harness itself: real servers answer, and the health server serves both endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import pymongo
+import redis
+from prometheus_client import CollectorRegistry, Counter
+
+from services.common.health import HealthServer
+from tests.harness import RedisServer
+
+
+def test_redis_server_answers(redis_url: str, key_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(f"{key_prefix}:s", {"a": "1"})
+    assert client.xlen(f"{key_prefix}:s") == 1
+    client.delete(f"{key_prefix}:s")
+
+
+def test_private_redis_keeps_streams_across_restart(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.xadd("s", {"a": "1"})
+    redis_server.restart()
+    assert redis.Redis.from_url(redis_server.url).xlen("s") == 1
+
+
+def test_mongo_protocol_server_answers(mongo_url: str, mongo_database: str) -> None:
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
+    collection = client[mongo_database]["orderbooks"]
+    collection.update_one({"_id": "XBTUSD"}, {"$set": {"status": "live"}}, upsert=True)
+    assert collection.find_one({"_id": "XBTUSD"}) == {"_id": "XBTUSD", "status": "live"}
+    client.drop_database(mongo_database)
+    client.close()
+
+
+def test_health_server_serves_healthz_and_metrics() -> None:
+    registry = CollectorRegistry()
+    Counter("bookstream_probe", "probe counter", registry=registry).inc(3)
+    state = {"healthy": True}
+
+    async def scenario() -> dict[str, tuple[int, bytes]]:
+        server = HealthServer("127.0.0.1", 0, lambda: (state["healthy"], {"why": "probe"}), registry)
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}"
+
+        def get(path: str) -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(url + path, timeout=3) as reply:
+                    return int(reply.status), reply.read()
+            except urllib.error.HTTPError as exc:
+                return int(exc.code), exc.read()
+
+        replies = {"ok": await asyncio.to_thread(get, "/healthz"),
+                   "metrics": await asyncio.to_thread(get, "/metrics"),
+                   "missing": await asyncio.to_thread(get, "/nope")}
+        state["healthy"] = False
+        replies["failing"] = await asyncio.to_thread(get, "/healthz")
+        await server.close()
+        return replies
+
+    replies = asyncio.run(scenario())
+    assert replies["ok"][0] == 200
+    assert b"bookstream_probe_total 3.0" in replies["metrics"][1]
+    assert replies["missing"][0] == 404
+    assert replies["failing"][0] == 503
+    assert b'"why":"probe"' in replies["failing"][1]
