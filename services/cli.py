@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "l2builder": ("services.l2builder.cli", "orderBookL2 streams -> full books in MongoDB (consumer group)"),
     "exchange": ("services.exchange.cli", "BitMEX-protocol websocket server: --sim or --replay FILE"),
     "status": ("services.status.cli", "streams, groups, lag, owners and book freshness (--json)"),
+    "dev": ("services.dev.cli", "the whole stack on this machine without Docker, with a live view"),
 }
 
 

@@ -45,4 +45,4 @@ def test_invalid_configuration_exits_2_with_one_line(command: str, env: dict[str
 def test_python_dash_m_entry_points(name: str) -> None:
     result = run([sys.executable, "-m", f"services.{name}", "--help"])
     assert result.returncode == 0, result.stderr
-    assert "--redis-url" in result.stdout or "--port" in result.stdout
+    assert "--redis-url" in result.stdout or "--port" in result.stdout or "--symbols" in result.stdout

@@ -165,6 +165,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("claim_idle", "CLAIM_IDLE", "10", _seconds,
             "seconds an entry stays pending with a dead consumer before another claims it"),
     Setting("lease_ttl", "LEASE_TTL", "6", _seconds, "l2builder symbol lease time-to-live in seconds"),
+    Setting("consumer_expiry", "CONSUMER_EXPIRY", "60", _seconds,
+            "seconds a consumer-group member may stay idle, owning no pending entry, before it is removed"),
     Setting("health_stale_after", "HEALTH_STALE_AFTER", "30", _seconds,
             "seconds disconnected (ingest) or unable to reach a server before /healthz fails"),
 )
@@ -193,6 +195,7 @@ class Settings:
     resubscribe_interval: float
     claim_idle: float
     lease_ttl: float
+    consumer_expiry: float
     health_stale_after: float
 
     def describe(self) -> dict[str, Any]:

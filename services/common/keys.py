@@ -22,6 +22,10 @@ class Keys:
     def ob10_stream(self, symbol: str) -> str:
         return f"{self.prefix}:ob10:{{{symbol}}}"
 
+    def table_stream(self, table: str, symbol: str) -> str:
+        """The stream of another table's frames (e.g. `trade`), published only when ingest is told to."""
+        return f"{self.prefix}:{table}:{{{symbol}}}"
+
     def top10(self, symbol: str) -> str:
         """The cached orderBook10 hash, and the PUBLISH channel announcing its changes."""
         return f"{self.prefix}:top10:{symbol}"

@@ -1,11 +1,12 @@
-"""Command line of `bookstream l2builder`."""
+"""Command line of `bookstream l2builder`: settings in, the service run until SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from services.common.config import add_settings_arguments, load_settings
+from services.common.lifecycle import run_service
+from services.l2builder.worker import L2Builder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    load_settings(args)
-    print("bookstream l2builder: not implemented yet", file=sys.stderr)
-    return 1
+    settings = load_settings(args)
+    builder = L2Builder(settings)
+    return run_service("l2builder", settings, builder.main, builder.health)

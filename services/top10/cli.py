@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from services.common.config import add_settings_arguments, load_settings
+from services.common.lifecycle import run_service
+from services.top10.service import Top10Service
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    load_settings(args)
-    print("bookstream top10: not implemented yet", file=sys.stderr)
-    return 1
+    settings = load_settings(args)
+    service = Top10Service(settings)
+    return run_service("top10", settings, service.main, service.health)

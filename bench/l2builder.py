@@ -1,0 +1,150 @@
+"""Benchmark of l2builder: frames/s of one process from the streams to MongoDB.
+
+`python -m bench.l2builder` runs, against a private redis-server and MongoDB-protocol server:
+
+1. prefill: `bookstream exchange --sim --symbols 50 --rate 0 --max-frames N` -> `bookstream ingest` until
+   the simulator has made its N changes and ingest has published them all, then both are stopped;
+2. drain: one `bookstream l2builder` (FLUSH_INTERVAL at its default) is timed from the moment it is spawned
+   until every stream's last entry is in MongoDB and acknowledged (no pending entry, no lag). Reading,
+   parsing, applying, writing every coalesced book and XACKing all count; so does start-up, which is
+   also printed on its own.
+
+`frames` are the entries applied (the metric `bookstream_l2builder_frames_applied_total`), `rows` the
+order-book rows they carried. The last line is the summary: `frames_per_s=<n> rows_per_s=<n>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import pymongo
+import redis
+
+from services.common.keys import L2BUILDER_GROUP, Keys
+from services.exchange.market import symbol_names
+from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, wait_until
+
+PREFIX = "bench"
+DATABASE = "bench"
+
+
+@contextmanager
+def service(workdir: Path, name: str, *args: str, env: dict[str, str],
+            healthy: bool = True) -> Iterator[ServiceProcess]:
+    """A `bookstream` subprocess with a health port, stopped on the way out."""
+    port = free_port()
+    process = ServiceProcess(name, args, {**env, "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"},
+                             workdir / f"{name}.log", port)
+    try:
+        if healthy:
+            process.wait_healthy(30)
+        yield process
+    except BaseException:
+        print(f"--- last lines of the {name} log ---\n{process.logs()[-3000:]}")
+        raise
+    finally:
+        process.terminate(30)
+
+
+def stream_lengths(client: redis.Redis, keys: Keys, symbols: list[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xlen(keys.l2_stream(symbol))
+    return sum(cast(list[int], pipe.execute()))
+
+
+def prefill(workdir: Path, env: dict[str, str], client: redis.Redis, frames: int, symbols: list[str]) -> int:
+    """Fill the l2 streams through the real simulator and ingest; return the entries written."""
+    keys = Keys(PREFIX)
+    port = free_port()
+    started = time.monotonic()
+    with service(workdir, "exchange", "exchange", "--sim", "--host", "127.0.0.1", "--port", str(port),
+                 "--symbols", str(len(symbols)), "--rate", "0", "--max-frames", str(frames), "--seed", "1",
+                 "--ob10-throttle", "1", env=env) as exchange:
+        ingest_env = {**env, "BITMEX_WS_URL": f"ws://127.0.0.1:{port}/realtime", "SYMBOLS": ",".join(symbols),
+                      "STREAM_MAXLEN": str(frames * 2)}
+        with service(workdir, "ingest", "ingest", env=ingest_env):
+            exchange.wait_log("max_frames_reached", 600)
+            seen = [-1]
+
+            def steady() -> bool:
+                seen.append(stream_lengths(client, keys, symbols))
+                return seen[-1] == seen[-2]
+
+            wait_until(steady, 600, "ingest to publish the last frames", interval=1.0)
+    written = stream_lengths(client, keys, symbols)
+    print(f"prefill: {written} entries over {len(symbols)} streams in {time.monotonic() - started:.1f}s")
+    return written
+
+
+def drained(client: redis.Redis, books: Any, keys: Keys, symbols: list[str]) -> bool:
+    """Every stream's last entry is stored and nothing is pending or undelivered."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xinfo_stream(keys.l2_stream(symbol))
+        pipe.xinfo_groups(keys.l2_stream(symbol))
+    replies = pipe.execute(raise_on_error=False)
+    stored = {doc["_id"]: doc.get("stream_id") for doc in books.find({}, {"stream_id": 1})}
+    for symbol, info, groups in zip(symbols, replies[::2], replies[1::2], strict=True):
+        if isinstance(groups, Exception) or isinstance(info, Exception):
+            return False
+        group = next((g for g in groups if g["name"] == L2BUILDER_GROUP.encode()), None)
+        last = info["last-entry"][0].decode() if info["last-entry"] else None
+        if group is None or group["pending"] or group["lag"] or stored.get(symbol) != last:
+            return False
+    return True
+
+
+def drain(workdir: Path, env: dict[str, str], client: redis.Redis, mongo_url: str, symbols: list[str]) -> None:
+    keys = Keys(PREFIX)
+    books: pymongo.collection.Collection[dict[str, Any]] = pymongo.MongoClient(mongo_url)[DATABASE]["orderbooks"]
+    started = time.monotonic()
+    with service(workdir, "l2builder", "l2builder", env={**env, "INSTANCE_NAME": "bench"}, healthy=False) as builder:
+        builder.wait_healthy(30)
+        ready = time.monotonic() - started
+        wait_until(lambda: drained(client, books, keys, symbols), 600, "every entry persisted and acknowledged",
+                   interval=0.1)
+        elapsed = time.monotonic() - started
+        frames = builder.metric("bookstream_l2builder_frames_applied_total")
+        rows = builder.metric("bookstream_l2builder_rows_applied_total")
+        flushes = builder.metric("bookstream_l2builder_flush_seconds_count")
+        flush_seconds = builder.metric("bookstream_l2builder_flush_seconds_sum")
+        documents = builder.metric("bookstream_l2builder_flush_documents_sum")
+    live = books.count_documents({"status": "live"})
+    print(f"drain: {int(frames)} frames, {int(rows)} rows in {elapsed:.2f}s (start-up {ready:.2f}s);"
+          f" {int(flushes)} bulk writes of {documents / max(flushes, 1):.1f} documents,"
+          f" {1000 * flush_seconds / max(flushes, 1):.1f} ms each; {live}/{len(symbols)} books live")
+    print(f"frames_per_s={frames / elapsed:.0f} rows_per_s={rows / elapsed:.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300_000,
+                        help="market changes the simulator makes (orderBookL2 frames carry one or more) [300000]")
+    parser.add_argument("--symbols", type=int, default=50, help="symbols (streams) [50]")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the servers
+    symbols = symbol_names(args.symbols)
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-l2builder-")))
+        redis_server = RedisServer(workdir / "redis").start()
+        stack.callback(redis_server.stop)
+        mongo_server = MongoServer(workdir / "mongo").start()
+        stack.callback(mongo_server.stop)
+        env = base_env(REDIS_URL=redis_server.url, MONGO_CONNECTION_STRING=mongo_server.url, KEY_PREFIX=PREFIX,
+                       MONGO_DATABASE=DATABASE, LOG_LEVEL="INFO")
+        client = redis.Redis.from_url(redis_server.url)
+        prefill(workdir, env, client, args.frames, symbols)
+        drain(workdir, env, client, mongo_server.url, symbols)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""dev: the whole system on one machine without Docker, started and stopped by one command."""

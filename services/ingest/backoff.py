@@ -1,0 +1,64 @@
+"""Reconnect delays: capped exponential backoff with jitter, and the venue's HTTP 429 `Retry-After`.
+
+Jitter spreads the reconnects of many clients cut off by the same outage, so they don't hit the venue
+in lockstep. A 429 is the venue's connection rate limit speaking: its `Retry-After` is obeyed (never
+undercut, jitter only adds), and without one the wait starts from a much higher floor, because retrying
+at the normal pace is exactly what earns more 429s.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+BASE_DELAY: Final = 0.5
+MAX_DELAY: Final = 30.0
+RATE_LIMITED_MIN_DELAY: Final = 10.0
+RATE_LIMITED_MAX_DELAY: Final = 300.0
+RETRY_AFTER_JITTER: Final = 0.1
+
+
+class Backoff:
+    """The delay before each connection attempt; `reset()` once a connection has proved healthy."""
+
+    def __init__(self, base: float = BASE_DELAY, cap: float = MAX_DELAY,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.base, self.cap, self._rng = base, cap, rng
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """`base * 2^n` capped, then jittered into its upper half (so it never collapses to zero)."""
+        ceiling = min(self.cap, self.base * 2.0 ** self.failures)
+        self.failures += 1
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+    def rate_limited(self, retry_after: float | None) -> float:
+        """The delay after an HTTP 429 (or a 429 error frame) with the venue's `Retry-After`, if any."""
+        if retry_after is not None:
+            self.failures += 1
+            return retry_after * (1 + self._rng() * RETRY_AFTER_JITTER)
+        ceiling = min(RATE_LIMITED_MAX_DELAY, max(RATE_LIMITED_MIN_DELAY, self.base * 2.0 ** (self.failures + 3)))
+        self.failures += 1
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date; None if absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    if seconds != seconds or seconds == float("inf"):
+        return None
+    return max(0.0, seconds)

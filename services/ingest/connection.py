@@ -1,0 +1,361 @@
+"""The websocket side of ingest: connect, subscribe, read every frame, and keep the connection honest.
+
+One task reads frames as fast as they come: each is timestamped, recorded, parsed once and routed into
+the publisher's buffer, and the task only stops reading while that buffer is full (backpressure reaches
+the venue through TCP). A watchdog beside it sends `ping` after `PING_AFTER` seconds of silence and gives
+up on the connection when nothing at all arrives within `PONG_TIMEOUT` more; websockets' own keepalive
+is off, because BitMEX speaks the text `ping`/`pong`, not protocol pings.
+
+Every way a session can end (closed by the venue, network failure, silence, stop) leads to the same
+place: gap markers after the session's last frame on every subscribed symbol's L2 stream, then a
+jittered, capped, exponential backoff before the next attempt (the venue's `Retry-After` after a 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from services.common.bitmex import ErrorReply, Pong, ProtocolError, SubscriptionAck, TableFrame, Welcome, parse_frame
+from services.common.config import Settings, mask_url
+from services.common.keys import Keys
+from services.common.logs import EventLog, excerpt
+from services.ingest import metrics
+from services.ingest.backoff import Backoff, parse_retry_after
+from services.ingest.publisher import Publisher
+from services.ingest.recorder import Recorder
+from services.ingest.session import Reaction, Session, TopicState
+
+PING_AFTER: Final = 5.0
+PONG_TIMEOUT: Final = 5.0
+WATCH_INTERVAL: Final = 0.25
+OPEN_TIMEOUT: Final = 10.0
+CLOSE_TIMEOUT: Final = 2.0
+MAX_MESSAGE_BYTES: Final = 64 << 20
+"""A full-depth partial of a busy contract is megabytes; websockets' 1 MiB default would refuse it."""
+RECEIVE_QUEUE_FRAMES: Final = 64
+RECORD_FLUSH_INTERVAL: Final = 1.0
+
+T = TypeVar("T")
+
+
+class LinkState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    WAITING = "waiting"
+    """Disconnected, waiting for the backoff delay or for room in the buffer."""
+    STOPPED = "stopped"
+
+
+class Feed:
+    """The websocket connection to the venue, re-established for as long as ingest runs."""
+
+    def __init__(self, settings: Settings, publisher: Publisher, recorder: Recorder | None,
+                 extra_tables: tuple[str, ...], log: EventLog) -> None:
+        self._settings, self._publisher, self._recorder, self._log = settings, publisher, recorder, log
+        self._keys = Keys(settings.key_prefix)
+        self._extra_tables = extra_tables
+        self._backoff = Backoff()
+        self.state = LinkState.WAITING
+        self.disconnected_since: float | None = time.monotonic()
+        self.session: Session | None = None
+        self.last_session = ""
+        self.last_disconnect = ""
+        self.rejected: dict[str, str] = {}
+        self._ws: ClientConnection | None = None
+        self._received = 0
+        self._paused = False
+        self._rate_limited = False
+        self._retry_after: float | None = None
+        for state in TopicState:
+            metrics.TOPICS.labels(state.value).set_function(self._topic_counter(state))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, read, reconnect, until `stop` is set."""
+        while not stop.is_set():
+            if self._publisher.full:
+                self._log.warning("waiting_for_buffer_room", buffered=len(self._publisher))
+                await _until(self._publisher.wait_for_room(), stop)
+                if stop.is_set():
+                    break
+            self.state = LinkState.CONNECTING
+            reason, delay = await self._attempt(stop)
+            if stop.is_set():
+                break
+            self.state = LinkState.WAITING
+            metrics.RECONNECTS.labels(reason).inc()
+            self._log.info("reconnect_scheduled", reason=reason, delay_s=round(delay, 3),
+                           failures=self._backoff.failures)
+            await _until(asyncio.sleep(delay), stop)
+        self.state = LinkState.STOPPED
+
+    async def resubscribe(self, symbol: str) -> str:
+        """Ask the venue for a fresh partial of `symbol`'s L2 topic; returns the outcome for metrics."""
+        session, ws = self.session, self._ws
+        if session is None or ws is None:
+            return "not_connected"
+        if symbol not in session.symbols:
+            return "unknown_symbol"
+        request = session.resubscribe(symbol)
+        if request is None:
+            return "in_progress"
+        await ws.send(request)
+        self._log.info("resubscribe_sent", session=session.id, symbol=symbol)
+        return "sent"
+
+    def describe(self) -> dict[str, Any]:
+        """Connection detail for /healthz."""
+        now = time.monotonic()
+        detail: dict[str, Any] = {"state": self.state.value, "url": mask_url(self._settings.ws_url)}
+        if self.disconnected_since is not None:
+            detail["disconnected_s"] = round(now - self.disconnected_since, 3)
+            detail["last_disconnect"] = self.last_disconnect
+        session = self.session
+        if session is not None:
+            detail["session"] = session.id
+            detail["topics"] = {state.value: session.topics_in(state) for state in TopicState}
+        else:
+            detail["last_session"] = self.last_session
+        detail["rejected_topics"] = dict(self.rejected)
+        return detail
+
+    def flush_recorder(self) -> None:
+        if self._recorder is not None:
+            self._recorder.flush()
+
+    async def _attempt(self, stop: asyncio.Event) -> tuple[str, float]:
+        """One connection attempt and, if it opens, its whole session: (why it ended, delay before the next)."""
+        try:
+            ws = await _until(connect(self._settings.ws_url, ping_interval=None, compression=None,
+                                      max_size=MAX_MESSAGE_BYTES, max_queue=RECEIVE_QUEUE_FRAMES,
+                                      open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT), stop)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 429:
+                retry_after = parse_retry_after(exc.response.headers.get("Retry-After"), time.time())
+                self._log.warning("connect_rate_limited", status=status, retry_after=retry_after)
+                return "rate_limited", self._backoff.rate_limited(retry_after)
+            self._log.warning("connect_refused", status=status)
+            return f"http_{status}", self._backoff.next_delay()
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            self._log.warning("connect_failed", error=f"{type(exc).__name__}: {exc}")
+            return "connect_failed", self._backoff.next_delay()
+        if ws is None:
+            return "stop", 0.0
+        self._rate_limited, self._retry_after = False, None
+        healthy, reason = await self._session(ws, stop)
+        if self._rate_limited:
+            return "rate_limited", self._backoff.rate_limited(self._retry_after)
+        if healthy:
+            self._backoff.reset()
+        return reason, self._backoff.next_delay()
+
+    async def _session(self, ws: ClientConnection, stop: asyncio.Event) -> tuple[bool, str]:
+        """Run one session to its end; (whether it delivered data, why it ended)."""
+        session = Session(uuid.uuid4().hex[:12], self._keys, self._settings.l2_table, self._settings.symbols,
+                          self._extra_tables)
+        self.session, self._ws, self.state, self.disconnected_since = session, ws, LinkState.CONNECTED, None
+        self.rejected = {}
+        metrics.CONNECTIONS.inc()
+        metrics.CONNECTED.set(1)
+        self._log.info("connected", session=session.id, url=mask_url(self._settings.ws_url))
+        reader = asyncio.create_task(self._read(ws, session))
+        watchdog = asyncio.create_task(self._watch(ws, session))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            for request in session.subscribe_requests():
+                await ws.send(request)
+            await asyncio.wait((reader, watchdog, stopped), return_when=asyncio.FIRST_COMPLETED)
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in (reader, watchdog, stopped):
+                task.cancel()
+            await asyncio.gather(reader, watchdog, stopped, return_exceptions=True)
+        if stop.is_set():
+            reason = "stop"
+        else:
+            ended = next((task for task in (reader, watchdog) if task.done() and not task.cancelled()), None)
+            reason = "closed" if ended is None else ended.result()
+        delivered = session.delivered
+        self._end_session(session, reason)
+        if reason == "heartbeat_timeout":
+            ws.transport.abort()
+        await ws.close()
+        return delivered, reason
+
+    def _end_session(self, session: Session, reason: str) -> None:
+        gaps = session.disconnect_gaps(reason, time.time_ns() // 1000, time.perf_counter_ns())
+        self._publisher.append(gaps)
+        metrics.GAPS.labels(reason).inc(len(gaps))
+        metrics.CONNECTED.set(0)
+        self.session, self._ws, self.last_session, self.last_disconnect = None, None, session.id, reason
+        self.disconnected_since = time.monotonic()
+        self.flush_recorder()
+        self._log.warning("disconnected", session=session.id, reason=reason, gap_markers=len(gaps),
+                          buffered=len(self._publisher))
+
+    async def _read(self, ws: ClientConnection, session: Session) -> str:
+        """Receive and route frames until the connection ends; returns why it ended."""
+        publisher, recorder, log, tally = self._publisher, self._recorder, self._log, metrics.FRAMES.add
+        try:
+            while True:
+                if publisher.full:
+                    await self._pause(session)
+                raw = await ws.recv(decode=False)
+                recv_ns = time.time_ns()
+                received_ns = time.perf_counter_ns()
+                self._received += 1
+                try:
+                    text = raw.decode()
+                except UnicodeDecodeError:
+                    self._malformed(session, "invalid UTF-8", raw)
+                    continue
+                if recorder is not None:
+                    if recorder.write(recv_ns / 1e9, text):
+                        metrics.RECORDED.inc()
+                    else:
+                        log.warning("frame_not_recorded", session=session.id, excerpt=excerpt(text))
+                try:
+                    frame = parse_frame(raw)
+                except ProtocolError as exc:
+                    self._malformed(session, exc.reason, raw)
+                    continue
+                if isinstance(frame, TableFrame):
+                    tally(frame.table, frame.action, len(raw))
+                    try:
+                        entries = session.route(frame, text, recv_ns // 1000, received_ns)
+                    except ProtocolError as exc:
+                        self._malformed(session, exc.reason, raw)
+                        continue
+                    if entries:
+                        publisher.append(entries)
+                        if frame.symbol is None:
+                            metrics.SPLIT.inc()
+                else:
+                    await self._on_reply(ws, session, frame, recv_ns // 1000, received_ns)
+        except ConnectionClosed as exc:
+            log.info("connection_closed", session=session.id, code=exc.rcvd.code if exc.rcvd else None,
+                     reason=exc.rcvd.reason if exc.rcvd else "")
+            return "closed"
+        except Exception:
+            # A bug must not leave the feed dead while the process looks alive: end the session loudly
+            # (gap markers follow, as for any disconnect) and reconnect.
+            log.error("reader_failed", exc_info=True, session=session.id)
+            return "reader_failed"
+
+    async def _on_reply(self, ws: ClientConnection, session: Session,
+                        frame: Welcome | SubscriptionAck | ErrorReply | Pong, recv_us: int, received_ns: int) -> None:
+        """Handle everything that is not a table frame: welcome, acks, errors, pong."""
+        if isinstance(frame, SubscriptionAck):
+            metrics.MESSAGES.labels(frame.op).inc()
+            reaction = session.on_ack(frame, recv_us, received_ns)
+        elif isinstance(frame, ErrorReply):
+            metrics.MESSAGES.labels("error").inc()
+            self._log.warning("venue_error", session=session.id, status=frame.status, error=frame.error,
+                              request=frame.request)
+            if frame.status == 429:
+                retry_after = frame.meta.get("retryAfter")
+                self._rate_limited = True
+                self._retry_after = float(retry_after) if isinstance(retry_after, int | float) else None
+            reaction = session.on_error(frame)
+        elif isinstance(frame, Welcome):
+            metrics.MESSAGES.labels("welcome").inc()
+            self._log.info("welcome", session=session.id, version=frame.version,
+                           connections_remaining=frame.limit.get("remaining"))
+            return
+        else:
+            metrics.MESSAGES.labels("pong").inc()
+            return
+        await self._react(ws, session, reaction)
+
+    async def _react(self, ws: ClientConnection, session: Session, reaction: Reaction) -> None:
+        for topic, state in reaction.settled:
+            if state is TopicState.REJECTED:
+                metrics.REJECTED.inc()
+                self.rejected[topic] = session.errors.get(topic, "")
+                self._log.warning("topic_rejected", session=session.id, topic=topic, error=self.rejected[topic])
+            else:
+                self.rejected.pop(topic, None)
+        if reaction.settled and not session.topics_in(TopicState.PENDING):
+            self._log.info("subscriptions_settled", session=session.id,
+                           subscribed=len(session.topics_in(TopicState.SUBSCRIBED)),
+                           rejected=len(session.topics_in(TopicState.REJECTED)))
+        if reaction.entries:
+            self._publisher.append(reaction.entries)
+            metrics.GAPS.labels("resubscribe").inc(len(reaction.entries))
+        for request in reaction.send:
+            await ws.send(request)
+
+    async def _pause(self, session: Session) -> None:
+        """Stop reading while the buffer is full: the venue's frames wait in the socket buffers."""
+        self._paused = True
+        started = time.monotonic()
+        self._log.warning("reading_paused", session=session.id, buffered=len(self._publisher))
+        try:
+            await self._publisher.wait_for_room()
+        finally:
+            self._paused = False
+            paused = time.monotonic() - started
+            metrics.PAUSED_SECONDS.inc(paused)
+            self._log.info("reading_resumed", session=session.id, paused_s=round(paused, 3))
+
+    def _malformed(self, session: Session, reason: str, raw: bytes) -> None:
+        metrics.MALFORMED.inc()
+        self._log.warning("malformed_frame", session=session.id, error=reason, excerpt=excerpt(raw))
+
+    async def _watch(self, ws: ClientConnection, session: Session) -> str:
+        """Ping after silence; return (ending the session) when even the ping goes unanswered.
+
+        Time spent paused on a full buffer is not silence: the venue's frames are waiting unread. The
+        capture file is flushed here too, about once a second, off the per-frame path.
+        """
+        seen, quiet_since, flushed = self._received, time.monotonic(), time.monotonic()
+        pinged_at: float | None = None
+        try:
+            while True:
+                await asyncio.sleep(WATCH_INTERVAL)
+                now = time.monotonic()
+                if self._received != seen or self._paused:
+                    seen, quiet_since, pinged_at = self._received, now, None
+                elif pinged_at is None and now - quiet_since >= PING_AFTER:
+                    metrics.PINGS.inc()
+                    await ws.send("ping")
+                    pinged_at = now
+                elif pinged_at is not None and now - pinged_at >= PONG_TIMEOUT:
+                    self._log.warning("heartbeat_timeout", session=session.id,
+                                      silent_s=round(now - quiet_since, 3))
+                    return "heartbeat_timeout"
+                if now - flushed >= RECORD_FLUSH_INTERVAL:
+                    self.flush_recorder()
+                    flushed = now
+        except ConnectionClosed:
+            return "closed"
+
+    def _topic_counter(self, state: TopicState) -> Callable[[], int]:
+        def count() -> int:
+            session = self.session
+            return 0 if session is None else len(session.topics_in(state))
+
+        return count
+
+
+async def _until(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Await `awaitable` unless `stop` is set first (then cancel it and return None)."""
+    task = asyncio.ensure_future(awaitable)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return task.result() if not task.cancelled() else None

@@ -1,0 +1,115 @@
+"""ingest assembled: the feed, the publisher and the control reader, run until stopped, plus /healthz.
+
+On stop the feed closes its session (gap markers included), then the publisher gets `DRAIN_TIMEOUT`
+seconds to append everything still buffered; what Redis could not take by then is reported as dropped.
+If the publisher or the control reader ever dies of a bug, the process stops with exit code 1 rather
+than carrying on half-alive: an orchestrator restarts a dead process, not a silently stuck one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.common.config import Settings
+from services.common.keys import Keys
+from services.common.logs import EventLog
+from services.ingest.connection import Feed
+from services.ingest.control import ControlReader
+from services.ingest.publisher import Publisher, RedisStatus
+from services.ingest.recorder import Recorder
+
+DRAIN_TIMEOUT: Final = 5.0
+REDIS_SOCKET_TIMEOUT: Final = 5.0
+REDIS_CONNECT_TIMEOUT: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    """Command-line options of `bookstream ingest` beyond the shared settings."""
+
+    record: Path | None = None
+    record_rotate_bytes: int = 0
+    record_rotate_seconds: float = 0.0
+    extra_tables: tuple[str, ...] = ()
+
+
+class IngestService:
+    def __init__(self, settings: Settings, options: IngestOptions) -> None:
+        self._settings = settings
+        self._log = log = EventLog("ingest")
+        keys = Keys(settings.key_prefix)
+        # No redis-py retries: re-sending a batch Redis may already have applied would duplicate entries;
+        # the publisher retries itself, after checking what landed.
+        no_retry = Retry(NoBackoff(), 0)
+        self._publish_pool = ConnectionPool.from_url(settings.redis_url, retry=no_retry, socket_timeout=None,
+                                                     socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
+        self._control_pool = ConnectionPool.from_url(settings.redis_url, retry=no_retry,
+                                                     socket_timeout=REDIS_SOCKET_TIMEOUT,
+                                                     socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
+        self._redis = Redis(connection_pool=self._control_pool)
+        self._publish_status, self._control_status = RedisStatus("publish", log), RedisStatus("control", log)
+        self.publisher = Publisher(self._publish_pool, keys.symbols, settings.ingest_buffer_frames,
+                                   settings.stream_maxlen, self._publish_status, log)
+        self.recorder = None if options.record is None else Recorder(
+            options.record, options.record_rotate_bytes, options.record_rotate_seconds)
+        self.feed = Feed(settings, self.publisher, self.recorder, options.extra_tables, log)
+        self.control = ControlReader(self._redis, keys, settings.symbols, self.feed, settings.resubscribe_interval,
+                                     self._control_status, log)
+
+    async def main(self, stop: asyncio.Event) -> int:
+        self._log.info("ingest_starting", symbols=len(self._settings.symbols), l2_table=self._settings.l2_table,
+                       buffer_entries=self.publisher.capacity, stream_maxlen=self._settings.stream_maxlen,
+                       record=self.recorder.path if self.recorder else None)
+        publishing = asyncio.create_task(self.publisher.run(), name="publisher")
+        controlling = asyncio.create_task(self.control.run(), name="control")
+        feeding = asyncio.create_task(self.feed.run(stop), name="feed")
+        code = 0
+        try:
+            await asyncio.wait((publishing, controlling, feeding), return_when=asyncio.FIRST_COMPLETED)
+            for task in (publishing, controlling):
+                if task.done():
+                    self._log.error("task_died", task=task.get_name(), error=repr(task.exception()))
+                    code = 1
+            stop.set()
+            await feeding
+        finally:
+            controlling.cancel()
+            self.publisher.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(publishing), DRAIN_TIMEOUT)
+            except TimeoutError:
+                publishing.cancel()
+                self.publisher.drop_all("stop")
+            await asyncio.gather(publishing, controlling, return_exceptions=True)
+            await self.publisher.aclose()
+            await self._redis.aclose()
+            await self._control_pool.disconnect()
+            if self.recorder is not None:
+                self.recorder.close()
+        return code
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Unhealthy when disconnected longer than HEALTH_STALE_AFTER, or when Redis is not answering."""
+        problems: list[str] = []
+        since = self.feed.disconnected_since
+        if since is not None and time.monotonic() - since > self._settings.health_stale_after:
+            problems.append(f"websocket disconnected for {time.monotonic() - since:.0f} s "
+                            f"(HEALTH_STALE_AFTER={self._settings.health_stale_after:g})")
+        redis: dict[str, Any] = {}
+        for status in (self._publish_status, self._control_status):
+            redis[status.operation] = {"up": status.up, "for_s": round(time.monotonic() - status.since, 3),
+                                       "error": status.error}
+            if status.up is False:
+                problems.append(f"redis unavailable ({status.operation}): {status.error}")
+        detail = {"problems": problems, "connection": self.feed.describe(), "redis": redis,
+                  "buffer": {"entries": len(self.publisher), "capacity": self.publisher.capacity,
+                             "full": self.publisher.full}}
+        return not problems, detail

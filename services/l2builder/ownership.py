@@ -1,0 +1,118 @@
+"""Who owns which symbol: membership heartbeats, leases with a fencing epoch, all through Lua scripts.
+
+Keys (DESIGN.md): `<p>:l2builder:members` is a zset of instances scored by heartbeat expiry in Redis time;
+`<p>:lease:{SYM}` names the owner of SYM and expires after LEASE_TTL unless renewed; `<p>:epoch:{SYM}` is
+incremented on every acquisition. Each script touches one symbol's two keys, which share a hash tag, so the
+protocol also works on Redis Cluster; many symbols are handled in one pipelined round trip.
+
+An instance trusts a lease only until `valid_until`: a fraction of the TTL measured from when the renewal
+was *sent*, on its own monotonic clock. Redis expires the key no earlier than a full TTL after it received
+the renewal, so the holder always gives up before anyone else can take the symbol. The epoch covers what
+timing cannot (a paused process, a write already on the wire): every MongoDB write carries it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from services.common.keys import Keys
+
+LEASE_TRUST = 0.75
+"""Fraction of LEASE_TTL a renewal is trusted for, leaving room for clock drift and network delay."""
+RENEW_FRACTION = 0.25
+"""A lease is renewed once this fraction of LEASE_TTL has passed since its last renewal."""
+
+
+def _script(redis: aioredis.Redis, name: str) -> AsyncScript:
+    return redis.register_script(files(__package__).joinpath(f"{name}.lua").read_text())
+
+
+@dataclass(slots=True)
+class Lease:
+    symbol: str
+    epoch: int
+    renewed_at: float
+    valid_until: float
+
+    def valid(self, now: float) -> bool:
+        return now < self.valid_until
+
+
+class Ownership:
+    """Membership and leases of one instance; time is `time.monotonic()` throughout."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
+        self.redis, self.keys, self.instance, self.ttl = redis, keys, instance, ttl
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._heartbeat = _script(redis, "heartbeat")
+        self._acquire = _script(redis, "acquire_lease")
+        self._renew = _script(redis, "renew_lease")
+        self._release = _script(redis, "release_lease")
+        self._raise_epoch = _script(redis, "raise_epoch")
+
+    def _lease_keys(self, symbol: str) -> list[str]:
+        return [self.keys.lease(symbol), self.keys.epoch(symbol)]
+
+    async def heartbeat(self) -> list[str]:
+        """Announce this instance for one more TTL; return the live members (this one included)."""
+        members = await self._heartbeat(keys=[self.keys.l2builder_members], args=[self.instance, self._ttl_ms])
+        return sorted(member.decode() for member in members)
+
+    async def leave(self) -> None:
+        await self.redis.zrem(self.keys.l2builder_members, self.instance)
+
+    async def acquire(self, symbols: list[str]) -> list[Lease]:
+        """Try to take each symbol; return the leases obtained (symbols held by others are left out)."""
+        if not symbols:
+            return []
+        sent = time.monotonic()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                await self._acquire(keys=self._lease_keys(symbol), args=[self.instance, self._ttl_ms], client=pipe)
+            epochs = await pipe.execute()
+        return [Lease(symbol, int(epoch), sent, sent + self.ttl * LEASE_TRUST)
+                for symbol, epoch in zip(symbols, epochs, strict=True) if epoch is not None]
+
+    def due(self, leases: list[Lease], now: float) -> list[Lease]:
+        return [lease for lease in leases if now - lease.renewed_at >= self.ttl * RENEW_FRACTION]
+
+    async def renew(self, leases: list[Lease]) -> list[Lease]:
+        """Extend `leases` in place; return those that are lost (expired, or taken by another instance)."""
+        if not leases:
+            return []
+        sent = time.monotonic()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._renew(keys=self._lease_keys(lease.symbol),
+                                  args=[self.instance, self._ttl_ms, lease.epoch], client=pipe)
+            replies = await pipe.execute()
+        lost = []
+        for lease, renewed in zip(leases, replies, strict=True):
+            if renewed:
+                lease.renewed_at, lease.valid_until = sent, sent + self.ttl * LEASE_TRUST
+            else:
+                lost.append(lease)
+        return lost
+
+    async def release(self, leases: list[Lease]) -> None:
+        if not leases:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._release(keys=self._lease_keys(lease.symbol), args=[self.instance, lease.epoch],
+                                    client=pipe)
+            await pipe.execute()
+
+    async def raise_epoch(self, lease: Lease, floor: int) -> bool:
+        """Make `lease.epoch` at least `floor`; False when the lease is no longer ours."""
+        epoch = await self._raise_epoch(keys=self._lease_keys(lease.symbol),
+                                        args=[self.instance, lease.epoch, floor])
+        if epoch is None:
+            return False
+        lease.epoch = int(epoch)
+        return True

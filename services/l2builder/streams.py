@@ -1,0 +1,127 @@
+"""The Redis side of l2builder: its consumer group on the l2 streams, catch-up ranges, acks and resyncs.
+
+New entries are read with XREADGROUP in the `l2builder` group, under this instance's name, only from the
+streams it owns; so `XINFO GROUPS` shows the lag and `XPENDING` what is read but not yet durable. Entries
+a previous owner read but never made durable are not delivered again by the group: the new owner reads
+them with XRANGE from the position stored in MongoDB (`read_range`), which is also how holes are refilled.
+XACK may acknowledge an entry pending under any consumer, so the new owner clears the old one's entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from services.common.keys import L2BUILDER_GROUP, Keys
+
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+CONTROL_MAXLEN = 10_000
+RANGE_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """What XINFO STREAM says about the oldest retained entry and about deletions."""
+
+    first: RawEntry | None
+    max_deleted_id: str
+
+
+class L2Streams:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str) -> None:
+        self.redis, self.keys, self.consumer = redis, keys, consumer
+        self._symbol_of: dict[bytes, str] = {}
+
+    def _key(self, symbol: str) -> str:
+        key = self.keys.l2_stream(symbol)
+        self._symbol_of.setdefault(key.encode(), symbol)
+        return key
+
+    async def symbols(self) -> set[str]:
+        """The symbols ingest publishes (DESIGN.md: `<p>:symbols`)."""
+        members = cast(set[bytes], await self.redis.smembers(self.keys.symbols))
+        return {member.decode() for member in members}
+
+    async def ensure_group(self, symbol: str, start: str | None) -> None:
+        """Create the group (and the stream) unless it exists, delivering what comes after `start`.
+
+        `start` is the stored position (None: the beginning), so a group recreated after a Redis data
+        loss does not hand out again everything the books already contain.
+        """
+        try:
+            await self.redis.xgroup_create(self._key(symbol), L2BUILDER_GROUP, id=start or "0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, symbols: list[str], count: int, block_ms: int) -> list[tuple[str, list[RawEntry]]]:
+        """Entries never delivered to the group, from the given streams, as (symbol, entries)."""
+        streams: dict[str, str] = {self._key(symbol): ">" for symbol in symbols}
+        reply = cast(list[tuple[bytes, list[RawEntry]]] | None, await self.redis.xreadgroup(
+            L2BUILDER_GROUP, self.consumer, streams, count=count, block=block_ms))  # type: ignore[arg-type]
+        return [(self._symbol_of[key], entries) for key, entries in reply or ()]
+
+    async def read_range(self, symbol: str, after: str | None, until: str, count: int) -> list[RawEntry]:
+        """Up to `count` entries with `after` < id <= `until` (`until` may be `+` or `(id` for exclusive)."""
+        low = f"({after}" if after else "-"
+        return cast(list[RawEntry], await self.redis.xrange(self._key(symbol), min=low, max=until, count=count))
+
+    async def last_delivered(self, symbol: str) -> str | None:
+        """The id up to which the group has handed out entries, None when the group does not exist."""
+        for group in await self.redis.xinfo_groups(self._key(symbol)):
+            if group["name"] == L2BUILDER_GROUP.encode():
+                return str(group["last-delivered-id"].decode())
+        return None
+
+    async def head(self, symbol: str) -> StreamHead:
+        info = await self.redis.xinfo_stream(self._key(symbol))
+        max_deleted = info.get("max-deleted-entry-id", b"0-0")
+        return StreamHead(info.get("first-entry"), max_deleted.decode())
+
+    async def ack_covered(self, symbol: str, upto: str) -> int:
+        """Acknowledge entries up to `upto` still pending under any consumer: a stored book covers them
+        (an owner died between its write and its XACK). Returns how many were acknowledged."""
+        key, total = self._key(symbol), 0
+        while True:
+            pending = await self.redis.xpending_range(key, L2BUILDER_GROUP, min="-", max=upto, count=RANGE_PAGE)
+            if pending:
+                total += await self.redis.xack(key, L2BUILDER_GROUP, *[item["message_id"] for item in pending])
+            if len(pending) < RANGE_PAGE:
+                return total
+
+    async def lags(self, symbols: list[str]) -> dict[str, int | None]:
+        """Per stream, entries not yet delivered to the group (None when Redis cannot tell)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.xinfo_groups(self._key(symbol))
+            replies = await pipe.execute(raise_on_error=False)
+        lags: dict[str, int | None] = {}
+        for symbol, groups in zip(symbols, replies, strict=True):
+            if isinstance(groups, Exception):
+                continue
+            for group in groups:
+                if group["name"] == L2BUILDER_GROUP.encode():
+                    lags[symbol] = group.get("lag")
+        return lags
+
+    async def ack(self, ids: dict[str, list[str]]) -> None:
+        """XACK every id, one command per stream, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for symbol, stream_ids in ids.items():
+                if stream_ids:
+                    pipe.xack(self._key(symbol), L2BUILDER_GROUP, *stream_ids)
+            await pipe.execute()
+
+    async def request_resync(self, symbol: str, reason: str, instance: str) -> None:
+        fields = {"op": "resubscribe", "symbol": symbol, "reason": reason, "requested_by": instance}
+        await self.redis.xadd(self.keys.control, fields, maxlen=CONTROL_MAXLEN, approximate=True)  # type: ignore[arg-type]
+
+    async def forget_consumer(self, symbols: list[str]) -> None:
+        """Remove this instance from the groups it used, so `XINFO CONSUMERS` lists only live readers."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.xgroup_delconsumer(self._key(symbol), L2BUILDER_GROUP, self.consumer)
+            await pipe.execute(raise_on_error=False)

@@ -1,0 +1,262 @@
+"""The book of one symbol fed in stream order: sessions, seqs, holes, stale and live, without I/O.
+
+BitMEX has no sequence numbers, so ingest stamps every entry with `(session, seq)`: seq counts 1, 2, 3...
+per websocket session and stream, without holes. That is what lets this state machine tell a replayed
+entry (seen already: ignore it) from a missing one (a hole: the book can no longer be trusted) and a new
+connection (a new session: the book must wait for that session's partial).
+
+`SymbolState.feed` consumes one entry and says what happened (`Outcome`). It never guesses: whenever the
+book cannot be proved right it becomes `stale`, with a reason, and stays so until the next partial. A hole
+is first reported as `Outcome.HOLE` without consuming anything, because the missing entries may still be
+in the stream (a consumer-group read can skip entries another reader took); the caller re-reads the range
+and feeds it with `refilled=True`, and only a hole that survives that makes the book stale.
+
+Stale books ask for a fresh partial through the control stream. Urgent causes (a malformed frame, an
+inconsistency, a hole, trimmed history) ask at once; a gap marker or a new session asks only if no
+partial has come after a grace period, because ingest subscribes afresh after every reconnect anyway.
+`resync_due`/`resync_requested` carry that policy; the caller owns the clock and the I/O.
+
+The state also keeps what must be persisted and acknowledged: `dirty` and the ids consumed since the last
+durable write, handed out as a `FlushTicket` and given back if the write fails.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from services.common.bitmex import L2_TABLES, ProtocolError, TableFrame, parse_frame
+from services.common.book import BookInconsistency, L2Book
+from services.common.entries import GAP_ACTION, StreamEntry, parse_stream_id
+from services.common.logs import excerpt
+
+StreamKey = tuple[int, int]
+START: StreamKey = (0, 0)
+
+
+class Status(enum.StrEnum):
+    LIVE = "live"
+    STALE = "stale"
+
+
+class StaleKind(enum.StrEnum):
+    """Why a book is stale; the label of the metric and the urgency of its resync request."""
+
+    NO_PARTIAL = "no_partial"
+    GAP = "gap"
+    SESSION = "session"
+    HOLE = "hole"
+    MALFORMED = "malformed"
+    INCONSISTENT = "inconsistency"
+    TRIMMED = "trimmed"
+    INVALID_DOCUMENT = "invalid_document"
+    RESTORED = "restored"
+
+
+URGENT_KINDS = frozenset({StaleKind.HOLE, StaleKind.MALFORMED, StaleKind.INCONSISTENT, StaleKind.TRIMMED,
+                          StaleKind.INVALID_DOCUMENT})
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    """Consumed: a live book took the frame, or a book waiting for its partial dropped it."""
+    DUPLICATE = "duplicate"
+    """An entry or seq seen already: nothing applied (consumed if its id is new, so it is acknowledged)."""
+    HOLE = "hole"
+    """Not consumed: entries are missing before this one; re-read them, then feed again with refilled=True."""
+    STALE = "stale"
+    """Consumed, and the book just became stale: see `stale_kind` and `reason`."""
+    LIVE = "live"
+    """Consumed: a partial made a stale book live."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushTicket:
+    """What one flush takes from a state: whether the book must be written and the ids it covers."""
+
+    symbol: str
+    write: bool
+    stream_id: str | None
+    ids: list[str]
+
+
+@dataclass(slots=True)
+class SymbolState:
+    """The book of one symbol and its position in the stream; see the module docstring.
+
+    Create a fresh one with `SymbolState(symbol, resync_interval)` or a restored one with `restored`.
+    `stream_id`, `session` and `seq` are those of the last consumed entry.
+    """
+
+    symbol: str
+    resync_interval: float
+    book: L2Book = field(init=False)
+    live: bool = False
+    stale_kind: StaleKind | None = StaleKind.NO_PARTIAL
+    reason: str | None = "waiting for the first partial"
+    stream_id: str | None = None
+    session: str | None = None
+    seq: int = 0
+    received_us: int | None = None
+    dirty: bool = False
+    pending_ids: list[str] = field(default_factory=list)
+    frames_applied: int = 0
+    rows_applied: int = 0
+    next_resync_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.book = L2Book(self.symbol)
+
+    @classmethod
+    def restored(cls, symbol: str, resync_interval: float, now: float, *, book: L2Book | None,
+                 stream_id: str | None, session: str | None, seq: int, received_us: int | None,
+                 stale_kind: StaleKind | None, reason: str | None) -> SymbolState:
+        """The state a previous owner persisted: `book` None (or a stale kind) means not live."""
+        state = cls(symbol, resync_interval)
+        state.stream_id, state.session, state.seq, state.received_us = stream_id, session, seq, received_us
+        if book is not None and stale_kind is None:
+            state.book, state.live, state.stale_kind, state.reason = book, True, None, None
+        else:
+            state.mark_stale(stale_kind or StaleKind.RESTORED, reason or "restored stale", now)
+        return state
+
+    @property
+    def status(self) -> Status:
+        return Status.LIVE if self.live else Status.STALE
+
+    @property
+    def position(self) -> StreamKey:
+        """The last consumed stream id as a comparable pair."""
+        return parse_stream_id(self.stream_id) if self.stream_id else START
+
+    # -- feeding ---------------------------------------------------------------------------------
+
+    def feed(self, entry: StreamEntry, now: float, refilled: bool = False) -> Outcome:
+        """Consume `entry` (the next one read from the stream); see `Outcome` for what it returns."""
+        if entry.seq == self.seq + 1 and entry.session == self.session:
+            # The common case, kept short: the next seq of our session is newer than anything consumed,
+            # because ingest appends a session's entries in seq order.
+            self._take(entry)
+            return self._apply(entry.frame, now) if entry.action != GAP_ACTION else self._gap(entry, now)
+        if parse_stream_id(entry.stream_id) <= self.position:
+            self.pending_ids.append(entry.stream_id)
+            return Outcome.DUPLICATE
+        same_session = entry.session == self.session
+        if same_session and entry.seq <= self.seq:
+            self._take(entry)
+            return Outcome.DUPLICATE
+        if self.live and entry.action != "partial":
+            if same_session or entry.seq != 1:
+                if not refilled:
+                    return Outcome.HOLE
+                first = self.seq + 1 if same_session else 1
+                self._take(entry)
+                self.mark_stale(StaleKind.HOLE, f"entries missing from the stream: seq {first}..{entry.seq - 1}"
+                                                f" of session {entry.session}", now)
+                return Outcome.STALE
+            if self.session is not None:
+                self._take(entry)
+                self.mark_stale(StaleKind.SESSION, f"new ingest session {entry.session}, waiting for its partial",
+                                now)
+                return Outcome.STALE
+        self._take(entry)
+        return self._apply(entry.frame, now) if entry.action != GAP_ACTION else self._gap(entry, now)
+
+    def feed_malformed(self, stream_id: str, problem: str, now: float) -> Outcome:
+        """Consume an entry that could not be decoded: its session and seq are unknown, so the book is lost."""
+        if parse_stream_id(stream_id) <= self.position:
+            self.pending_ids.append(stream_id)
+            return Outcome.DUPLICATE
+        self.stream_id = stream_id
+        self.pending_ids.append(stream_id)
+        self.mark_stale(StaleKind.MALFORMED, f"malformed entry {stream_id}: {problem}", now)
+        return Outcome.STALE
+
+    def check_retained(self, first_id: str | None, first: StreamEntry | None, max_deleted_id: str,
+                       now: float) -> bool:
+        """Check that the stream still holds every entry after `position`; if not, go stale and say False.
+
+        `first_id`/`first` describe the oldest retained entry (`first` None when it cannot be decoded),
+        `max_deleted_id` is XINFO STREAM's max-deleted-entry-id (XDEL). MAXLEN trimming does not move that
+        id, so continuity is proved with seqs: the oldest entry must be the next seq of our session, or
+        seq 1 of a session (whose partial is then still ahead). Anything else means entries we needed
+        were trimmed away.
+        """
+        lost: str | None = None
+        if parse_stream_id(max_deleted_id) > self.position:
+            lost = f"entries up to {max_deleted_id} were deleted from the stream"
+        elif first_id is not None and parse_stream_id(first_id) > self.position:
+            if first is None:
+                lost = f"the oldest retained entry {first_id} is malformed"
+            elif not (first.seq == 1 or (first.session == self.session and first.seq == self.seq + 1)):
+                lost = (f"entries before {first_id} (seq {first.seq} of session {first.session}) were trimmed"
+                        f" from the stream")
+        if lost is None:
+            return True
+        self.mark_stale(StaleKind.TRIMMED, lost, now)
+        return False
+
+    def mark_stale(self, kind: StaleKind, reason: str, now: float) -> None:
+        """Drop the book until the next partial; urgent kinds ask for a resync at once."""
+        self.book = L2Book(self.symbol)
+        self.live, self.stale_kind, self.reason = False, kind, reason
+        self.next_resync_at = now if kind in URGENT_KINDS else now + self.resync_interval
+        self.dirty = True
+
+    def _take(self, entry: StreamEntry) -> None:
+        self.stream_id, self.session, self.seq, self.received_us = (entry.stream_id, entry.session, entry.seq,
+                                                                   entry.recv_us)
+        self.pending_ids.append(entry.stream_id)
+        self.dirty = True
+
+    def _gap(self, entry: StreamEntry, now: float) -> Outcome:
+        if not self.live:
+            return Outcome.APPLIED
+        self.mark_stale(StaleKind.GAP, f"gap: {entry.reason or 'unspecified'}", now)
+        return Outcome.STALE
+
+    def _apply(self, text: str, now: float) -> Outcome:
+        try:
+            frame = parse_frame(text)
+            if type(frame) is not TableFrame or frame.table not in L2_TABLES:
+                raise ProtocolError("not an order-book L2 table frame", text)
+            rows = self.book.apply(frame)
+        except BookInconsistency as exc:
+            self.mark_stale(StaleKind.INCONSISTENT, f"inconsistency: {exc}", now)
+            return Outcome.STALE
+        except ValueError as exc:  # ProtocolError, or a frame of another symbol
+            self.mark_stale(StaleKind.MALFORMED, f"malformed frame: {excerpt(str(exc), 300)}", now)
+            return Outcome.STALE
+        if self.book.has_partial:  # a delta dropped while waiting for a partial is not applied
+            self.frames_applied += 1
+            self.rows_applied += rows
+        if frame.action == "partial" and not self.live:
+            self.live, self.stale_kind, self.reason = True, None, None
+            self.next_resync_at = None
+            return Outcome.LIVE
+        return Outcome.APPLIED
+
+    # -- resync policy ---------------------------------------------------------------------------
+
+    def resync_due(self, now: float) -> bool:
+        return self.next_resync_at is not None and now >= self.next_resync_at
+
+    def resync_requested(self, now: float) -> None:
+        """Ask again after `resync_interval` if no partial has come by then."""
+        self.next_resync_at = now + self.resync_interval
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def take_flush(self) -> FlushTicket | None:
+        """Hand the unpersisted state to one flush, or None when there is nothing to write or ack."""
+        if not self.dirty and not self.pending_ids:
+            return None
+        ticket = FlushTicket(self.symbol, self.dirty, self.stream_id, self.pending_ids)
+        self.dirty = False
+        self.pending_ids = []
+        return ticket
+
+    def flush_failed(self, ticket: FlushTicket) -> None:
+        """Take the ticket back: its ids stay unacknowledged and the book is written again next time."""
+        self.pending_ids = ticket.ids + self.pending_ids
+        self.dirty = self.dirty or ticket.write

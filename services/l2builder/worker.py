@@ -1,0 +1,611 @@
+"""The l2builder service: own symbols, apply their streams in order, persist the books to MongoDB.
+
+Three loops share one event loop and the per-symbol states, so no locks are needed:
+
+- ownership, every tick: heartbeat, renew leases, compute the symbols this instance should own by
+  rendezvous hashing, acquire those (then restore them) and hand off those that must move, ask ingest for
+  partials for stale books, sample lag;
+- reader: XREADGROUP over the owned, caught-up streams; each entry goes to its `SymbolState`;
+- flusher, every FLUSH_INTERVAL: one unordered bulk write of every changed book, then XACK what it covered.
+
+Taking a symbol restores its document and reads with XRANGE what the group already handed out but nobody
+made durable (a previous owner's pending entries); a seq hole in what the group delivers is repaired the
+same way. An entry is acknowledged only after the write covering it succeeded; when a lease cannot be
+renewed in time the symbol is dropped at once and its unwritten work is left for the next owner, who
+replays it from the stream. Outages of Redis or MongoDB only pause things: the loops retry with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from pymongo.errors import PyMongoError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from services.common.config import Settings, mask_url
+from services.common.entries import EntryError, decode_entry, parse_stream_id
+from services.common.keys import Keys
+from services.common.logs import EventLog
+from services.l2builder import metrics
+from services.l2builder.ownership import Lease, Ownership
+from services.l2builder.rendezvous import assigned
+from services.l2builder.store import UTC, BookStore, Document, WriteResult, book_document, restore_state
+from services.l2builder.streams import L2Streams, RawEntry
+from services.l2builder.symbol_state import Outcome, Status, SymbolState
+
+log = EventLog("l2builder")
+
+DocumentsTask = asyncio.Task[dict[str, Document]]
+ReadTask = asyncio.Task[list[tuple[str, list[RawEntry]]]]
+
+TICK_MAX = 0.5
+"""Longest pause between two ownership ticks (shorter with a short LEASE_TTL)."""
+READ_COUNT = 500
+"""Entries per stream per XREADGROUP."""
+READ_BLOCK_MS = 100
+"""XREADGROUP BLOCK; short, so a newly owned stream is read within this time."""
+RANGE_COUNT = 1000
+"""Entries per XRANGE page while catching up."""
+MAX_UNACKED = 250_000
+"""Entries read but not yet durable after which reading pauses (MongoDB slow or down)."""
+LAG_EVERY = 2.0
+MONGO_PING_EVERY = 2.0
+SHUTDOWN_FLUSH_SECONDS = 10.0
+REDIS_SOCKET_TIMEOUT = 5.0
+"""Longer than READ_BLOCK_MS, or every idle XREADGROUP would time out."""
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential delays for retrying a server that is down."""
+
+    first: float = 0.1
+    cap: float = 5.0
+    current: float = 0.0
+
+    def next(self) -> float:
+        self.current = min(self.cap, self.current * 2 if self.current else self.first)
+        return self.current
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+@dataclass(slots=True)
+class Owned:
+    """A symbol whose lease this instance holds. `state` is None until its document is loaded; the reader
+    takes it only once `ready` (caught up) and not `releasing` (handing it off). `deferred` keeps what a
+    read-ahead delivered while it was catching up, applied once the catch-up is done."""
+
+    lease: Lease
+    state: SymbolState | None = None
+    ready: bool = False
+    releasing: bool = False
+    restore: asyncio.Task[None] | None = field(default=None, repr=False)
+    deferred: list[list[RawEntry]] = field(default_factory=list, repr=False)
+
+
+class L2Builder:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance = settings.instance_name
+        self.keys = Keys(settings.key_prefix)
+        self.owned: dict[str, Owned] = {}
+        self.ack_backlog: dict[str, list[str]] = {}
+        self.members: list[str] = []
+        self.redis_ok_at = self.mongo_ok_at = time.monotonic()
+        self._redis_down_since: float | None = None
+        self._mongo_down_since: float | None = None
+        self._lag_sampled_at = 0.0
+        self.frames_applied = self.rows_applied = 0
+        self._draining = False
+        self._drain = asyncio.Event()
+        self._wake_reader = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def main(self, stop: asyncio.Event) -> int:
+        settings = self.settings
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT,
+                                             socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        self.store = BookStore(settings.mongo_url, settings.mongo_database)
+        self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
+        self.streams = L2Streams(self.redis, self.keys, self.instance)
+        log.info("config", instance=self.instance, mongo_url=mask_url(settings.mongo_url),
+                 database=settings.mongo_database, lease_ttl=settings.lease_ttl,
+                 flush_interval=settings.flush_interval)
+        loops = [asyncio.create_task(self._ownership_loop(), name="ownership"),
+                 asyncio.create_task(self._read_loop(), name="reader"),
+                 asyncio.create_task(self._flush_loop(), name="flusher")]
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [task for task in done if task is not stopped and task.exception() is not None]
+        for task in crashed:
+            log.error("loop_crashed", loop=task.get_name(), error=repr(task.exception()))
+        stopped.cancel()
+        await self._shutdown(loops)
+        return 1 if crashed else 0
+
+    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        """Flush, acknowledge and release everything, so other instances take over at once."""
+        self._draining = True
+        self._drain.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+        restores = [owned.restore for owned in self.owned.values() if owned.restore and not owned.restore.done()]
+        for task in restores:
+            task.cancel()
+        await asyncio.gather(*restores, return_exceptions=True)
+        with contextlib.suppress(RedisError):
+            await self.ownership.leave()
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        backoff = Backoff()
+        while self._unsettled() and time.monotonic() < deadline:
+            with contextlib.suppress(RedisError):
+                await self._renew(time.monotonic())
+            if not await self._flush():
+                await asyncio.sleep(backoff.next())
+        handed = list(self.owned)
+        leases = [owned.lease for owned in self.owned.values()]
+        for symbol in handed:
+            self._drop(symbol, "shutdown", "released")
+        with contextlib.suppress(RedisError):
+            await self.ownership.release(leases)
+            await self.streams.forget_consumer(handed)
+        log.info("handed_off", symbols=len(handed), unsettled=self._unsettled(),
+                 frames_applied=self.frames_applied, rows_applied=self.rows_applied)
+        await self.redis.aclose()
+        await self.store.close()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        limit = self.settings.health_stale_after
+        redis_age, mongo_age = now - self.redis_ok_at, now - self.mongo_ok_at
+        states = [owned.state for owned in self.owned.values() if owned.state is not None]
+        detail = {
+            "instance": self.instance,
+            "members": len(self.members),
+            "owned": len(self.owned),
+            "symbols": sorted(self.owned),
+            "live": sum(state.live for state in states),
+            "stale": sum(not state.live for state in states),
+            "restoring": len(self.owned) - len(states),
+            "unacked": self._unacked(),
+            "redis_ok_seconds_ago": round(redis_age, 3),
+            "mongo_ok_seconds_ago": round(mongo_age, 3),
+        }
+        return redis_age < limit and mongo_age < limit, detail
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up when the service starts draining."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain.wait(), max(seconds, 0.0))
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    async def _ownership_loop(self) -> None:
+        tick = min(TICK_MAX, self.settings.lease_ttl / 6)
+        while not self._draining:
+            await self._tick()
+            await self._pause(tick)
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        try:
+            members = await self.ownership.heartbeat()
+            symbols = await self.streams.symbols()
+            await self._renew(now)
+        except RedisError as exc:
+            self._redis_failed("ownership", exc)
+            self._expire(time.monotonic())
+            return
+        self._redis_ok()
+        self._expire(time.monotonic())
+        if members != self.members:
+            log.info("members", members=",".join(members), count=len(members))
+            self.members = members
+        desired = assigned(self.instance, symbols, members)
+        for symbol, owned in self.owned.items():
+            moving = symbol not in desired
+            if moving and not owned.releasing:
+                log.info("handing_off", symbol=symbol, epoch=owned.lease.epoch)
+            owned.releasing = moving
+        try:
+            await self._acquire(sorted(desired - self.owned.keys()))
+            await self._request_resyncs(time.monotonic())
+            if now - self._lag_sampled_at >= LAG_EVERY:
+                self._lag_sampled_at = now
+                await self._sample_lag()
+        except RedisError as exc:
+            self._redis_failed("ownership", exc)
+        self._update_gauges()
+
+    async def _renew(self, now: float) -> None:
+        due = self.ownership.due([owned.lease for owned in self.owned.values()], now)
+        for lease in await self.ownership.renew(due):
+            owned = self.owned.get(lease.symbol)
+            if owned is not None and owned.lease is lease:
+                self._drop(lease.symbol, "lease taken over or expired", "lost")
+
+    def _expire(self, now: float) -> None:
+        """Stop touching symbols whose lease could not be renewed in time, before anyone may take them."""
+        for symbol, owned in list(self.owned.items()):
+            if not owned.lease.valid(now):
+                self._drop(symbol, "lease could not be renewed in time", "lost")
+
+    async def _acquire(self, symbols: list[str]) -> None:
+        leases = await self.ownership.acquire(symbols)
+        if not leases:
+            return
+        # One query for the documents of every symbol taken at once (all of them at start-up).
+        documents = asyncio.create_task(self.store.load_many([lease.symbol for lease in leases]))
+        for lease in leases:
+            owned = Owned(lease)
+            self.owned[lease.symbol] = owned
+            metrics.LEASE_CHANGES.labels("acquired").inc()
+            log.info("lease_acquired", symbol=lease.symbol, epoch=lease.epoch)
+            owned.restore = self._spawn(self._restore(lease.symbol, owned, documents), lease.symbol)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], symbol: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine, name=f"restore-{symbol}")
+        task.add_done_callback(lambda done: self._restore_ended(symbol, done))
+        return task
+
+    def _restore_ended(self, symbol: str, task: asyncio.Task[None]) -> None:
+        """A restore that died of an unexpected error gives the symbol up, to be taken again cleanly."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("restore_failed", symbol=symbol, error=repr(task.exception()))
+        owned = self.owned.get(symbol)
+        if owned is not None and owned.restore is task:
+            self._drop(symbol, "restore failed", "lost")
+
+    def _drop(self, symbol: str, reason: str, change: str) -> None:
+        """Forget a symbol at once: its unwritten work is replayed from the stream by the next owner."""
+        owned = self.owned.pop(symbol, None)
+        if owned is None:
+            return
+        task = owned.restore
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        metrics.LEASE_CHANGES.labels(change).inc()
+        with contextlib.suppress(KeyError):
+            metrics.LAG.remove(symbol)
+        event = log.info if change == "released" else log.warning
+        event(f"lease_{change}", symbol=symbol, epoch=owned.lease.epoch, reason=reason)
+
+    async def _request_resyncs(self, now: float) -> None:
+        for symbol, owned in list(self.owned.items()):
+            state = owned.state
+            if state is None or not owned.lease.valid(now) or not state.resync_due(now):
+                continue
+            await self.streams.request_resync(symbol, state.reason or "stale", self.instance)
+            state.resync_requested(now)
+            metrics.RESYNC_REQUESTS.inc()
+            log.info("resync_requested", symbol=symbol, reason=state.reason)
+
+    async def _sample_lag(self) -> None:
+        symbols = [symbol for symbol, owned in self.owned.items() if owned.state is not None]
+        for symbol, lag in (await self.streams.lags(symbols)).items():
+            owned = self.owned.get(symbol)
+            if lag is not None and owned is not None and owned.state is not None:
+                unacked = len(owned.state.pending_ids) + len(self.ack_backlog.get(symbol, ()))
+                metrics.LAG.labels(symbol).set(lag + unacked)
+
+    def _update_gauges(self) -> None:
+        states = [owned.state for owned in self.owned.values() if owned.state is not None]
+        live = sum(state.live for state in states)
+        metrics.OWNED.set(len(self.owned))
+        metrics.MEMBERS.set(len(self.members))
+        metrics.BOOKS.labels(Status.LIVE).set(live)
+        metrics.BOOKS.labels(Status.STALE).set(len(states) - live)
+
+    # -- restore and catch-up --------------------------------------------------------------------
+
+    async def _restore(self, symbol: str, owned: Owned, documents: DocumentsTask | None = None) -> None:
+        """Load the stored book (first time only), then catch up with XRANGE until the reader may take over.
+
+        `documents` is a query already loading the documents of the symbols acquired together; if it
+        fails, each symbol loads its own document, retrying until MongoDB answers.
+        """
+        backoff = Backoff()
+        while self.owned.get(symbol) is owned:
+            try:
+                if owned.state is None:
+                    preloaded = None
+                    if documents is not None:
+                        with contextlib.suppress(PyMongoError):
+                            preloaded = await asyncio.shield(documents)
+                        documents = None
+                    document = preloaded.get(symbol) if preloaded is not None else await self.store.load(symbol)
+                    await self._load(symbol, owned, document)
+                if owned.state is None or not await self._catch_up(symbol, owned):
+                    return
+                deferred, owned.deferred = owned.deferred, []
+                if all(self._feed(symbol, owned.state, entries, refilled=False) for entries in deferred):
+                    owned.ready = True
+                    self._wake_reader.set()
+                    return
+                metrics.HOLES_REFILLED.inc()  # a hole in what was read ahead: catch up once more
+            except (RedisError, PyMongoError) as exc:
+                log.warning("restore_retry", symbol=symbol, error=repr(exc))
+                await asyncio.sleep(backoff.next())
+
+    async def _load(self, symbol: str, owned: Owned, document: Document | None) -> None:
+        self._mongo_ok()
+        stored_epoch = document.get("epoch") if document else None
+        if isinstance(stored_epoch, int) and stored_epoch >= owned.lease.epoch:
+            log.warning("epoch_behind_document", symbol=symbol, epoch=owned.lease.epoch, stored=stored_epoch)
+            if not await self.ownership.raise_epoch(owned.lease, stored_epoch + 1):
+                self._drop(symbol, "lease lost while raising its epoch", "lost")
+                return
+        now = time.monotonic()
+        state = restore_state(symbol, document, self.settings.resubscribe_interval, now)
+        await self.streams.ensure_group(symbol, state.stream_id)
+        head = await self.streams.head(symbol)
+        first_id, first = None, None
+        if head.first is not None:
+            first_id = head.first[0].decode()
+            with contextlib.suppress(EntryError):
+                first = decode_entry(*head.first)
+        if not state.check_retained(first_id, first, head.max_deleted_id, now):
+            self._note(symbol, state, Outcome.STALE)
+        if state.stream_id is not None:
+            await self.streams.ack_covered(symbol, state.stream_id)
+        owned.state = state
+        log.info("restored", symbol=symbol, epoch=owned.lease.epoch, stream_id=state.stream_id,
+                 seq=state.seq, status=state.status, reason=state.reason)
+
+    async def _catch_up(self, symbol: str, owned: Owned) -> bool:
+        """Apply what the group handed out after the stored position; False when the lease went meanwhile."""
+        state = owned.state
+        assert state is not None
+        until = await self.streams.last_delivered(symbol)
+        if until is None:
+            await self.streams.ensure_group(symbol, state.stream_id)
+            return True
+        end = parse_stream_id(until)
+        while state.position < end:
+            if self.owned.get(symbol) is not owned or not owned.lease.valid(time.monotonic()):
+                return False
+            page = await self.streams.read_range(symbol, state.stream_id, until, RANGE_COUNT)
+            self._redis_ok()
+            if not page:
+                break
+            self._feed(symbol, state, page, refilled=True)
+            await asyncio.sleep(0)
+        return True
+
+    # -- reading and applying --------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        """Read new entries, always one XREADGROUP ahead, so Redis prepares the next batch while this
+        one is applied."""
+        backoff = Backoff()
+        ahead: ReadTask | None = None
+        try:
+            while not self._draining:
+                ahead = ahead or self._read_ahead()
+                if ahead is None:
+                    self._wake_reader.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake_reader.wait(), READ_BLOCK_MS / 1000)
+                    continue
+                try:
+                    batch = await ahead
+                except RedisError as exc:
+                    ahead = None
+                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                        await self._recreate_groups()
+                        continue
+                    self._redis_failed("read", exc)
+                    await self._pause(backoff.next())
+                    continue
+                self._redis_ok()
+                backoff.reset()
+                ahead = self._read_ahead()
+                for symbol, entries in batch:
+                    self._apply(symbol, entries)
+                    await asyncio.sleep(0)
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # whatever it delivers stays pending; the next owner reads it with XRANGE
+
+    def _read_ahead(self) -> ReadTask | None:
+        symbols = [symbol for symbol, owned in self.owned.items() if owned.ready and not owned.releasing]
+        if not symbols or self._unacked() >= MAX_UNACKED:
+            return None
+        return asyncio.create_task(self.streams.read_new(symbols, READ_COUNT, READ_BLOCK_MS))
+
+    async def _recreate_groups(self) -> None:
+        """The group vanished (Redis lost its data): recreate it; positions come from MongoDB anyway."""
+        log.warning("group_missing")
+        with contextlib.suppress(RedisError):
+            for symbol, owned in list(self.owned.items()):
+                if owned.state is not None:
+                    await self.streams.ensure_group(symbol, owned.state.stream_id)
+
+    def _apply(self, symbol: str, entries: list[RawEntry]) -> None:
+        owned = self.owned.get(symbol)
+        if owned is None or owned.releasing or not owned.lease.valid(time.monotonic()):
+            return  # left pending; whoever owns the symbol next reads them with XRANGE
+        if owned.state is None or not owned.ready:
+            # Read ahead before a hole sent the symbol back to catching up: applied after the catch-up.
+            owned.deferred.append(entries)
+            return
+        if not self._feed(symbol, owned.state, entries, refilled=False):
+            metrics.HOLES_REFILLED.inc()
+            log.info("hole", symbol=symbol, after=owned.state.stream_id, seq=owned.state.seq)
+            owned.ready = False
+            owned.restore = self._spawn(self._restore(symbol, owned), symbol)
+
+    def _feed(self, symbol: str, state: SymbolState, entries: list[RawEntry], refilled: bool) -> bool:
+        """Feed entries in order; False at a hole, leaving it and the rest to a catch-up from the stream."""
+        now = time.monotonic()
+        frames, rows = state.frames_applied, state.rows_applied
+        complete = True
+        for raw_id, fields in entries:
+            try:
+                entry = decode_entry(raw_id, fields)
+            except EntryError as exc:
+                outcome = state.feed_malformed(raw_id.decode(), str(exc), now)
+            else:
+                outcome = state.feed(entry, now, refilled)
+            if outcome is Outcome.APPLIED:
+                continue
+            if outcome is Outcome.HOLE:
+                complete = False
+                break
+            self._note(symbol, state, outcome)
+        frames, rows = state.frames_applied - frames, state.rows_applied - rows
+        self.frames_applied += frames
+        self.rows_applied += rows
+        metrics.FRAMES_APPLIED.inc(frames)
+        metrics.ROWS_APPLIED.inc(rows)
+        return complete
+
+    def _note(self, symbol: str, state: SymbolState, outcome: Outcome) -> None:
+        if outcome is Outcome.DUPLICATE:
+            metrics.ENTRIES_SKIPPED.inc()
+        elif outcome is Outcome.STALE:
+            metrics.STALE.labels(str(state.stale_kind)).inc()
+            log.warning("book_stale", symbol=symbol, kind=state.stale_kind, reason=state.reason,
+                        stream_id=state.stream_id)
+        elif outcome is Outcome.LIVE:
+            log.info("book_live", symbol=symbol, stream_id=state.stream_id, session=state.session, seq=state.seq)
+
+    def _unacked(self) -> int:
+        pending = sum(len(owned.state.pending_ids) for owned in self.owned.values() if owned.state is not None)
+        return pending + sum(len(ids) for ids in self.ack_backlog.values())
+
+    # -- persisting ------------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        backoff = Backoff()
+        while not self._draining:
+            started = time.monotonic()
+            if await self._flush():
+                backoff.reset()
+                await self._pause(max(self.settings.flush_interval - (time.monotonic() - started), 0.001))
+            else:
+                await self._pause(backoff.next())
+
+    async def _flush(self) -> bool:
+        """Write every changed book in one bulk write, then XACK what it covered; False on failure."""
+        now = time.monotonic()
+        wall = dt.datetime.now(UTC)
+        tickets = []
+        documents = {}
+        for symbol, owned in self.owned.items():
+            state = owned.state
+            if state is None or not owned.lease.valid(now):
+                continue
+            ticket = state.take_flush()
+            if ticket is not None:
+                tickets.append((owned, ticket))
+                if ticket.write:
+                    documents[symbol] = book_document(state, owned.lease.epoch, wall)
+        result = WriteResult()
+        try:
+            if documents:
+                started = time.perf_counter()
+                result = await self.store.write(documents)
+                metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+                metrics.FLUSH_DOCUMENTS.observe(len(documents))
+                self._mongo_ok()
+            elif time.monotonic() - self.mongo_ok_at >= MONGO_PING_EVERY:
+                await self.store.ping()
+                self._mongo_ok()
+        except PyMongoError as exc:
+            for owned, ticket in tickets:
+                if owned.state is not None:
+                    owned.state.flush_failed(ticket)
+            self._mongo_failed(exc)
+            return False
+        for symbol, error in result.failed.items():
+            metrics.FLUSH_ERRORS.inc()
+            log.warning("write_failed", symbol=symbol, error=error)
+        for owned, ticket in tickets:
+            symbol = ticket.symbol
+            if symbol in result.superseded:
+                metrics.WRITE_CONFLICTS.inc()
+                log.warning("write_conflict", symbol=symbol, epoch=owned.lease.epoch,
+                            stored_version=result.superseded[symbol])
+                if self.owned.get(symbol) is owned:
+                    self._drop(symbol, "a newer owner wrote the book", "lost")
+            elif symbol in result.failed:
+                if owned.state is not None:
+                    owned.state.flush_failed(ticket)
+            else:
+                self.ack_backlog.setdefault(symbol, []).extend(ticket.ids)
+        acked = await self._ack()
+        await self._release_settled()
+        return acked and not result.failed
+
+    async def _ack(self) -> bool:
+        if not self.ack_backlog:
+            return True
+        backlog, self.ack_backlog = self.ack_backlog, {}
+        try:
+            await self.streams.ack(backlog)
+        except RedisError as exc:
+            for symbol, ids in backlog.items():
+                self.ack_backlog[symbol] = ids + self.ack_backlog.get(symbol, [])
+            self._redis_failed("ack", exc)
+            return False
+        self._redis_ok()
+        metrics.ACKED.inc(sum(len(ids) for ids in backlog.values()))
+        return True
+
+    def _unsettled(self) -> bool:
+        return bool(self.ack_backlog) or any(
+            owned.state is not None and (owned.state.dirty or owned.state.pending_ids)
+            for owned in self.owned.values())
+
+    async def _release_settled(self) -> None:
+        """Hand off symbols that must move once everything read from them is durable and acknowledged."""
+        settled = [symbol for symbol, owned in self.owned.items() if owned.releasing and (
+            owned.state is None or not (owned.state.dirty or owned.state.pending_ids or symbol in self.ack_backlog))]
+        if not settled:
+            return
+        leases = [self.owned[symbol].lease for symbol in settled]
+        for symbol in settled:
+            self._drop(symbol, "rebalance", "released")
+        try:
+            await self.ownership.release(leases)
+        except RedisError as exc:  # the leases then simply expire
+            self._redis_failed("release", exc)
+
+    # -- server health ---------------------------------------------------------------------------
+
+    def _redis_ok(self) -> None:
+        self.redis_ok_at = time.monotonic()
+        if self._redis_down_since is not None:
+            log.info("redis_reachable", down_seconds=round(self.redis_ok_at - self._redis_down_since, 3))
+            self._redis_down_since = None
+
+    def _redis_failed(self, op: str, exc: Exception) -> None:
+        metrics.REDIS_ERRORS.labels(op).inc()
+        if self._redis_down_since is None:
+            self._redis_down_since = time.monotonic()
+            log.warning("redis_unreachable", op=op, error=repr(exc))
+
+    def _mongo_ok(self) -> None:
+        self.mongo_ok_at = time.monotonic()
+        if self._mongo_down_since is not None:
+            log.info("mongo_reachable", down_seconds=round(self.mongo_ok_at - self._mongo_down_since, 3))
+            self._mongo_down_since = None
+
+    def _mongo_failed(self, exc: Exception) -> None:
+        metrics.FLUSH_ERRORS.inc()
+        if self._mongo_down_since is None:
+            self._mongo_down_since = time.monotonic()
+            log.warning("mongo_unreachable", error=repr(exc))

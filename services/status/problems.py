@@ -1,0 +1,139 @@
+"""What is wrong, decided from snapshots alone: pure functions, no I/O, so every rule is unit-tested.
+
+Two samples say more than one: a lag that is merely high may be a burst being worked off, a lag that
+grows between samples is a consumer falling behind. `analyze` takes the previous snapshot when there is one
+(`--watch`, the `bookstream dev` view) and judges a single sample by thresholds alone otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from services.common.entries import parse_stream_id
+from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.status.snapshot import Group, Problem, Snapshot, Stream, SymbolStatus
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Limits beyond which something is reported; the defaults suit the shipped settings."""
+
+    stale_after_s: float = 30.0
+    """Newest stream entry, book or top10 key older than this (while newer data exists) is reported."""
+    lag_high: int = 1000
+    """Entries a group may have left to read before it is reported, growing or not."""
+    lag_growing_min: int = 100
+    """A lag that grew between two samples is reported once it is at least this."""
+    dead_idle_s: float = 30.0
+    """A consumer idle this long while entries are pending to it is presumed dead."""
+
+
+def analyze(current: Snapshot, previous: Snapshot | None, limits: Thresholds) -> Snapshot:
+    """`current` with stream rates (from `previous`) and its problems filled in."""
+    current = with_rates(current, previous)
+    return replace(current, problems=find_problems(current, previous, limits))
+
+
+def with_rates(current: Snapshot, previous: Snapshot | None) -> Snapshot:
+    """Entries per second added to each stream between the two samples (Redis 7 counts them in entries-added)."""
+    if previous is None or current.taken_at_us <= previous.taken_at_us:
+        return current
+    elapsed = (current.taken_at_us - previous.taken_at_us) / 1e6
+    before = {status.symbol: status for status in previous.symbols}
+
+    def rate(stream: Stream | None, earlier: Stream | None) -> Stream | None:
+        if stream is None or earlier is None or stream.entries_added < earlier.entries_added:
+            return stream
+        return replace(stream, rate_per_s=round((stream.entries_added - earlier.entries_added) / elapsed, 1))
+
+    symbols = []
+    for status in current.symbols:
+        old = before.get(status.symbol)
+        symbols.append(replace(status, l2=rate(status.l2, old.l2 if old else None),
+                               ob10=rate(status.ob10, old.ob10 if old else None)))
+    return replace(current, symbols=tuple(symbols))
+
+
+def find_problems(current: Snapshot, previous: Snapshot | None, limits: Thresholds) -> tuple[Problem, ...]:
+    found: list[Problem] = []
+    if not current.redis.ok:
+        found.append(Problem("redis_unreachable", ERROR, None, "redis", f"{current.redis.url}: {current.redis.error}"))
+    if not current.mongo.ok:
+        found.append(Problem("mongo_unreachable", ERROR, None, "mongo", f"{current.mongo.url}: {current.mongo.error}"))
+    before = {status.symbol: status for status in previous.symbols} if previous else {}
+    for status in current.symbols:
+        found.extend(_symbol_problems(status, before.get(status.symbol), current.mongo.ok, limits))
+    return tuple(found)
+
+
+def _newer(stream_id: str | None, than: str | None) -> bool:
+    return stream_id is not None and than is not None and parse_stream_id(stream_id) > parse_stream_id(than)
+
+
+def _symbol_problems(status: SymbolStatus, previous: SymbolStatus | None, mongo_ok: bool,
+                     limits: Thresholds) -> Iterator[Problem]:
+    sym = status.symbol
+    for subject, stream, earlier, expected_group in (
+            ("l2", status.l2, previous.l2 if previous else None, L2BUILDER_GROUP),
+            ("ob10", status.ob10, previous.ob10 if previous else None, TOP10_GROUP)):
+        if stream is None:
+            continue
+        if stream.last_age_s is not None and stream.last_age_s > limits.stale_after_s:
+            yield Problem("stream_idle", WARNING, sym, subject,
+                          f"{stream.key}: newest entry is {stream.last_age_s:.0f}s old (is ingest running?)")
+        if stream.length and stream.group(expected_group) is None:
+            yield Problem("no_group", WARNING, sym, f"{subject}:group",
+                          f"{stream.key} has no group {expected_group!r} (has {expected_group} ever run?)")
+        for group in stream.groups:
+            before = earlier.group(group.name) if earlier else None
+            yield from _group_problems(sym, f"{subject}:group", stream, group, before, limits)
+
+    if status.l2 is not None and status.l2.length and status.owner.instance is None:
+        yield Problem("no_owner", ERROR, sym, "owner", "no l2builder instance holds the lease (are any running?)")
+
+    book = status.book
+    if mongo_ok and book is None and status.l2 is not None and status.l2.length:
+        yield Problem("book_missing", WARNING, sym, "book", "the l2 stream has entries but MongoDB has no book")
+    if book is not None and book.status == "stale":
+        yield Problem("book_stale", ERROR, sym, "book", f"book is stale: {book.reason or 'no reason given'}")
+    if (book is not None and status.l2 is not None and (book.age_s or 0.0) > limits.stale_after_s
+            and _newer(status.l2.last_id, book.stream_id)):
+        yield Problem("book_behind", WARNING, sym, "book",
+                      f"book last written {book.age_s:.0f}s ago at {book.stream_id}, stream is at {status.l2.last_id}")
+
+    top10 = status.top10
+    if top10 is None and status.ob10 is not None and status.ob10.length:
+        yield Problem("top10_missing", WARNING, sym, "top10", "the ob10 stream has entries but there is no top10 key")
+    if (top10 is not None and status.ob10 is not None and (top10.age_s or 0.0) > limits.stale_after_s
+            and _newer(status.ob10.last_id, top10.stream_id)):
+        yield Problem("top10_behind", WARNING, sym, "top10",
+                      f"top10 key written {top10.age_s:.0f}s ago at {top10.stream_id}, "
+                      f"stream is at {status.ob10.last_id}")
+
+
+def _group_problems(sym: str, subject: str, stream: Stream, group: Group, earlier: Group | None,
+                    limits: Thresholds) -> Iterator[Problem]:
+    where = f"group {group.name!r} on {stream.key}"
+    if group.lag is not None:
+        earlier_lag = earlier.lag if earlier else None
+        growing = earlier_lag is not None and group.lag > earlier_lag
+        if group.lag >= limits.lag_high:
+            yield Problem("lag_high", WARNING, sym, subject,
+                          f"{where} has {group.lag} entries to read{' and growing' if growing else ''}")
+        elif growing and group.lag >= limits.lag_growing_min:
+            yield Problem("lag_growing", WARNING, sym, subject,
+                          f"{where}: lag grew from {earlier_lag} to {group.lag}")
+    trimmed = stream.entries_added - stream.length
+    if (group.entries_read is not None and group.entries_read < trimmed and stream.first_id is not None
+            and parse_stream_id(group.last_delivered_id) < parse_stream_id(stream.first_id)):
+        yield Problem("trimmed_unread", ERROR, sym, subject,
+                      f"{where}: entries were trimmed before the group read them (raise STREAM_MAXLEN?)")
+    for consumer in group.consumers:
+        if consumer.pending and consumer.idle_s >= limits.dead_idle_s:
+            yield Problem("dead_consumer", WARNING, sym, subject,
+                          f"{where}: consumer {consumer.name!r} idle {consumer.idle_s:.0f}s "
+                          f"holds {consumer.pending} pending entries")

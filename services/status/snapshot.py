@@ -1,0 +1,419 @@
+"""One snapshot of the whole system, read from Redis and MongoDB into plain frozen dataclasses.
+
+The dataclasses are the `bookstream status --json` schema: orjson serializes them field by field in
+the order written here, tuples as arrays, None as null. Schema `bookstream.status/1`:
+
+    {"schema": "bookstream.status/1", "taken_at_us": int,      # local clock, epoch microseconds
+     "source": "settings" | "dev",                              # "dev": found through `bookstream dev`'s state file
+     "key_prefix": str,
+     "redis": {"url": str (password masked), "ok": bool, "error": str|null},
+     "mongo": {"url": str (password masked), "database": str, "ok": bool, "error": str|null},
+     "symbols": [{
+        "symbol": str,
+        "l2": Stream|null, "ob10": Stream|null,                # null: the stream does not exist
+        "owner": {"instance": str|null, "epoch": int|null, "ttl_s": float|null},   # l2builder lease
+        "top10": {"age_s": float|null, "stream_id": str|null, "timestamp": str|null,
+                  "best_bid": [price, size]|null, "best_ask": [price, size]|null} | null,
+        "book": {"status": str|null, "reason": str|null, "age_s": float|null, "timestamp": str|null,
+                 "bid_depth": int, "ask_depth": int, "best_bid": [price, size]|null, "best_ask": [price, size]|null,
+                 "stream_id": str|null, "session": str|null, "seq": int|null, "epoch": int|null,
+                 "version": str|null} | null}],                # null: no MongoDB document (or MongoDB down)
+     "instances": {"ingest": [session], "top10": [consumer], "l2builder": [member]},
+     "problems": [{"kind": str, "severity": "error"|"warning", "symbol": str|null,
+                   "subject": "redis"|"mongo"|"l2"|"ob10"|"l2:group"|"ob10:group"|"owner"|"book"|"top10",
+                   "detail": str}]}
+
+    Stream = {"key": str, "length": int, "entries_added": int, "first_id": str|null, "last_id": str|null,
+              "last_age_s": float|null,                         # age of the newest entry, by the Redis clock
+              "last_session": str|null, "rate_per_s": float|null,   # entries/s since the previous sample
+              "groups": [{"name": str, "pending": int, "lag": int|null, "entries_read": int|null,
+                          "last_delivered_id": str,
+                          "consumers": [{"name": str, "pending": int, "idle_s": float}]}]}
+
+Fields are only ever added to this schema, never renamed or removed, without changing the version.
+Ages are seconds: of stream entries and top10 keys by the Redis clock (which wrote them), of books by this
+host's clock against `updated_at`. `lag` is Redis 7's XINFO GROUPS lag (null when Redis cannot tell).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+import orjson
+import pymongo
+import pymongo.errors
+import redis
+
+from services.common.config import mask_url
+from services.common.keys import TOP10_GROUP, Keys
+
+SCHEMA = "bookstream.status/1"
+BOOKS_COLLECTION = "orderbooks"
+
+Level = tuple[float, float]
+PER_SYMBOL = 8
+"""Commands `_read_redis` pipelines per symbol: summary and groups of both streams, lease, epoch, TTL, top10."""
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    name: str
+    pending: int
+    idle_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    pending: int
+    lag: int | None
+    entries_read: int | None
+    last_delivered_id: str
+    consumers: tuple[Consumer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    key: str
+    length: int
+    entries_added: int
+    first_id: str | None
+    last_id: str | None
+    last_age_s: float | None
+    last_session: str | None
+    rate_per_s: float | None
+    groups: tuple[Group, ...]
+
+    def group(self, name: str) -> Group | None:
+        return next((group for group in self.groups if group.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    instance: str | None
+    epoch: int | None
+    ttl_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Top10:
+    age_s: float | None
+    stream_id: str | None
+    timestamp: str | None
+    best_bid: Level | None
+    best_ask: Level | None
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    status: str | None
+    reason: str | None
+    age_s: float | None
+    timestamp: str | None
+    bid_depth: int
+    ask_depth: int
+    best_bid: Level | None
+    best_ask: Level | None
+    stream_id: str | None
+    session: str | None
+    seq: int | None
+    epoch: int | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolStatus:
+    symbol: str
+    l2: Stream | None
+    ob10: Stream | None
+    owner: Owner
+    top10: Top10 | None
+    book: Book | None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisEndpoint:
+    url: str
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MongoEndpoint:
+    url: str
+    database: str
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Instances:
+    """Who is alive: ingest sessions that wrote lately, top10 consumers that read lately, l2builder members."""
+
+    ingest: tuple[str, ...]
+    top10: tuple[str, ...]
+    l2builder: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding; `subject` says which part it is about, so a table can highlight the right cell."""
+
+    kind: str
+    severity: str
+    symbol: str | None
+    subject: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    schema: str
+    taken_at_us: int
+    source: str
+    key_prefix: str
+    redis: RedisEndpoint
+    mongo: MongoEndpoint
+    symbols: tuple[SymbolStatus, ...]
+    instances: Instances
+    problems: tuple[Problem, ...]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+
+def epoch_seconds(value: object) -> float | None:
+    """A time as stored by whoever wrote it (BSON date, ISO text, epoch s/ms/µs number) in epoch seconds."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+        # Magnitude tells the unit apart: 1e11 s is the year 5138, 1e14 ms the year 5138 too.
+        return number / 1e6 if number > 1e14 else number / 1e3 if number > 1e11 else number
+    if isinstance(value, str):
+        try:
+            return epoch_seconds(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def stream_id_ms(stream_id: str) -> int:
+    return int(stream_id.partition("-")[0])
+
+
+def _age(now_s: float, then_s: float | None) -> float | None:
+    return None if then_s is None else round(max(0.0, now_s - then_s), 3)
+
+
+def _level(raw: object) -> Level | None:
+    if isinstance(raw, list | tuple) and len(raw) >= 2:
+        try:
+            return float(raw[0]), float(raw[1])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _first_level(json_text: str | None) -> Level | None:
+    if not json_text:
+        return None
+    try:
+        levels = orjson.loads(json_text)
+    except orjson.JSONDecodeError:
+        return None
+    return _level(levels[0]) if isinstance(levels, list) and levels else None
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def _text_or_none(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _first_clause(exc: Exception) -> str:
+    """The gist of a driver error: pymongo appends its whole topology description to the cause."""
+    return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0][:200]
+
+
+def _decoded(value: bytes | str) -> str:
+    """redis-py types replies as bytes or str; this client decodes them, but a type checker cannot know."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _ok(result: object) -> Any:
+    """A pipeline result, or None for a failed command (XINFO on a missing key is an error)."""
+    return None if isinstance(result, Exception) else result
+
+
+class Collector:
+    """Reads snapshots from one Redis and one MongoDB; keep it across `--watch` refreshes to reuse connections."""
+
+    def __init__(self, redis_url: str, mongo_url: str, mongo_database: str, key_prefix: str,
+                 source: str = "settings", live_idle_s: float = 30.0, symbols: tuple[str, ...] = ()) -> None:
+        """`symbols` are shown even before anything exists for them (`bookstream dev` knows what to expect)."""
+        self.keys = Keys(key_prefix)
+        self.symbols = symbols
+        self.source = source
+        self.live_idle_s = live_idle_s
+        self._redis_url, self._mongo_url, self._database = redis_url, mongo_url, mongo_database
+        self._redis = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="replace",
+                                           socket_timeout=3, socket_connect_timeout=2,
+                                           client_name="bookstream-status")
+        self._summary = self._redis.register_script(
+            files(__package__).joinpath("stream_summary.lua").read_text(encoding="utf-8"))
+        self._mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            mongo_url, serverSelectionTimeoutMS=1500, connectTimeoutMS=1500, socketTimeoutMS=3000,
+            tz_aware=True, appname="bookstream-status")
+
+    def close(self) -> None:
+        self._redis.close()
+        self._mongo.close()
+
+    def collect(self) -> Snapshot:
+        """Read everything once; derived fields (`rate_per_s`, `problems`) are left for `problems.analyze`."""
+        now_s = time.time()
+        books, mongo = self._read_books(now_s)
+        try:
+            symbols, instances = self._read_redis(books)
+            redis_endpoint = RedisEndpoint(mask_url(self._redis_url), True, None)
+        except redis.RedisError as exc:
+            redis_endpoint = RedisEndpoint(mask_url(self._redis_url), False,
+                                           f"{type(exc).__name__}: {_first_clause(exc)}")
+            symbols = tuple(SymbolStatus(sym, None, None, Owner(None, None, None), None, book)
+                            for sym, book in sorted(books.items()))
+            instances = Instances((), (), ())
+        return Snapshot(SCHEMA, int(now_s * 1e6), self.source, self.keys.prefix, redis_endpoint, mongo,
+                        symbols, instances, ())
+
+    def _read_books(self, now_s: float) -> tuple[dict[str, Book], MongoEndpoint]:
+        pipeline: list[dict[str, Any]] = [{"$project": {
+            "status": 1, "reason": 1, "updated_at": 1, "timestamp": 1, "stream_id": 1, "session": 1, "seq": 1,
+            "epoch": 1, "version": 1,
+            # Depth and best levels are computed by the server: the full books never cross the network.
+            "bid_depth": {"$size": {"$ifNull": ["$bids", []]}}, "ask_depth": {"$size": {"$ifNull": ["$asks", []]}},
+            "best_bid": {"$arrayElemAt": ["$bids", 0]}, "best_ask": {"$arrayElemAt": ["$asks", 0]}}}]
+        url = mask_url(self._mongo_url)
+        try:
+            documents = list(self._mongo[self._database][BOOKS_COLLECTION].aggregate(pipeline))
+        except pymongo.errors.PyMongoError as exc:
+            return {}, MongoEndpoint(url, self._database, False, f"{type(exc).__name__}: {_first_clause(exc)}")
+        books = {str(doc["_id"]): Book(
+            status=_text_or_none(doc.get("status")), reason=_text_or_none(doc.get("reason")),
+            age_s=_age(now_s, epoch_seconds(doc.get("updated_at"))), timestamp=_text_or_none(doc.get("timestamp")),
+            bid_depth=int(doc.get("bid_depth") or 0), ask_depth=int(doc.get("ask_depth") or 0),
+            best_bid=_level(doc.get("best_bid")), best_ask=_level(doc.get("best_ask")),
+            stream_id=_text_or_none(doc.get("stream_id")), session=_text_or_none(doc.get("session")),
+            seq=_int_or_none(doc.get("seq")), epoch=_int_or_none(doc.get("epoch")),
+            version=_text_or_none(doc.get("version"))) for doc in documents}
+        return books, MongoEndpoint(url, self._database, True, None)
+
+    def _discover_symbols(self) -> set[str]:
+        found = {_decoded(member) for member in self._redis.smembers(self.keys.symbols)}
+        for kind in ("l2", "ob10"):
+            for key in self._redis.scan_iter(match=f"{self.keys.prefix}:{kind}:*", _type="stream", count=1000):
+                try:
+                    found.add(self.keys.symbol_of(_decoded(key)))
+                except ValueError:
+                    continue
+        return found
+
+    def _read_redis(self, books: dict[str, Book]) -> tuple[tuple[SymbolStatus, ...], Instances]:
+        names = sorted(self._discover_symbols() | set(books) | set(self.symbols))
+        keys = self.keys
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(keys.l2builder_members, 0, -1, withscores=True)
+        for sym in names:
+            for stream in (keys.l2_stream(sym), keys.ob10_stream(sym)):
+                self._summary(keys=[stream], client=pipe)
+                pipe.xinfo_groups(stream)
+            pipe.get(keys.lease(sym))
+            pipe.get(keys.epoch(sym))
+            pipe.pttl(keys.lease(sym))
+            pipe.hmget(keys.top10(sym), ["updated_us", "stream_id", "timestamp", "bids", "asks"])
+        results = pipe.execute(raise_on_error=False)
+        seconds, micros = results[0]
+        redis_now_ms = int(seconds) * 1000 + int(micros) // 1000
+        # Scores are expiry times on the Redis clock (l2builder's heartbeat uses TIME), so compare with it.
+        members = tuple(name for name, expiry in _ok(results[1]) or () if expiry > redis_now_ms)
+
+        per_symbol = [results[2 + i * PER_SYMBOL: 2 + (i + 1) * PER_SYMBOL] for i in range(len(names))]
+        consumers = self._read_consumers(names, per_symbol)
+        symbols = []
+        for sym, (l2_info, l2_groups, ob10_info, ob10_groups, lease, epoch, pttl, top10) in zip(
+                names, per_symbol, strict=True):
+            ttl = _ok(pttl)
+            symbols.append(SymbolStatus(
+                symbol=sym,
+                l2=_stream(keys.l2_stream(sym), _ok(l2_info), _ok(l2_groups), consumers, redis_now_ms),
+                ob10=_stream(keys.ob10_stream(sym), _ok(ob10_info), _ok(ob10_groups), consumers, redis_now_ms),
+                owner=Owner(_ok(lease), _int_or_none(_ok(epoch)),
+                            ttl / 1000 if isinstance(ttl, int) and ttl >= 0 and _ok(lease) else None),
+                top10=_top10(_ok(top10), redis_now_ms / 1000),
+                book=books.get(sym)))
+        return tuple(symbols), self._instances(symbols, members)
+
+    def _read_consumers(self, names: list[str], per_symbol: list[list[Any]]) -> dict[tuple[str, str], list[Any]]:
+        wanted: list[tuple[str, str]] = []
+        for sym, results in zip(names, per_symbol, strict=True):
+            for stream, groups in ((self.keys.l2_stream(sym), results[1]), (self.keys.ob10_stream(sym), results[3])):
+                wanted.extend((stream, group["name"]) for group in _ok(groups) or ())
+        if not wanted:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for stream, group in wanted:
+            pipe.xinfo_consumers(stream, group)
+        return {pair: _ok(found) or [] for pair, found in zip(wanted, pipe.execute(raise_on_error=False), strict=True)}
+
+    def _instances(self, symbols: list[SymbolStatus], members: tuple[str, ...]) -> Instances:
+        sessions: set[str] = set()
+        readers: set[str] = set()
+        for status in symbols:
+            for stream in (status.l2, status.ob10):
+                if stream and stream.last_session and (stream.last_age_s or 0.0) < self.live_idle_s:
+                    sessions.add(stream.last_session)
+            group = status.ob10.group(TOP10_GROUP) if status.ob10 else None
+            if group is not None:
+                readers.update(c.name for c in group.consumers if c.idle_s < self.live_idle_s)
+        return Instances(tuple(sorted(sessions)), tuple(sorted(readers)), tuple(sorted(members)))
+
+
+def _stream(key: str, summary: list[Any] | None, groups: list[dict[str, Any]] | None,
+            consumers: dict[tuple[str, str], list[Any]], redis_now_ms: int) -> Stream | None:
+    if summary is None:
+        return None
+    length, entries_added, first_id, last_id, last_session = summary
+    return Stream(
+        key=key, length=int(length), entries_added=int(entries_added), first_id=first_id, last_id=last_id,
+        last_age_s=None if last_id is None else round(max(0, redis_now_ms - stream_id_ms(last_id)) / 1000, 3),
+        last_session=last_session, rate_per_s=None,
+        groups=tuple(Group(
+            name=group["name"], pending=int(group["pending"]), lag=_int_or_none(group.get("lag")),
+            entries_read=_int_or_none(group.get("entries-read")), last_delivered_id=group["last-delivered-id"],
+            consumers=tuple(Consumer(c["name"], int(c["pending"]), round(int(c["idle"]) / 1000, 3))
+                            for c in consumers.get((key, group["name"]), ())))
+            for group in sorted(groups or (), key=lambda g: str(g["name"]))))
+
+
+def _top10(fields: list[str | None] | None, now_s: float) -> Top10 | None:
+    if not fields or all(value is None for value in fields):
+        return None
+    updated_us, stream_id, timestamp, bids, asks = fields
+    updated = _int_or_none(updated_us)
+    return Top10(age_s=_age(now_s, None if updated is None else updated / 1e6), stream_id=stream_id,
+                 timestamp=timestamp, best_bid=_first_level(bids), best_ask=_first_level(asks))
+

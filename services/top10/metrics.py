@@ -1,0 +1,50 @@
+"""Prometheus metrics of top10 (default registry, served on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ENTRIES = Counter(
+    "bookstream_top10_entries",
+    "ob10 stream entries processed (written, refused or set aside), by how they were read: new (>), pending "
+    "(own pending entries re-read after a start or a failed read), claimed (XAUTOCLAIM)",
+    ["source"])
+WRITES = Counter(
+    "bookstream_top10_writes",
+    "compare-and-set results: applied (key written and published), older (refused, the key holds a newer "
+    "snapshot), duplicate (the key already holds this very entry)",
+    ["result"])
+SUPERSEDED = Counter(
+    "bookstream_top10_superseded_entries",
+    "valid snapshots not sent to Redis because a newer one of the same symbol was in the same batch")
+MALFORMED = Counter(
+    "bookstream_top10_malformed_entries",
+    "entries that are not a valid orderBook10 snapshot of their stream's symbol (logged, acknowledged, "
+    "never written)")
+SKIPPED = Counter(
+    "bookstream_top10_skipped_entries",
+    "entries with nothing to write: gap (marker from ingest), empty (frame with no rows), trimmed (pending "
+    "entry deleted by MAXLEN before it was processed: a loss)",
+    ["reason"])
+CLAIMED = Counter(
+    "bookstream_top10_claimed_entries",
+    "entries taken over with XAUTOCLAIM after staying pending longer than CLAIM_IDLE")
+CONSUMERS_REMOVED = Counter(
+    "bookstream_top10_consumers_removed",
+    "other group members removed after CONSUMER_EXPIRY idle on every stream with nothing pending")
+REDIS_ERRORS = Counter(
+    "bookstream_top10_redis_errors",
+    "failed Redis operations (each retried after a backoff)",
+    ["operation"])
+LATENCY = Histogram(
+    "bookstream_top10_latency_seconds",
+    "ingest receive time (recv_us) to the key written, per applied write",
+    buckets=(0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004,
+             0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0))
+BATCH_ENTRIES = Histogram(
+    "bookstream_top10_batch_entries",
+    "entries per processed batch",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000))
+STREAMS = Gauge(
+    "bookstream_top10_streams",
+    "ob10 streams this instance consumes")

@@ -1,0 +1,74 @@
+"""The Lua scripts of top10, read from package data and run by SHA in pipelines.
+
+redis-py's `register_script` objects send SCRIPT EXISTS before every pipeline that uses them: one more
+round trip per batch, on the path whose latency we measure. Redis forgets scripts only when it restarts
+or is told to (SCRIPT FLUSH), so `run_pipelined` sends bare EVALSHAs and, on NOSCRIPT, loads the script
+and sends the whole batch again. That is safe because both scripts are idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
+
+from services.top10.snapshots import Top10Write
+
+
+class LuaScript:
+    """A script's source and the SHA1 that EVALSHA names it by."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    @classmethod
+    def from_package(cls, filename: str) -> LuaScript:
+        return cls(files(__package__).joinpath(filename).read_text(encoding="utf-8"))
+
+
+STORE_TOP10 = LuaScript.from_package("store_top10.lua")
+REMOVE_CONSUMER = LuaScript.from_package("remove_consumer.lua")
+
+ScriptCall = tuple[Sequence[str | bytes], Sequence[EncodableT]]
+
+
+def store_top10_call(key: str, write: Top10Write) -> ScriptCall:
+    """The keys and arguments of `store_top10.lua` for one write to the hash (and channel) `key`."""
+    snapshot = write.snapshot
+    ts_us, id_ms, id_seq = write.order
+    message = orjson.dumps({"symbol": write.symbol, "bids": snapshot.bids, "asks": snapshot.asks,
+                            "timestamp": snapshot.timestamp, "stream_id": write.stream_id})
+    return [key], [ts_us, id_ms, id_seq, write.stream_id, orjson.dumps(snapshot.bids), orjson.dumps(snapshot.asks),
+                   snapshot.timestamp, write.recv_us, message]
+
+
+async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    """EVALSHA `script` once per `(keys, args)` in one pipeline; return the replies in order.
+
+    Raises the first error other than a NOSCRIPT that a reload cured: a batch is never half-reported as done.
+    """
+    replies = await _evalsha_each(redis, script, calls)
+    if any(isinstance(reply, NoScriptError) for reply in replies):
+        await redis.script_load(script.source)
+        replies = await _evalsha_each(redis, script, calls)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def _evalsha_each(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies

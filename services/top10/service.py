@@ -1,0 +1,369 @@
+"""The top10 service: every `<prefix>:ob10:{SYM}` stream, read in group `top10`, into `<prefix>:top10:SYM`.
+
+One consumer per process. The read loop takes entries from all streams in one blocking XREADGROUP, writes
+the newest snapshot of each symbol through the compare-and-set script, and acknowledges the batch once the
+writes succeeded. The housekeeping loop joins the streams of newly seen symbols, claims entries that dead
+consumers left pending, and removes members long gone. Any instance may process any entry: the script, not
+the order of processing, decides what a key holds, so instances can be added, killed or restarted at will.
+
+Redis being down is a state, not a crash: each loop logs, counts, backs off and retries, and /healthz fails
+once no Redis call has succeeded for HEALTH_STALE_AFTER seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable
+from typing import Any, Final, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import KeyT, StreamIdT, XReadGroupResponse
+
+from services.common.config import SYMBOL_PATTERN, Settings
+from services.common.keys import TOP10_GROUP, Keys
+from services.common.logs import EventLog
+from services.top10 import group, metrics
+from services.top10.scripts import STORE_TOP10, run_pipelined, store_top10_call
+from services.top10.snapshots import Acks, BatchPlan, RawEntry, plan_batch
+
+READ_BLOCK_MS: Final = 1000
+READ_COUNT: Final = 200
+"""Entries per stream per read: large enough to drain a backlog quickly, small enough to keep batches short."""
+SOCKET_TIMEOUT: Final = READ_BLOCK_MS / 1000 + 4.0
+"""Longer than the block: redis-py ends a read that outlasts the socket timeout with an error."""
+CONNECT_TIMEOUT: Final = 2.0
+HOUSEKEEPING_INTERVAL: Final = 1.0
+SHUTDOWN_DRAIN_SECONDS: Final = 5.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+WRITE_RESULTS: Final = {1: metrics.WRITES.labels("applied"), 0: metrics.WRITES.labels("older"),
+                        -1: metrics.WRITES.labels("duplicate")}
+
+log = EventLog("top10")
+
+
+class Backoff:
+    """Exponentially growing, jittered delays between attempts against a Redis that keeps failing."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Top10Service:
+    """One member of group `top10`; `main` runs it until `stop` is set, `health` backs /healthz."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._keys = Keys(settings.key_prefix)
+        self._consumer = settings.instance_name
+        # No retries inside redis-py: a retried XREADGROUP would read past entries that the failed attempt
+        # may already have moved to our pending list. The loops below retry, re-reading that list first.
+        self._redis = Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
+                                     socket_connect_timeout=CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0),
+                                     client_name=f"top10:{self._consumer}")
+        self._symbols: dict[str, str] = {}
+        """symbol -> ob10 stream key, for every stream this consumer has joined."""
+        self._streams_joined = asyncio.Event()
+        self._skipped_symbols: set[str] = set()
+        self._redis_ok_at = time.monotonic()
+        self._last_error = ""
+
+    async def main(self, stop: asyncio.Event) -> int:
+        log.info("consumer_started", consumer=self._consumer, group=TOP10_GROUP,
+                 claim_idle=self._settings.claim_idle, consumer_expiry=self._settings.consumer_expiry)
+        loops = [asyncio.create_task(self._consume(), name="consume"),
+                 asyncio.create_task(self._housekeep(), name="housekeeping")]
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for task in (*loops, stopping):
+            task.cancel()
+        await asyncio.gather(*loops, stopping, return_exceptions=True)
+        crashed = [task for task in loops if task in done]
+        for task in crashed:
+            try:
+                task.result()
+            except BaseException:
+                log.error("loop_crashed", exc_info=True, loop=task.get_name())
+        await self._leave()
+        await self._redis.aclose()
+        return 1 if crashed else 0
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        since_ok = time.monotonic() - self._redis_ok_at
+        return since_ok <= self._settings.health_stale_after, {
+            "consumer": self._consumer, "group": TOP10_GROUP, "streams": len(self._symbols),
+            "redis_ok_seconds_ago": round(since_ok, 3), "last_error": self._last_error}
+
+    # The read loop
+
+    async def _consume(self) -> None:
+        """Read, write, acknowledge; our own pending entries first after a start or a failed read."""
+        # A previous process under the same name may have left entries pending.
+        own_pending_first = True
+        backoff = Backoff()
+        while True:
+            if not self._symbols:
+                self._streams_joined.clear()
+                await self._streams_joined.wait()
+            try:
+                if own_pending_first:
+                    own_pending_first = await self._process_own_pending()
+                    self._redis_ok("read", backoff)
+                else:
+                    await self._process_new(backoff)
+            except (RedisError, OSError) as exc:
+                # A failed or abandoned read may have been served: its entries are pending under our name,
+                # unseen, like those of a batch not acknowledged. Re-reading our pending list covers both.
+                own_pending_first = True
+                await self._redis_failed("read", exc, backoff)
+
+    async def _process_new(self, backoff: Backoff) -> None:
+        """Process new entries, with the next read always in flight, until a Redis call fails.
+
+        A batch's writes go out first and the next XREADGROUP right behind them; its XACKs go out once the
+        writes are confirmed, without waiting for their reply. Entries arriving meanwhile are already on
+        their way, so the loop costs one round trip per batch, the writes, instead of three.
+        """
+        reading = self._read_new()
+        acking: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await reading
+                self._redis_ok("read", backoff)
+                # Tasks start in creation order, so the writes leave before the next read does.
+                writing = asyncio.create_task(self._process(batch, "new")) if batch else None
+                reading = self._read_new()
+                if writing is None:
+                    continue
+                acks = await writing
+                if acking is not None:
+                    await acking  # the previous batch's XACKs: long answered by now, or failed
+                acking = asyncio.create_task(self._acknowledge(acks))
+        finally:
+            _forget(reading, cancel=True)
+            if acking is not None:
+                _forget(acking, cancel=False)
+
+    def _read_new(self) -> asyncio.Task[list[tuple[bytes, list[RawEntry]]]]:
+        """Start an XREADGROUP of new entries from every joined stream."""
+        streams: dict[KeyT, StreamIdT] = {stream: ">" for stream in self._symbols.values()}
+
+        async def read() -> list[tuple[bytes, list[RawEntry]]]:
+            reply = await self._redis.xreadgroup(TOP10_GROUP, self._consumer, streams, count=READ_COUNT,
+                                                 block=READ_BLOCK_MS)
+            return _per_stream(reply)
+
+        return asyncio.create_task(read())
+
+    async def _process_own_pending(self) -> bool:
+        """Process a page of the entries delivered to us but not acknowledged; False once there are none."""
+        streams: dict[KeyT, StreamIdT] = {stream: "0" for stream in self._symbols.values()}
+        reply = await self._redis.xreadgroup(TOP10_GROUP, self._consumer, streams, count=READ_COUNT)
+        batch = [(stream, entries) for stream, entries in _per_stream(reply) if entries]
+        if not batch:
+            return False
+        await self._acknowledge(await self._process(batch, "pending"))
+        return True
+
+    async def _process(self, batch: Iterable[tuple[bytes, list[RawEntry]]], source: str) -> Acks:
+        """Write the newest snapshot per symbol; return the entries to acknowledge, now that it is done."""
+        plan = plan_batch((stream, self._keys.symbol_of(stream.decode()), entries) for stream, entries in batch)
+        writes = list(plan.writes.values())
+        if writes:
+            calls = [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
+            results = await run_pipelined(self._redis, STORE_TOP10, calls)
+            written_us = time.time_ns() // 1000
+            for write, result in zip(writes, results, strict=True):
+                WRITE_RESULTS[result].inc()
+                if result == 1:
+                    metrics.LATENCY.observe((written_us - write.recv_us) / 1e6)
+        self._report(plan, source)
+        return plan.acks
+
+    async def _acknowledge(self, acks: Acks) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, ids in acks.items():
+                pipe.xack(stream, TOP10_GROUP, *ids)
+            await pipe.execute()
+
+    @staticmethod
+    def _report(plan: BatchPlan, source: str) -> None:
+        """Count and log a batch once its writes are done (a batch redone after a failure counts again)."""
+        metrics.ENTRIES.labels(source).inc(plan.entries)
+        metrics.BATCH_ENTRIES.observe(plan.entries)
+        if plan.superseded:
+            metrics.SUPERSEDED.inc(plan.superseded)
+        if plan.gaps:
+            metrics.SKIPPED.labels("gap").inc(plan.gaps)
+        if plan.empty:
+            metrics.SKIPPED.labels("empty").inc(plan.empty)
+        for rejection in plan.rejected:
+            metrics.MALFORMED.inc()
+            log.warning("malformed_entry", stream=rejection.stream, id=rejection.stream_id,
+                        reason=rejection.reason, excerpt=rejection.excerpt)
+        _report_trimmed(plan.trimmed)
+
+    # Housekeeping
+
+    async def _housekeep(self) -> None:
+        """Join new streams, claim abandoned entries and remove departed consumers, every second."""
+        backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        # Departed consumers are rare and harmless, so look for them a few times per expiry period only.
+        janitor_interval = min(max(self._settings.consumer_expiry / 4, HOUSEKEEPING_INTERVAL), 15.0)
+        next_janitor = 0.0
+        while True:
+            operation = "discover"
+            try:
+                await self._join_new_streams()
+                operation = "claim"
+                await self._claim_abandoned()
+                if loop.time() >= next_janitor:
+                    operation = "remove_consumers"
+                    await self._remove_departed()
+                    next_janitor = loop.time() + janitor_interval
+            except (RedisError, OSError) as exc:
+                await self._redis_failed(operation, exc, backoff)
+                continue
+            self._redis_ok("housekeeping", backoff)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _join_new_streams(self) -> None:
+        """Join the ob10 stream of every symbol in the symbol set not joined (or skipped) yet."""
+        members = {_text(member) for member in await self._redis.smembers(self._keys.symbols)}
+        candidates = []
+        for symbol in sorted(members - self._symbols.keys() - self._skipped_symbols):
+            if SYMBOL_PATTERN.fullmatch(symbol):
+                candidates.append(symbol)
+            else:
+                self._skip(symbol, "invalid symbol name")
+        if not candidates:
+            return
+        refused = await group.join(self._redis, [self._keys.ob10_stream(symbol) for symbol in candidates])
+        joined = []
+        for symbol in candidates:
+            reason = refused.get(self._keys.ob10_stream(symbol))
+            if reason is None:
+                joined.append(symbol)
+            else:
+                self._skip(symbol, reason)
+        if not joined:
+            return
+        # Copy, not mutate: the read loop builds its next read from this mapping.
+        self._symbols = {**self._symbols, **{symbol: self._keys.ob10_stream(symbol) for symbol in joined}}
+        metrics.STREAMS.set(len(self._symbols))
+        self._streams_joined.set()
+        log.info("streams_joined", symbols=",".join(joined), streams=len(self._symbols))
+
+    def _skip(self, symbol: str, reason: str) -> None:
+        """Leave a symbol of the set alone until restart, saying why once."""
+        self._skipped_symbols.add(symbol)
+        log.warning("symbol_skipped", symbol=symbol, reason=reason, set=self._keys.symbols)
+
+    async def _claim_abandoned(self) -> None:
+        """Take over the entries pending longer than CLAIM_IDLE, whoever holds them, and process them."""
+        min_idle_ms = int(self._settings.claim_idle * 1000)
+        streams = list(self._symbols.values())
+        async for page in group.claim_abandoned(self._redis, streams, self._consumer, min_idle_ms):
+            _report_trimmed(page.trimmed)
+            if page.entries:
+                claimed = sum(len(entries) for _, entries in page.entries)
+                metrics.CLAIMED.inc(claimed)
+                log.info("entries_claimed", entries=claimed, streams=len(page.entries), min_idle_ms=min_idle_ms)
+                await self._acknowledge(await self._process(page.entries, "claimed"))
+
+    async def _remove_departed(self) -> None:
+        expiry_ms = int(self._settings.consumer_expiry * 1000)
+        for departure in await group.remove_departed(self._redis, list(self._symbols.values()), self._consumer,
+                                                     expiry_ms):
+            metrics.CONSUMERS_REMOVED.inc()
+            log.info("consumer_removed", consumer=departure.consumer, streams=departure.streams,
+                     idle_ms=departure.idle_ms)
+
+    async def _leave(self) -> None:
+        """At shutdown: process what a cancelled read may have left pending for us, then leave the group.
+
+        Whatever cannot be done here (Redis down, no time left) stays pending under our name, and another
+        instance claims it after CLAIM_IDLE.
+        """
+        streams = list(self._symbols.values())
+        if not streams:
+            return
+        try:
+            async with asyncio.timeout(SHUTDOWN_DRAIN_SECONDS):
+                while await self._process_own_pending():
+                    pass
+                left = await group.leave(self._redis, streams, self._consumer)
+            log.info("group_left", consumer=self._consumer, streams=left)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("group_leave_failed", consumer=self._consumer, error=_describe(exc))
+
+    # Redis availability
+
+    def _redis_ok(self, operation: str, backoff: Backoff) -> None:
+        self._redis_ok_at = time.monotonic()
+        if backoff.failures:
+            log.info("redis_recovered", operation=operation, failures=backoff.failures)
+            backoff.reset()
+
+    async def _redis_failed(self, operation: str, exc: BaseException, backoff: Backoff) -> None:
+        metrics.REDIS_ERRORS.labels(operation).inc()
+        self._last_error = f"{operation}: {_describe(exc)}"
+        if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+            # A stream or its group was deleted (or Redis restarted empty): join everything again.
+            self._symbols = {}
+            metrics.STREAMS.set(0)
+        delay = backoff.next_delay()
+        log.warning("redis_error", operation=operation, error=_describe(exc), failures=backoff.failures,
+                    retry_in_s=round(delay, 3))
+        await asyncio.sleep(delay)
+
+
+def _per_stream(reply: XReadGroupResponse | None) -> list[tuple[bytes, list[RawEntry]]]:
+    """XREADGROUP's reply as (stream, entries) pairs, whichever protocol version shaped it."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    # The client keeps redis-py's default of undecoded replies: stream names, ids and fields are bytes.
+    return cast(list[tuple[bytes, list[RawEntry]]], [(stream, entries) for stream, entries in pairs])
+
+
+def _forget(task: asyncio.Task[Any], cancel: bool) -> None:
+    """Stop waiting for `task`, cancelling it if asked; its error, if any, is consumed rather than reported as lost.
+
+    A forgotten read or XACK leaves at worst entries pending under our name, which the pending-first read
+    after a failure, the drain at shutdown, or a claim after CLAIM_IDLE processes again.
+    """
+    if cancel:
+        task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def _report_trimmed(trimmed: list[tuple[str, str]]) -> None:
+    if not trimmed:
+        return
+    metrics.SKIPPED.labels("trimmed").inc(len(trimmed))
+    streams = sorted({stream for stream, _ in trimmed})
+    log.warning("pending_entries_trimmed", entries=len(trimmed), streams=",".join(streams),
+                first_id=trimmed[0][1], hint="raise STREAM_MAXLEN or add top10 instances")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,130 @@
+"""From ob10 stream entries to compare-and-set writes: the pure part of top10, with no I/O.
+
+A batch read from the streams becomes a `BatchPlan`. Every `orderBook10` row is a whole top 10, so of
+the valid snapshots a batch holds for one symbol only the newest by (exchange time, stream id) needs
+writing: the script would refuse the older ones anyway, or let the newest replace them a moment later.
+Every entry, good or bad, is acknowledged once the writes are done; a bad one is reported with an
+excerpt, so the log shows what arrived, and never reaches the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from services.common.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, parse_frame
+from services.common.entries import EntryError, StreamEntry, decode_entry, parse_stream_id
+from services.common.logs import excerpt
+from services.common.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
+
+OrderKey = tuple[int, int, int]
+"""(exchange time in epoch microseconds, stream id ms, stream id seq): the order the script keeps."""
+
+RawEntry = tuple[bytes | str, dict[bytes, bytes]]
+"""One entry as redis-py returns it: its id and its field map (empty when the entry was trimmed away)."""
+
+Acks = dict[bytes | str, list[bytes | str]]
+"""Entry ids to acknowledge, per stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Top10Write:
+    """The newest valid snapshot of a symbol in a batch, with what the store needs to order it."""
+
+    symbol: str
+    stream_id: str
+    order: OrderKey
+    recv_us: int
+    snapshot: Top10Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An entry that is not a valid orderBook10 snapshot of its stream's symbol."""
+
+    stream: str
+    stream_id: str
+    reason: str
+    excerpt: str
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What to do with one batch: the writes, then the acknowledgements of every entry."""
+
+    writes: dict[str, Top10Write] = field(default_factory=dict)
+    acks: Acks = field(default_factory=dict)
+    entries: int = 0
+    superseded: int = 0
+    gaps: int = 0
+    empty: int = 0
+    trimmed: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def add(self, stream: bytes | str, symbol: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> None:
+        """Classify one entry of `stream` (the ob10 stream of `symbol`) and schedule its acknowledgement."""
+        self.entries += 1
+        self.acks.setdefault(stream, []).append(entry_id)
+        stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        if not fields:
+            # XREADGROUP returns an id with no fields for a pending entry that MAXLEN trimmed away
+            # before anyone processed it: a loss to report, not a malformed entry.
+            self.trimmed.append((_text(stream), stream_id))
+            return
+        try:
+            entry = decode_entry(stream_id, fields)
+            if entry.is_gap:
+                # A gap says frames may be missing; the next snapshot replaces everything anyway.
+                self.gaps += 1
+                return
+            write = read_snapshot(symbol, entry)
+        except (EntryError, ProtocolError) as exc:
+            reason = exc.reason if isinstance(exc, ProtocolError) else str(exc)
+            shown = fields.get(b"frame") or repr(fields)
+            self.rejected.append(Rejection(_text(stream), stream_id, reason, excerpt(shown)))
+            return
+        if write is None:
+            self.empty += 1
+            return
+        current = self.writes.get(symbol)
+        if current is not None:
+            self.superseded += 1
+        if current is None or write.order > current.order:
+            self.writes[symbol] = write
+
+
+def read_snapshot(symbol: str, entry: StreamEntry) -> Top10Write | None:
+    """The write an entry of `symbol`'s ob10 stream asks for; None for a frame with no rows.
+
+    Raises EntryError or ProtocolError when the frame is malformed, is not an orderBook10 frame, or is
+    about another symbol.
+    """
+    if entry.table != ORDERBOOK10_TABLE:
+        raise EntryError(f"entry {entry.stream_id} of table {entry.table!r} in an {ORDERBOOK10_TABLE} stream")
+    frame = parse_frame(entry.frame)
+    if not isinstance(frame, TableFrame):
+        raise ProtocolError(f"expected an {ORDERBOOK10_TABLE} table frame, got {type(frame).__name__}")
+    snapshots = parse_orderbook10(frame)
+    for snapshot in snapshots:
+        if snapshot.symbol != symbol:
+            raise ProtocolError(f"row for {snapshot.symbol!r} in the stream of {symbol!r}")
+    if not snapshots:
+        return None
+    ms, seq = parse_stream_id(entry.stream_id)
+    # Several rows of one symbol in one frame would be unusual; the newest of them is the frame's snapshot.
+    stamped = [(timestamp_key(snapshot.timestamp), index, snapshot) for index, snapshot in enumerate(snapshots)]
+    ts_us, _, newest = max(stamped)
+    return Top10Write(symbol, entry.stream_id, (ts_us, ms, seq), entry.recv_us, newest)
+
+
+def plan_batch(streams: Iterable[tuple[bytes | str, str, Sequence[RawEntry]]]) -> BatchPlan:
+    """Plan a batch given as `(stream key, symbol, entries)` per stream, entries in stream order."""
+    plan = BatchPlan()
+    for stream, symbol, entries in streams:
+        for entry_id, fields in entries:
+            plan.add(stream, symbol, entry_id, fields)
+    return plan
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

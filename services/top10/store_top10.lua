@@ -1,0 +1,50 @@
+-- Compare-and-set of one symbol's cached orderBook10, then an announcement on the key's channel.
+--
+-- Consumers of the `top10` group process entries in any order (several instances, claims of entries left
+-- by dead ones, replays), so the write happens only when the snapshot is strictly newer than the cached one,
+-- ordered by (exchange time in microseconds, stream id as (ms, seq)). Exchange time comes first: a snapshot
+-- the venue sent later wins even when it reached the stream earlier; the stream id breaks ties between
+-- snapshots of the same exchange time. Being one script, the read and the write cannot interleave with
+-- another consumer's.
+--
+-- KEYS[1]  <prefix>:top10:SYM, a hash and the channel of the same name
+-- ARGV     ts_us, id_ms, id_seq, stream_id, bids, asks, timestamp, recv_us, message
+-- Returns  1 written and published, 0 older than the cached snapshot, -1 the cached snapshot is this entry.
+--
+-- Numbers compare as Lua doubles, exact up to 2^53: epoch microseconds stay below that until the year 2255.
+
+local ts_us, id_ms, id_seq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local cached = redis.pcall('HMGET', KEYS[1], 'ts_us', 'stream_id')
+if cached['err'] then
+    -- The key holds another type (a mistake, or an older format). The name is top10's own: replace it
+    -- rather than let one bad key stop every batch that includes its symbol.
+    redis.call('DEL', KEYS[1])
+    cached = {}
+end
+local cached_ts = tonumber(cached[1])
+if cached_ts then
+    -- A cached value whose stream id does not parse sorts before every real id of the same exchange time.
+    local ms, seq = string.match(cached[2] or '', '^(%d+)-(%d+)$')
+    local cached_ms, cached_seq = tonumber(ms) or -1, tonumber(seq) or -1
+    if ts_us < cached_ts then
+        return 0
+    elseif ts_us == cached_ts then
+        if id_ms < cached_ms or (id_ms == cached_ms and id_seq < cached_seq) then
+            return 0
+        elseif id_ms == cached_ms and id_seq == cached_seq then
+            return -1
+        end
+    end
+end
+
+-- Redis's own clock, so updated_us is the time of the write whichever consumer host sent it. TIME returns
+-- strings; they are joined as text because tostring() of a double this large would print an exponent.
+local now = redis.call('TIME')
+local updated_us = now[1] .. string.format('%06d', tonumber(now[2]))
+
+redis.call('HSET', KEYS[1],
+    'bids', ARGV[5], 'asks', ARGV[6], 'timestamp', ARGV[7], 'ts_us', ARGV[1],
+    'stream_id', ARGV[4], 'recv_us', ARGV[8], 'updated_us', updated_us)
+redis.call('PUBLISH', KEYS[1], ARGV[9])
+return 1

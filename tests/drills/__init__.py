@@ -1,0 +1,1 @@
+"""Fault drills: the pipeline under chaos ends with every book equal to the truth."""

@@ -1,0 +1,197 @@
+"""The publisher against a real Redis: order, exactly-once after failures, refusals, buffer bound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio import ConnectionPool
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.common.entries import decode_entry, encode_entry, encode_gap
+from services.common.keys import Keys
+from services.common.logs import EventLog
+from services.ingest import metrics
+from services.ingest.publisher import Publisher, RedisStatus
+from services.ingest.session import Entry
+from tests.harness import RedisServer
+
+BUSY_SCRIPT = """
+local started = redis.call('TIME')
+while true do
+    local now = redis.call('TIME')
+    if (now[1] - started[1]) * 1000000 + (now[2] - started[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+def entries(keys: Keys, symbols: list[str], count: int, session: str = "s1") -> list[Entry]:
+    made = []
+    for n in range(count):
+        symbol = symbols[n % len(symbols)]
+        text = f'{{"table":"orderBookL2","action":"update","n":{n}}}'
+        made.append(Entry(keys.l2_stream(symbol), symbol,
+                          encode_entry(text, "orderBookL2", "update", session, n // len(symbols) + 1, n),
+                          time.perf_counter_ns()))
+    return made
+
+
+def stream_frames(url: str, stream: str) -> list[tuple[str, str]]:
+    """`(seq, frame text or "gap")` of every entry of `stream`."""
+    client = redis.Redis.from_url(url)
+    try:
+        raw: Any = client.xrange(stream)
+    finally:
+        client.close()
+    decoded = [decode_entry(stream_id, fields) for stream_id, fields in raw]
+    return [(str(entry.seq), entry.frame or entry.action) for entry in decoded]
+
+
+def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awaitable[None]],
+                  capacity: int = 10_000, timeout: float = 5.0) -> RedisStatus:
+    """Run a publisher while `scenario` feeds it, then drain it; returns its Redis status."""
+    log = EventLog("ingest-test")
+    status = RedisStatus("publish", log)
+
+    async def main() -> None:
+        pool = ConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=None,
+                                       socket_connect_timeout=timeout)
+        publisher = Publisher(pool, Keys(key_prefix).symbols, capacity, 100_000, status, log, call_timeout=timeout)
+        task = asyncio.create_task(publisher.run())
+        try:
+            await scenario(publisher)
+            publisher.close()
+            await asyncio.wait_for(task, 30)
+        finally:
+            task.cancel()
+            await publisher.aclose()
+            await pool.disconnect()
+
+    asyncio.run(main())
+    return status
+
+
+async def until_empty(publisher: Publisher) -> None:
+    for _ in range(1000):
+        if not len(publisher):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(publisher)} entries still buffered")
+
+
+def expected(batch: list[Entry], stream: str) -> list[tuple[str, str]]:
+    return [(e.fields["seq"], e.fields.get("frame", e.fields["action"])) for e in batch if e.stream == stream]
+
+
+def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_url: str, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    batch = entries(keys, ["A", "B", "C"], 3000)
+    gap = Entry(keys.l2_stream("A"), "A", encode_gap("orderBookL2", "s1", 1001, 5, "closed"), time.perf_counter_ns())
+    before = metrics.PUBLISHED.labels("gap")._value.get()
+
+    async def feed(publisher: Publisher) -> None:
+        for start in range(0, len(batch), 250):
+            publisher.append(batch[start:start + 250])
+            await asyncio.sleep(0)
+        publisher.append([gap])
+
+    status = run_publisher(redis_url, key_prefix, feed)
+    assert status.up is True
+    for symbol in "ABC":
+        want = expected(batch, keys.l2_stream(symbol)) + ([("1001", "gap")] if symbol == "A" else [])
+        assert stream_frames(redis_url, keys.l2_stream(symbol)) == want
+    client = redis.Redis.from_url(redis_url)
+    assert client.smembers(keys.symbols) == {b"A", b"B", b"C"}
+    client.close()
+    assert metrics.PUBLISHED.labels("gap")._value.get() == before + 1
+
+
+def test_the_buffer_bound_is_reported_and_room_comes_back_as_redis_catches_up(redis_url: str,
+                                                                              key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    seen: dict[str, Any] = {}
+
+    async def feed(publisher: Publisher) -> None:
+        publisher.append(entries(keys, ["A"], 120))
+        seen["full"] = publisher.full
+        await asyncio.wait_for(publisher.wait_for_room(), 10)
+        seen["full_after"] = publisher.full
+
+    run_publisher(redis_url, key_prefix, feed, capacity=100)
+    assert seen == {"full": True, "full_after": False}
+    assert len(stream_frames(redis_url, keys.l2_stream("A"))) == 120
+
+
+def test_a_stream_redis_refuses_for_good_is_dropped_loudly_and_the_others_go_on(redis_url: str,
+                                                                                 key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    client = redis.Redis.from_url(redis_url)
+    client.set(keys.l2_stream("B"), "not a stream")
+    batch = entries(keys, ["A", "B"], 200)
+    dropped = metrics.DROPPED.labels("redis_refused")._value.get()
+
+    async def feed(publisher: Publisher) -> None:
+        publisher.append(batch)
+
+    run_publisher(redis_url, key_prefix, feed)
+    assert stream_frames(redis_url, keys.l2_stream("A")) == expected(batch, keys.l2_stream("A"))
+    assert client.get(keys.l2_stream("B")) == b"not a stream"
+    assert metrics.DROPPED.labels("redis_refused")._value.get() == dropped + 100
+    client.close()
+
+
+def test_entries_buffered_while_redis_is_down_land_once_when_it_is_back(redis_server: RedisServer,
+                                                                        key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    first, second = entries(keys, ["A", "B"], 100), entries(keys, ["A", "B"], 100, session="s2")
+    seen: dict[str, Any] = {}
+
+    async def feed(publisher: Publisher) -> None:
+        publisher.append(first)
+        await until_empty(publisher)
+        await asyncio.to_thread(redis_server.stop)
+        publisher.append(second)
+        await asyncio.sleep(1.0)
+        seen["buffered"] = len(publisher)
+        await asyncio.to_thread(redis_server.start)
+
+    status = run_publisher(redis_server.url, key_prefix, feed, timeout=0.5)
+    assert seen["buffered"] == 100
+    assert status.up is True
+    for symbol in "AB":
+        stream = keys.l2_stream(symbol)
+        assert stream_frames(redis_server.url, stream) == expected(first, stream) + expected(second, stream)
+
+
+def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_prefix: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Redis busy past the socket timeout: the publisher gives up on a batch Redis then applies anyway."""
+    keys = Keys(key_prefix)
+    warm_up, batch = entries(keys, ["A", "B", "C"], 3), entries(keys, ["A", "B", "C"], 300, session="s2")
+    errors = metrics.REDIS_ERRORS.labels("publish")._value.get()
+
+    async def feed(publisher: Publisher) -> None:
+        publisher.append(warm_up)  # the connection is open and the script loaded before Redis stalls
+        await until_empty(publisher)
+        blocker = AsyncRedis.from_url(redis_url)
+        busy: asyncio.Future[Any] = asyncio.ensure_future(blocker.eval(BUSY_SCRIPT, 0, 1_000_000))
+        await asyncio.sleep(0.1)
+        publisher.append(batch)
+        await busy
+        await blocker.aclose()
+
+    with caplog.at_level(logging.INFO, logger="bookstream"):
+        status = run_publisher(redis_url, key_prefix, feed, timeout=0.3)
+    assert metrics.REDIS_ERRORS.labels("publish")._value.get() > errors
+    assert "batch_reconciled" in [record.getMessage() for record in caplog.records]
+    assert status.up is True
+    for symbol in "ABC":
+        stream = keys.l2_stream(symbol)
+        assert stream_frames(redis_url, stream) == expected(warm_up, stream) + expected(batch, stream)

@@ -1,0 +1,126 @@
+"""The Lua scripts against a real Redis: compare-and-set order, publication, reload, safe consumer removal."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import redis
+from redis.asyncio import Redis
+
+from services.common.entries import EntryError, decode_entry
+from services.common.keys import TOP10_GROUP, Keys
+from services.top10.scripts import REMOVE_CONSUMER, STORE_TOP10, ScriptCall, run_pipelined, store_top10_call
+from services.top10.snapshots import Top10Write, read_snapshot
+from tests.top10.feed import ChannelListener, cached, snapshot
+
+
+def write_of(ts_ms: int, stream_id: str, mid: float = 1000.0) -> Top10Write:
+    item = snapshot("XBTUSD", ts_ms, mid)
+    fields = {b"frame": item.frame().encode(), b"table": b"orderBook10", b"action": b"update",
+              b"session": b"s", b"seq": b"1", b"recv_us": b"123"}
+    write = read_snapshot("XBTUSD", decode_entry(stream_id, fields))
+    if write is None:
+        raise EntryError("no snapshot")
+    return write
+
+
+async def store(url: str, key: str, *writes: Top10Write) -> list[int]:
+    client = Redis.from_url(url)
+    try:
+        return await run_pipelined(client, STORE_TOP10, [store_top10_call(key, write) for write in writes])
+    finally:
+        await client.aclose()
+
+
+def test_the_greatest_exchange_time_then_stream_id_wins_in_every_processing_order(
+        redis_url: str, key_prefix: str) -> None:
+    writes = [write_of(10, "5-0"), write_of(10, "5-1"), write_of(10, "4-9"), write_of(30, "1-0"), write_of(20, "9-0")]
+    newest = writes[3]
+    orders = list(itertools.permutations(writes))
+
+    async def store_each_order() -> list[list[int]]:
+        client = Redis.from_url(redis_url)
+        try:
+            return [await run_pipelined(client, STORE_TOP10, [store_top10_call(f"{key_prefix}:top10:P{number}", write)
+                                                              for write in order])
+                    for number, order in enumerate(orders)]
+        finally:
+            await client.aclose()
+
+    client = redis.Redis.from_url(redis_url)
+    for number, (order, results) in enumerate(zip(orders, asyncio.run(store_each_order()), strict=True)):
+        applied = [write for write, result in zip(order, results, strict=True) if result == 1]
+        assert applied[-1] is newest
+        # Each applied write is newer than the one before: the key only ever moves forward.
+        assert [write.order for write in applied] == sorted(write.order for write in applied)
+        assert client.hget(f"{key_prefix}:top10:P{number}", "stream_id") == b"1-0"
+    assert asyncio.run(store(redis_url, f"{key_prefix}:top10:P0", newest)) == [-1]
+
+
+def test_the_hash_is_readable_and_each_change_is_published(redis_url: str, key_prefix: str) -> None:
+    key = Keys(key_prefix).top10("XBTUSD")
+    client = redis.Redis.from_url(redis_url)
+    listener = ChannelListener(client, key)
+    before_us = time.time_ns() // 1000
+    assert asyncio.run(store(redis_url, key, write_of(20, "7-3", mid=1500))) == [1]
+    assert asyncio.run(store(redis_url, key, write_of(10, "8-0"))) == [0]
+    assert asyncio.run(store(redis_url, key, write_of(20, "7-3", mid=1500))) == [-1]
+    value = cached(client, Keys(key_prefix), "XBTUSD")
+    expected = snapshot("XBTUSD", 20, mid=1500)
+    assert (value["bids"], value["asks"]) == (expected.bids, expected.asks)
+    assert (value["timestamp"], value["ts_us"]) == (expected.timestamp, str(expected.ts_us))
+    assert (value["stream_id"], value["recv_us"]) == ("7-3", "123")
+    assert before_us - 1_000_000 <= int(value["updated_us"]) <= time.time_ns() // 1000 + 1_000_000
+    assert asyncio.run(store(redis_url, key, write_of(30, "8-1", mid=900))) == [1]
+    later = snapshot("XBTUSD", 30, mid=900)
+    assert listener.collect(2) == [
+        {"symbol": "XBTUSD", "bids": expected.bids, "asks": expected.asks, "timestamp": expected.timestamp,
+         "stream_id": "7-3"},
+        {"symbol": "XBTUSD", "bids": later.bids, "asks": later.asks, "timestamp": later.timestamp, "stream_id": "8-1"}]
+    listener.close()
+
+
+def test_a_forgotten_script_is_loaded_again(redis_url: str, key_prefix: str) -> None:
+    redis.Redis.from_url(redis_url).script_flush()
+    key = f"{key_prefix}:top10:XBTUSD"
+    assert asyncio.run(store(redis_url, key, write_of(1, "1-0"), write_of(2, "2-0"))) == [1, 1]
+
+
+def test_a_cached_value_without_a_stream_id_is_older_than_any_snapshot_of_its_time(
+        redis_url: str, key_prefix: str) -> None:
+    key = f"{key_prefix}:top10:XBTUSD"
+    client = redis.Redis.from_url(redis_url)
+    client.hset(key, mapping={"ts_us": str(write_of(10, "1-0").order[0]), "stream_id": "garbage"})
+    assert asyncio.run(store(redis_url, key, write_of(10, "1-0"))) == [1]
+
+
+def test_a_key_of_another_type_is_replaced_rather_than_blocking_the_batch(redis_url: str, key_prefix: str) -> None:
+    key = Keys(key_prefix).top10("XBTUSD")
+    client = redis.Redis.from_url(redis_url)
+    client.set(key, "left by something else")
+    assert asyncio.run(store(redis_url, key, write_of(10, "1-0"))) == [1]
+    assert client.type(key) == b"hash" and client.hget(key, "stream_id") == b"1-0"
+
+
+def test_consumer_removal_spares_members_holding_entries_or_recently_active(redis_url: str, key_prefix: str) -> None:
+    stream = Keys(key_prefix).ob10_stream("XBTUSD")
+    client = redis.Redis.from_url(redis_url)
+    client.xgroup_create(stream, TOP10_GROUP, id="0", mkstream=True)
+    client.xadd(stream, {"a": "1"})
+    client.xreadgroup(TOP10_GROUP, "holder", {stream: ">"})
+    client.xgroup_createconsumer(stream, TOP10_GROUP, "idle")
+    time.sleep(0.05)
+
+    async def remove(*requests: tuple[str, int]) -> list[int]:
+        async_client = Redis.from_url(redis_url)
+        try:
+            calls: list[ScriptCall] = [([stream], [TOP10_GROUP, name, min_idle_ms]) for name, min_idle_ms in requests]
+            return await run_pipelined(async_client, REMOVE_CONSUMER, calls)
+        finally:
+            await async_client.aclose()
+
+    assert asyncio.run(remove(("idle", 60_000), ("holder", 0), ("nobody", 0))) == [0, 0, 0]
+    assert asyncio.run(remove(("idle", 10))) == [1]
+    assert [entry["name"] for entry in client.xinfo_consumers(stream, TOP10_GROUP)] == [b"holder"]

@@ -1,0 +1,95 @@
+"""The batch planner: newest valid snapshot per symbol, every entry acknowledged, bad ones reported."""
+
+from __future__ import annotations
+
+import orjson
+
+from services.common.entries import encode_entry, encode_gap
+from services.top10.snapshots import plan_batch
+from tests.top10.feed import BASE_US, snapshot
+
+STREAM = b"p:ob10:{XBTUSD}"
+
+
+def entry(frame: str, seq: int = 1, recv_us: int = 7) -> dict[bytes, bytes]:
+    fields = encode_entry(frame, "orderBook10", "update", "s1", seq, recv_us)
+    return {name.encode(): value.encode() for name, value in fields.items()}
+
+
+def test_newest_by_exchange_time_wins_whatever_the_stream_order() -> None:
+    newest, older, oldest = snapshot("XBTUSD", 30), snapshot("XBTUSD", 20), snapshot("XBTUSD", 10)
+    plan = plan_batch([(STREAM, "XBTUSD", [(b"5-0", entry(oldest.frame())), (b"6-0", entry(newest.frame(), recv_us=99)),
+                                           (b"7-0", entry(older.frame()))])])
+    write = plan.writes["XBTUSD"]
+    assert write.order == (BASE_US + 30_000, 6, 0)
+    assert (write.stream_id, write.recv_us, write.snapshot.bids) == ("6-0", 99, newest.bids)
+    assert plan.superseded == 2
+    assert plan.acks == {STREAM: [b"5-0", b"6-0", b"7-0"]}
+    assert plan.entries == 3
+
+
+def test_stream_id_breaks_a_tie_of_exchange_time() -> None:
+    first, second = snapshot("XBTUSD", 10, mid=1000), snapshot("XBTUSD", 10, mid=2000)
+    plan = plan_batch([(STREAM, "XBTUSD", [(b"9-1", entry(first.frame())), (b"9-2", entry(second.frame()))])])
+    assert plan.writes["XBTUSD"].stream_id == "9-2"
+    assert plan.writes["XBTUSD"].snapshot.bids == second.bids
+
+
+def test_each_symbol_gets_its_own_write() -> None:
+    xbt, eth = snapshot("XBTUSD", 1), snapshot("ETHUSD", 2)
+    plan = plan_batch([(STREAM, "XBTUSD", [(b"1-0", entry(xbt.frame()))]),
+                       (b"p:ob10:{ETHUSD}", "ETHUSD", [(b"1-0", entry(eth.frame()))])])
+    assert sorted(plan.writes) == ["ETHUSD", "XBTUSD"]
+    assert plan.superseded == 0
+
+
+def test_bad_entries_are_rejected_with_an_excerpt_and_still_acknowledged() -> None:
+    good = snapshot("XBTUSD", 5)
+    crossed = orjson.loads(snapshot("XBTUSD", 50).frame())
+    crossed["data"][0]["bids"][0][0] = 5000
+    other_symbol = snapshot("ETHUSD", 60).frame()
+    wrong_table = {name.encode(): value.encode()
+                   for name, value in encode_entry("{}", "orderBookL2", "update", "s1", 1, 1).items()}
+    entries = [
+        (b"1-0", entry(good.frame())),
+        (b"2-0", entry("not json {" + "x" * 500)),
+        (b"3-0", entry(orjson.dumps(crossed).decode())),
+        (b"4-0", entry(other_symbol)),
+        (b"5-0", wrong_table),
+        (b"6-0", {b"frame": b"{}", b"table": b"orderBook10"}),
+        (b"7-0", entry('{"info": "Welcome"}')),
+        (b"8-0", {b"junk": b"1"}),
+    ]
+    plan = plan_batch([(STREAM, "XBTUSD", entries)])
+    assert plan.writes["XBTUSD"].stream_id == "1-0"
+    assert [rejection.stream_id for rejection in plan.rejected] == ["2-0", "3-0", "4-0", "5-0", "6-0", "7-0", "8-0"]
+    reasons = [rejection.reason for rejection in plan.rejected]
+    assert "invalid JSON" in reasons[0]
+    assert "crossed" in reasons[1]
+    assert "ETHUSD" in reasons[2]
+    assert "orderBookL2" in reasons[3]
+    assert "action" in reasons[4]
+    assert "Welcome" in reasons[5]
+    assert plan.rejected[0].excerpt.startswith("not json {xxx") and len(plan.rejected[0].excerpt) < 200
+    assert "junk" in plan.rejected[6].excerpt
+    assert plan.rejected[0].stream == STREAM.decode()
+    assert len(plan.acks[STREAM]) == 8
+
+
+def test_gaps_empty_frames_and_trimmed_entries_write_nothing() -> None:
+    gap = {name.encode(): value.encode()
+           for name, value in encode_gap("orderBook10", "s1", 2, 3, "disconnect").items()}
+    empty = '{"table": "orderBook10", "action": "partial", "data": [], "filter": {"symbol": "XBTUSD"}}'
+    plan = plan_batch([(STREAM, "XBTUSD", [(b"1-0", gap), (b"2-0", entry(empty)), (b"3-0", {})])])
+    assert plan.writes == {}
+    assert (plan.gaps, plan.empty, plan.trimmed, plan.rejected) == (1, 1, [(STREAM.decode(), "3-0")], [])
+    assert plan.acks == {STREAM: [b"1-0", b"2-0", b"3-0"]}
+
+
+def test_the_newest_row_of_a_frame_with_several_rows_is_its_snapshot() -> None:
+    early, late = snapshot("XBTUSD", 10), snapshot("XBTUSD", 40, mid=1500)
+    rows = [orjson.loads(late.frame())["data"][0], orjson.loads(early.frame())["data"][0]]
+    frame = orjson.dumps({"table": "orderBook10", "action": "update", "data": rows}).decode()
+    plan = plan_batch([(STREAM, "XBTUSD", [(b"3-0", entry(frame))])])
+    assert plan.writes["XBTUSD"].snapshot.asks == late.asks
+    assert plan.writes["XBTUSD"].order[0] == late.ts_us
