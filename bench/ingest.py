@@ -11,9 +11,11 @@
    triggers): receive->XADD-acknowledged latency, from the delta of ingest's histogram over the window,
    with quantiles interpolated inside its buckets (50 us wide below 1 ms).
 
-Each phase also reports ingest's CPU time per frame, which does not depend on what else the machine is
-doing: one core at 100% would sustain 1e6 / (CPU us per frame) frames/s. The last line is the summary:
-`frames_per_s` from phase 2, `p50_us` and `p99_us` from phase 3.
+Each phase also reports ingest's CPU time per frame, which depends far less than the rates on what else
+the machine is doing: one core at 100% would sustain about 1e6 / (CPU us per frame) frames/s. The three
+processes share two cores, so a busy machine lowers the rates and lengthens the latency tail.
+
+The last line is the summary: `frames_per_s` from phase 2, `p50_us` and `p99_us` from phase 3.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 2. drain: one `bookstream l2builder` (FLUSH_INTERVAL at its default) is timed from the moment it is spawned
    until every stream's last entry is in MongoDB and acknowledged (no pending entry, no lag). Reading,
    parsing, applying, writing every coalesced book and XACKing all count; so does start-up, which is
-   also printed on its own.
+   also printed on its own, with the CPU time each process used (on 2 cores, the MongoDB-protocol
+   server and Redis compete with l2builder for the same CPUs).
 
 `frames` are the entries applied (the metric `bookstream_l2builder_frames_applied_total`), `rows` the
 order-book rows they carried. The last line is the summary: `frames_per_s=<n> rows_per_s=<n>`.
@@ -16,6 +17,7 @@ order-book rows they carried. The last line is the summary: `frames_per_s=<n> ro
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -61,8 +63,8 @@ def stream_lengths(client: redis.Redis, keys: Keys, symbols: list[str]) -> int:
     return sum(cast(list[int], pipe.execute()))
 
 
-def prefill(workdir: Path, env: dict[str, str], client: redis.Redis, frames: int, symbols: list[str]) -> int:
-    """Fill the l2 streams through the real simulator and ingest; return the entries written."""
+def prefill(workdir: Path, env: dict[str, str], client: redis.Redis, frames: int, symbols: list[str]) -> None:
+    """Fill the l2 streams through the real simulator and ingest."""
     keys = Keys(PREFIX)
     port = free_port()
     started = time.monotonic()
@@ -82,7 +84,6 @@ def prefill(workdir: Path, env: dict[str, str], client: redis.Redis, frames: int
             wait_until(steady, 600, "ingest to publish the last frames", interval=1.0)
     written = stream_lengths(client, keys, symbols)
     print(f"prefill: {written} entries over {len(symbols)} streams in {time.monotonic() - started:.1f}s")
-    return written
 
 
 def drained(client: redis.Redis, books: Any, keys: Keys, symbols: list[str]) -> bool:
@@ -103,9 +104,20 @@ def drained(client: redis.Redis, books: Any, keys: Keys, symbols: list[str]) -> 
     return True
 
 
-def drain(workdir: Path, env: dict[str, str], client: redis.Redis, mongo_url: str, symbols: list[str]) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drain(workdir: Path, env: dict[str, str], client: redis.Redis, servers: dict[str, int], mongo_url: str,
+          symbols: list[str]) -> None:
     keys = Keys(PREFIX)
     books: pymongo.collection.Collection[dict[str, Any]] = pymongo.MongoClient(mongo_url)[DATABASE]["orderbooks"]
+    before = {name: cpu_seconds(pid) for name, pid in servers.items()}
     started = time.monotonic()
     with service(workdir, "l2builder", "l2builder", env={**env, "INSTANCE_NAME": "bench"}, healthy=False) as builder:
         builder.wait_healthy(30)
@@ -113,6 +125,8 @@ def drain(workdir: Path, env: dict[str, str], client: redis.Redis, mongo_url: st
         wait_until(lambda: drained(client, books, keys, symbols), 600, "every entry persisted and acknowledged",
                    interval=0.1)
         elapsed = time.monotonic() - started
+        cpu = {"l2builder": cpu_seconds(builder.pid),
+               **{name: cpu_seconds(pid) - before[name] for name, pid in servers.items()}}
         frames = builder.metric("bookstream_l2builder_frames_applied_total")
         rows = builder.metric("bookstream_l2builder_rows_applied_total")
         flushes = builder.metric("bookstream_l2builder_flush_seconds_count")
@@ -121,7 +135,11 @@ def drain(workdir: Path, env: dict[str, str], client: redis.Redis, mongo_url: st
     live = books.count_documents({"status": "live"})
     print(f"drain: {int(frames)} frames, {int(rows)} rows in {elapsed:.2f}s (start-up {ready:.2f}s);"
           f" {int(flushes)} bulk writes of {documents / max(flushes, 1):.1f} documents,"
-          f" {1000 * flush_seconds / max(flushes, 1):.1f} ms each; {live}/{len(symbols)} books live")
+          f" {1000 * flush_seconds / max(flushes, 1):.0f} ms each;"
+          f" {live}/{len(symbols)} books live (ingest marks a gap in every stream when it stops)")
+    print("cpu during the drain: " + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in cpu.items())
+          + f"; l2builder {1e6 * cpu['l2builder'] / max(frames, 1):.1f} us/frame"
+          f" = {frames / max(cpu['l2builder'], 1e-9):.0f} frames per CPU-second")
     print(f"frames_per_s={frames / elapsed:.0f} rows_per_s={rows / elapsed:.0f}")
 
 
@@ -143,7 +161,9 @@ def main() -> None:
                        MONGO_DATABASE=DATABASE, LOG_LEVEL="INFO")
         client = redis.Redis.from_url(redis_server.url)
         prefill(workdir, env, client, args.frames, symbols)
-        drain(workdir, env, client, mongo_server.url, symbols)
+        assert redis_server.process is not None and mongo_server.process is not None
+        servers = {"redis-server": redis_server.process.pid, "nx-27017": mongo_server.process.pid}
+        drain(workdir, env, client, servers, mongo_server.url, symbols)
 
 
 if __name__ == "__main__":

@@ -166,10 +166,11 @@ class ServiceProcess:
     """One `bookstream <subcommand>` child process with its combined output in a log file."""
 
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_path: Path,
-                 health_port: int | None) -> None:
+                 health_port: int | None, command: Sequence[str] | None = None) -> None:
+        """`command` runs instead of `bookstream` (a benchmark's launcher with a switch, say)."""
         self.name, self.args, self.env, self.log_path = name, list(args), env, log_path
         self.health_port = health_port
-        self.process = _spawn([*bookstream_argv(), *self.args], log_path, env)
+        self.process = _spawn([*(command or bookstream_argv()), *self.args], log_path, env)
 
     @property
     def pid(self) -> int:

@@ -40,7 +40,13 @@ OPEN_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
 MAX_MESSAGE_BYTES: Final = 64 << 20
 """A full-depth partial of a busy contract is megabytes; websockets' 1 MiB default would refuse it."""
-RECEIVE_QUEUE_FRAMES: Final = 64
+RECEIVE_QUEUE_FRAMES: Final = 256
+YIELD_EVERY: Final = 32
+"""Frames the reader handles before letting the publisher run. One socket read can hold hundreds of
+frames, all parsed before `recv()` would wait: without a yield the publisher's next batch (and Redis,
+working in parallel) would wait for all of them, capping throughput and adding latency. The reader also
+yields as soon as it hands an idle publisher work, so the first frame of a burst is on its way to Redis
+while the rest of the burst is parsed."""
 RECORD_FLUSH_INTERVAL: Final = 1.0
 
 T = TypeVar("T")
@@ -209,6 +215,8 @@ class Feed:
             while True:
                 if publisher.full:
                     await self._pause(session)
+                elif not self._received % YIELD_EVERY:
+                    await asyncio.sleep(0)
                 raw = await ws.recv(decode=False)
                 recv_ns = time.time_ns()
                 received_ns = time.perf_counter_ns()
@@ -239,6 +247,8 @@ class Feed:
                         publisher.append(entries)
                         if frame.symbol is None:
                             metrics.SPLIT.inc()
+                        if publisher.idle:
+                            await asyncio.sleep(0)
                 else:
                     await self._on_reply(ws, session, frame, recv_ns // 1000, received_ns)
         except ConnectionClosed as exc:

@@ -100,6 +100,7 @@ class Publisher:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        self._idle = False
         self._unconfirmed = 0
         self._announced: set[str] = set()
         self._sha = ""
@@ -115,6 +116,11 @@ class Publisher:
     @property
     def full(self) -> bool:
         return len(self._buffer) >= self.capacity
+
+    @property
+    def idle(self) -> bool:
+        """True while the publisher waits for entries: one appended now can be sent at once."""
+        return self._idle
 
     def append(self, entries: Iterable[Entry]) -> None:
         """Queue entries for publishing. Never refuses: callers check `full` before reading more frames,
@@ -151,7 +157,9 @@ class Publisher:
                 if self._closing:
                     return
                 self._wake.clear()
+                self._idle = True
                 await self._wake.wait()
+                self._idle = False
                 continue
             try:
                 if self._unconfirmed:

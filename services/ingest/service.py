@@ -83,11 +83,9 @@ class IngestService:
         finally:
             controlling.cancel()
             self.publisher.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(publishing), DRAIN_TIMEOUT)
-            except TimeoutError:
-                publishing.cancel()
-                self.publisher.drop_all("stop")
+            await asyncio.wait((publishing,), timeout=DRAIN_TIMEOUT)
+            publishing.cancel()
+            self.publisher.drop_all("stop")  # whatever Redis could not take in time, logged and counted
             await asyncio.gather(publishing, controlling, return_exceptions=True)
             await self.publisher.aclose()
             await self._redis.aclose()

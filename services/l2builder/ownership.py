@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib.resources import files
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from services.common.keys import Keys
+from services.l2builder.scripts import register
 
 LEASE_TRUST = 0.75
 """Fraction of LEASE_TTL a renewal is trusted for, leaving room for clock drift and network delay."""
 RENEW_FRACTION = 0.25
 """A lease is renewed once this fraction of LEASE_TTL has passed since its last renewal."""
-
-
-def _script(redis: aioredis.Redis, name: str) -> AsyncScript:
-    return redis.register_script(files(__package__).joinpath(f"{name}.lua").read_text())
 
 
 @dataclass(slots=True)
@@ -49,11 +44,11 @@ class Ownership:
     def __init__(self, redis: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
         self.redis, self.keys, self.instance, self.ttl = redis, keys, instance, ttl
         self._ttl_ms = max(1, int(ttl * 1000))
-        self._heartbeat = _script(redis, "heartbeat")
-        self._acquire = _script(redis, "acquire_lease")
-        self._renew = _script(redis, "renew_lease")
-        self._release = _script(redis, "release_lease")
-        self._raise_epoch = _script(redis, "raise_epoch")
+        self._heartbeat = register(redis, "heartbeat")
+        self._acquire = register(redis, "acquire_lease")
+        self._renew = register(redis, "renew_lease")
+        self._release = register(redis, "release_lease")
+        self._raise_epoch = register(redis, "raise_epoch")
 
     def _lease_keys(self, symbol: str) -> list[str]:
         return [self.keys.lease(symbol), self.keys.epoch(symbol)]

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from services.common.keys import L2BUILDER_GROUP, Keys
+from services.l2builder.scripts import register
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 CONTROL_MAXLEN = 10_000
@@ -34,6 +35,7 @@ class L2Streams:
     def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str) -> None:
         self.redis, self.keys, self.consumer = redis, keys, consumer
         self._symbol_of: dict[bytes, str] = {}
+        self._remove_idle = register(redis, "remove_idle_consumers")
 
     def _key(self, symbol: str) -> str:
         key = self.keys.l2_stream(symbol)
@@ -106,6 +108,15 @@ class L2Streams:
                 if group["name"] == L2BUILDER_GROUP.encode():
                     lags[symbol] = group.get("lag")
         return lags
+
+    async def remove_idle_consumers(self, symbols: list[str], idle: float) -> int:
+        """Forget consumers idle for `idle` seconds that hold nothing, so the group lists live readers."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                await self._remove_idle(keys=[self._key(symbol)],
+                                        args=[int(idle * 1000), self.consumer, L2BUILDER_GROUP], client=pipe)
+            removed = await pipe.execute()
+        return sum(removed)
 
     async def ack(self, ids: dict[str, list[str]]) -> None:
         """XACK every id, one command per stream, in one round trip."""

@@ -61,7 +61,7 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     """Consumed: a live book took the frame, or a book waiting for its partial dropped it."""
     DUPLICATE = "duplicate"
-    """An entry or seq seen already: nothing applied (consumed if its id is new, so it is acknowledged)."""
+    """An entry or a seq seen already: nothing applied, but its id is acknowledged with the rest."""
     HOLE = "hole"
     """Not consumed: entries are missing before this one; re-read them, then feed again with refilled=True."""
     STALE = "stale"
@@ -76,7 +76,6 @@ class FlushTicket:
 
     symbol: str
     write: bool
-    stream_id: str | None
     ids: list[str]
 
 
@@ -251,7 +250,7 @@ class SymbolState:
         """Hand the unpersisted state to one flush, or None when there is nothing to write or ack."""
         if not self.dirty and not self.pending_ids:
             return None
-        ticket = FlushTicket(self.symbol, self.dirty, self.stream_id, self.pending_ids)
+        ticket = FlushTicket(self.symbol, self.dirty, self.pending_ids)
         self.dirty = False
         self.pending_ids = []
         return ticket

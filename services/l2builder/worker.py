@@ -20,22 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from pymongo.errors import PyMongoError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
 from services.common.keys import Keys
 from services.common.logs import EventLog
-from services.l2builder import metrics
+from services.l2builder import metrics, redis_client
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.store import UTC, BookStore, Document, WriteResult, book_document, restore_state
@@ -49,6 +47,7 @@ ReadTask = asyncio.Task[list[tuple[str, list[RawEntry]]]]
 
 TICK_MAX = 0.5
 """Longest pause between two ownership ticks (shorter with a short LEASE_TTL)."""
+TICK_MIN = 0.05
 READ_COUNT = 500
 """Entries per stream per XREADGROUP."""
 READ_BLOCK_MS = 100
@@ -57,11 +56,14 @@ RANGE_COUNT = 1000
 """Entries per XRANGE page while catching up."""
 MAX_UNACKED = 250_000
 """Entries read but not yet durable after which reading pauses (MongoDB slow or down)."""
-LAG_EVERY = 2.0
+INSPECT_EVERY = 2.0
 MONGO_PING_EVERY = 2.0
+"""How long MongoDB may go unused before a ping (at most a third of HEALTH_STALE_AFTER), so an idle
+but healthy server never makes /healthz fail."""
 SHUTDOWN_FLUSH_SECONDS = 10.0
-REDIS_SOCKET_TIMEOUT = 5.0
-"""Longer than READ_BLOCK_MS, or every idle XREADGROUP would time out."""
+GC_GEN0_THRESHOLD = 50_000
+"""Every entry allocates a few short-lived containers and almost no cycles; collecting the youngest
+generation every 50,000 allocations instead of 700 saves about 12% of the CPU (bench.l2builder)."""
 
 
 @dataclass(slots=True)
@@ -105,8 +107,9 @@ class L2Builder:
         self.redis_ok_at = self.mongo_ok_at = time.monotonic()
         self._redis_down_since: float | None = None
         self._mongo_down_since: float | None = None
-        self._lag_sampled_at = 0.0
+        self._inspected_at = 0.0
         self.frames_applied = self.rows_applied = 0
+        self._ping_every = min(MONGO_PING_EVERY, settings.health_stale_after / 3)
         self._draining = False
         self._drain = asyncio.Event()
         self._wake_reader = asyncio.Event()
@@ -114,9 +117,9 @@ class L2Builder:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def main(self, stop: asyncio.Event) -> int:
+        gc.set_threshold(GC_GEN0_THRESHOLD)
         settings = self.settings
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT,
-                                             socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        self.redis = redis_client.connect(settings.redis_url)
         self.store = BookStore(settings.mongo_url, settings.mongo_database)
         self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
         self.streams = L2Streams(self.redis, self.keys, self.instance)
@@ -192,7 +195,7 @@ class L2Builder:
     # -- ownership -------------------------------------------------------------------------------
 
     async def _ownership_loop(self) -> None:
-        tick = min(TICK_MAX, self.settings.lease_ttl / 6)
+        tick = max(TICK_MIN, min(TICK_MAX, self.settings.lease_ttl / 6))
         while not self._draining:
             await self._tick()
             await self._pause(tick)
@@ -221,9 +224,9 @@ class L2Builder:
         try:
             await self._acquire(sorted(desired - self.owned.keys()))
             await self._request_resyncs(time.monotonic())
-            if now - self._lag_sampled_at >= LAG_EVERY:
-                self._lag_sampled_at = now
-                await self._sample_lag()
+            if now - self._inspected_at >= INSPECT_EVERY:
+                self._inspected_at = now
+                await self._inspect_streams()
         except RedisError as exc:
             self._redis_failed("ownership", exc)
         self._update_gauges()
@@ -292,8 +295,12 @@ class L2Builder:
             metrics.RESYNC_REQUESTS.inc()
             log.info("resync_requested", symbol=symbol, reason=state.reason)
 
-    async def _sample_lag(self) -> None:
+    async def _inspect_streams(self) -> None:
+        """Sample the lag of every owned stream and tidy its group of consumers long gone."""
         symbols = [symbol for symbol, owned in self.owned.items() if owned.state is not None]
+        removed = await self.streams.remove_idle_consumers(symbols, self.settings.consumer_expiry)
+        if removed:
+            log.info("consumers_removed", count=removed)
         for symbol, lag in (await self.streams.lags(symbols)).items():
             owned = self.owned.get(symbol)
             if lag is not None and owned is not None and owned.state is not None:
@@ -520,8 +527,9 @@ class L2Builder:
                 result = await self.store.write(documents)
                 metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
                 metrics.FLUSH_DOCUMENTS.observe(len(documents))
-                self._mongo_ok()
-            elif time.monotonic() - self.mongo_ok_at >= MONGO_PING_EVERY:
+                if len(result.failed) < len(documents):
+                    self._mongo_ok()
+            elif time.monotonic() - self.mongo_ok_at >= self._ping_every:
                 await self.store.ping()
                 self._mongo_ok()
         except PyMongoError as exc:
@@ -565,15 +573,17 @@ class L2Builder:
         metrics.ACKED.inc(sum(len(ids) for ids in backlog.values()))
         return True
 
+    def _settled(self, symbol: str, owned: Owned) -> bool:
+        """Everything read from the symbol is durable and acknowledged."""
+        state = owned.state
+        return state is None or not (state.dirty or state.pending_ids or symbol in self.ack_backlog)
+
     def _unsettled(self) -> bool:
-        return bool(self.ack_backlog) or any(
-            owned.state is not None and (owned.state.dirty or owned.state.pending_ids)
-            for owned in self.owned.values())
+        return bool(self.ack_backlog) or not all(self._settled(symbol, owned) for symbol, owned in self.owned.items())
 
     async def _release_settled(self) -> None:
-        """Hand off symbols that must move once everything read from them is durable and acknowledged."""
-        settled = [symbol for symbol, owned in self.owned.items() if owned.releasing and (
-            owned.state is None or not (owned.state.dirty or owned.state.pending_ids or symbol in self.ack_backlog))]
+        """Hand off the symbols that must move once they are settled."""
+        settled = [symbol for symbol, owned in self.owned.items() if owned.releasing and self._settled(symbol, owned)]
         if not settled:
             return
         leases = [self.owned[symbol].lease for symbol in settled]

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -90,8 +91,15 @@ def test_dev_shows_books_then_stops_everything_on_sigint(
     assert state is not None and state.pid == process.pid
     assert set(state.processes) == {"redis-server", "nx-27017", "exchange", "ingest", "top10", "l2builder"}
 
-    status = subprocess.run([*bookstream_argv(), "status", "--json"], capture_output=True, env=env, timeout=30)
-    document = orjson.loads(status.stdout)
+    def status_document() -> dict[str, Any]:
+        status = subprocess.run([*bookstream_argv(), "status", "--json"], capture_output=True, env=env, timeout=30)
+        loaded: dict[str, Any] = orjson.loads(status.stdout)
+        return loaded
+
+    # top10 joins the group of a new ob10 stream at its next discovery pass, a moment after books go live.
+    wait_until(lambda: all(entry["ob10"]["groups"] for entry in status_document()["symbols"]), 15,
+               "top10 to join the group of every ob10 stream")
+    document = status_document()
     assert document["source"] == "dev" and document["redis"]["url"] == state.redis_url
     for entry in document["symbols"]:
         assert entry["owner"]["instance"] == "dev-l2builder"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 import urllib.request
 from collections import Counter
@@ -41,6 +42,16 @@ SERVICE_SETTINGS = {
     # Short enough that takeovers, claims and resyncs happen within a drill, as they would within minutes.
     "LEASE_TTL": "2", "CLAIM_IDLE": "1", "RESUBSCRIBE_INTERVAL": "1", "LOG_LEVEL": "INFO",
 }
+LOGGED_EVENTS = (  # (role, event, label in the report, field that splits the count)
+    ("ingest", "connected", "ingest sessions", None),
+    ("ingest", "connect_rate_limited", "429s met", None),
+    ("ingest", "malformed_frame", "malformed frames skipped", None),
+    ("top10", "malformed_entry", "top10 entries rejected", None),
+    ("top10", "entries_claimed", "top10 claims", None),
+    ("l2builder", "book_stale", "stale", "kind"),
+    ("l2builder", "book_live", "live again", None),
+    ("l2builder", "resync_requested", "resyncs requested", None),
+)
 CORRUPT_L2_ENTRY = {"table": "orderBookL2", "action": "update", "frame": '{"table":"orderBookL2","data":[{'}
 CORRUPT_OB10_ENTRY = {"table": "orderBook10", "action": "update", "frame": "<html>502</html>", "session": "drill",
                       "seq": "1", "recv_us": "0"}
@@ -56,9 +67,11 @@ class ChaosPlan:
     top10_instances: int = 2
     l2builder_instances: int = 2
     storm: int = 3
-    """Most drops, 429s or malformed frames (x3) in one action."""
+    """Most drops or malformed frames (x3) in one action."""
+    rejects: int = 3
+    """Most 429s in one action."""
     retry_after: float | None = 0.2
-    """Retry-After of the 429s. None leaves it out: ingest then waits 5-10 s or more, as it must."""
+    """Retry-After of the 429s. None leaves it out: ingest then waits 5-10 s, then longer, as it must."""
     settle_seconds: float = 90.0
     weights: dict[str, int] = field(default_factory=lambda: {
         "kill_ingest": 3, "kill_top10": 3, "kill_l2builder": 3, "restart_redis": 1, "restart_mongo": 1,
@@ -136,6 +149,8 @@ class Stack:
                             MONGO_DATABASE=database, BITMEX_WS_URL=f"ws://127.0.0.1:{self.exchange_port}/realtime",
                             SYMBOLS=",".join(symbols), **SERVICE_SETTINGS)
         self.instances: dict[str, list[ServiceProcess]] = {role: [] for role in ROLES}
+        self.started: dict[str, list[ServiceProcess]] = {role: [] for role in ROLES}
+        """Every instance ever started, killed ones included, for what their logs say."""
         self.exchange: ServiceProcess | None = None
         self.crashes: set[str] = set()
         self._generation = 0
@@ -149,8 +164,21 @@ class Stack:
 
     def _launch(self, role: str, name: str, healthy: bool) -> ServiceProcess:
         self._generation += 1
-        return self.start(role, env={**self.env, "INSTANCE_NAME": name}, healthy=healthy,
-                          name=f"{name}.{self._generation}")
+        process = self.start(role, env={**self.env, "INSTANCE_NAME": name}, healthy=healthy,
+                             name=f"{name}.{self._generation}")
+        self.started[role].append(process)
+        return process
+
+    def logged(self) -> Counter[str]:
+        """What the services' logs say happened, counted."""
+        counts: Counter[str] = Counter()
+        for role, event, label, field_name in LOGGED_EVENTS:
+            for process in self.started[role]:
+                for line in process.logs().splitlines():
+                    if f" event={event} " in f"{line} ":
+                        found = re.search(rf" {field_name}=(\S+)", line) if field_name else None
+                        counts[label + (f" {found.group(1)}" if found else "")] += 1
+        return counts
 
     def kill_and_restart(self, role: str, rng: random.Random) -> None:
         """`kill -9` one instance of `role`; restart it after a moment under its old name or a new one."""
@@ -258,7 +286,7 @@ class Chaos:
 
     def reject(self) -> None:
         """Arm some 429s, then drop the connection so that ingest's reconnects meet them."""
-        count = self.rng.randint(1, self.plan.storm)
+        count = self.rng.randint(1, self.plan.rejects)
         if self.plan.retry_after is None:
             self.stack.fault("reject", count=count)
         else:
@@ -370,6 +398,7 @@ class DrillReport:
     exchange: dict[str, Any]
     entries: int
     stale_seen: set[tuple[str, str]]
+    logged: Counter[str]
     findings: Findings
     books: int
     crashes: list[str]
@@ -386,14 +415,21 @@ class DrillReport:
     def summary(self) -> str:
         done = ", ".join(f"{name}={count}" for name, count in sorted(self.done.items())) or "nothing"
         frames = self.exchange.get("changes", self.exchange.get("frames", "?"))
-        # The reason's first words name the cause ("gap: disconnect", "malformed entry 1-0 has no ...").
-        causes = Counter(" ".join(reason.split(":")[0].split()[:3]) for _, reason in self.stale_seen)
+        causes = Counter(_cause(reason) for _, reason in self.stale_seen)
         stale = ", ".join(f"{cause} x{count}" for cause, count in sorted(causes.items())) or "none"
+        logged = ", ".join(f"{name}={count}" for name, count in sorted(self.logged.items()))
         return (f"drill {self.name} seed={self.plan.seed} chaos={self.plan.seconds:.0f}s: {done}; "
-                f"exchange frames={frames}, stream entries={self.entries}; stale books seen: {stale};"
+                f"exchange frames={frames}, stream entries={self.entries}; logged: {logged}; "
+                f"stale in MongoDB: {stale};"
                 f" settled in {self.settle_seconds:.1f}s: books equal {self.findings.books_equal}/"
                 f"{self.books}, top10 keys equal {self.findings.top10_equal}, crashes={len(self.crashes)}, "
                 f"mismatches={len(self.mismatches)}")
+
+
+def _cause(reason: str) -> str:
+    """The words naming why a book is stale, without ids: "malformed entry 17-0: ..." -> "malformed entry"."""
+    words = [word for word in reason.split(":")[0].split() if not any(char.isdigit() for char in word)]
+    return " ".join(words[:4]).rstrip(",")
 
 
 def run_drill(name: str, stack: Stack, truth: Truth) -> DrillReport:
@@ -425,8 +461,8 @@ def run_drill(name: str, stack: Stack, truth: Truth) -> DrillReport:
     entries = sum(int(client.xlen(key)) for symbol in stack.symbols
                   for key in (stack.keys.l2_stream(symbol), stack.keys.ob10_stream(symbol)))
     client.close()
-    report = DrillReport(name, plan, chaos.done, stack.exchange_status(), entries, chaos.stale_seen, findings,
-                         len(truth.books()), stack.crashed(), settled)
+    report = DrillReport(name, plan, chaos.done, stack.exchange_status(), entries, chaos.stale_seen,
+                         stack.logged(), findings, len(truth.books()), stack.crashed(), settled)
     print(report.summary(), flush=True)
     for problem in report.mismatches:
         print(f"  mismatch: {problem}", flush=True)

@@ -21,7 +21,7 @@ from services.common.logs import EventLog
 from services.ingest import metrics
 from services.ingest.publisher import Publisher, RedisStatus
 from services.ingest.session import Entry
-from tests.harness import RedisServer
+from tests.harness import RedisServer, free_port
 
 BUSY_SCRIPT = """
 local started = redis.call('TIME')
@@ -195,3 +195,21 @@ def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_
     for symbol in "ABC":
         stream = keys.l2_stream(symbol)
         assert stream_frames(redis_url, stream) == expected(warm_up, stream) + expected(batch, stream)
+
+
+def test_entries_given_up_at_stop_are_counted_and_logged(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    keys = Keys(key_prefix)
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    dropped = metrics.DROPPED.labels("stop")._value.get()
+
+    async def feed(publisher: Publisher) -> None:
+        publisher.append(entries(keys, ["A", "B"], 10))
+        await asyncio.sleep(0.3)
+        assert publisher.drop_all("stop") == 10
+        assert len(publisher) == 0
+
+    with caplog.at_level(logging.INFO, logger="bookstream"):
+        status = run_publisher(nowhere, key_prefix, feed, timeout=0.2)
+    assert status.up is False
+    assert metrics.DROPPED.labels("stop")._value.get() == dropped + 10
+    assert "entries_dropped" in [record.getMessage() for record in caplog.records]

@@ -3,6 +3,7 @@ hand-offs and scaling, while a real capture is being published. Books must end e
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def test_three_instances_and_a_kill_9(
     expected, _ = reconstruct(frames)
     feed, books = Feed(redis_url, key_prefix), Books(mongo_url, mongo_database)
     feed.frames(frames[:300])
-    env = {**service_env, "LEASE_TTL": "2"}
+    env = {**service_env, "LEASE_TTL": "2", "CONSUMER_EXPIRY": "1"}
     processes = {name: start(run_service, env, name) for name in ("one", "two", "three")}
     wait_until(lambda: exclusive(feed, processes) and all(map(owned_symbols, processes.values())), 15,
                "each symbol owned by exactly one of three instances, each owning some")
@@ -61,6 +62,12 @@ def test_three_instances_and_a_kill_9(
     assert all(documents[symbol]["epoch"] >= 2 for symbol in orphans)
     for process in processes.values():
         assert "book_stale" not in process.logs() and "inconsistency" not in process.logs()
+
+    def consumers() -> set[str]:
+        return {consumer["name"] for symbol in feed.last_id
+                for consumer in feed.client.xinfo_consumers(feed.keys.l2_stream(symbol), "l2builder")}
+
+    wait_until(lambda: consumers() <= set(processes), 10, f"the consumer {victim!r} removed from the group")
 
 
 def test_scale_one_three_one_with_sigterm_handoffs(
@@ -99,3 +106,34 @@ def test_scale_one_three_one_with_sigterm_handoffs(
     frames_applied += int(first.metric("bookstream_l2builder_frames_applied_total"))
     assert frames_applied == sum(applied)
     assert first.metric("bookstream_l2builder_lease_changes_total", 'change="acquired"') > len(expected)
+
+
+def test_a_paused_owner_gives_up_and_cannot_overwrite_the_new_owner(
+        captures_dir: Path, run_service: RunService, service_env: dict[str, str], redis_url: str,
+        mongo_url: str, key_prefix: str, mongo_database: str) -> None:
+    """SIGSTOP longer than the lease (a long GC or VM pause): the other instance takes over; once resumed,
+    the old owner notices its leases ran out before touching anything, and the books stay exact."""
+    frames = capture_frames(captures_dir / "2021-04-17.capture")
+    expected, _ = reconstruct(frames)
+    feed, books = Feed(redis_url, key_prefix), Books(mongo_url, mongo_database)
+    feed.frames(frames[:100])
+    env = {**service_env, "LEASE_TTL": "1.5"}
+    processes = {name: start(run_service, env, name) for name in ("paused", "other")}
+    wait_until(lambda: exclusive(feed, processes) and all(map(owned_symbols, processes.values())), 10,
+               "both instances owning symbols")
+    paused = processes["paused"]
+    taken = set(owned_symbols(paused))
+    publisher = feed.paced(frames[100:], seconds=5)
+    time.sleep(1)
+    paused.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: exclusive(feed, {"other": processes["other"]}), 10, "the other instance owning all")
+    finally:
+        paused.process.send_signal(signal.SIGCONT)
+    publisher.finish()
+    wait_settled(feed, books)
+
+    assert set(log_values(paused, "lease_lost", "symbol")) == taken
+    assert books.levels() == expected
+    assert {doc["status"] for doc in books.all().values()} == {"live"}
+    assert "book_stale" not in paused.logs() + processes["other"].logs()

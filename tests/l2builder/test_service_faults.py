@@ -61,6 +61,10 @@ def test_bad_input_makes_one_book_stale_until_the_resync(
     assert reasons["SESSION"].startswith("new ingest session session-2")
     assert all(documents[symbol]["bids"] == [] == documents[symbol]["asks"] for symbol in reasons)
     assert documents["HEALTHY"]["bids"][0] == [100.0, 99, 2]
+    wait_until(lambda: builder.metric("bookstream_l2builder_books", 'status="stale"') == len(reasons), 5,
+               "the books gauge counting the stale books")
+    assert builder.metric("bookstream_l2builder_books", 'status="live"') == 1
+    assert builder.metric("bookstream_l2builder_owned_symbols") == len(symbols)
 
     # Urgent causes ask at once; a gap or a new session only after the grace (RESUBSCRIBE_INTERVAL).
     wait_until(lambda: set(requested(feed)) == set(reasons), 10, "a resync request for every stale book")
@@ -85,6 +89,8 @@ def test_bad_input_makes_one_book_stale_until_the_resync(
     for kind in ("gap", "malformed", "inconsistency", "hole", "session"):
         assert builder.metric("bookstream_l2builder_stale_total", f'kind="{kind}"') >= 1, kind
     assert set(log_values(builder, "book_live", "symbol")) >= set(reasons)
+    wait_until(lambda: builder.metrics().count("bookstream_l2builder_lag_entries{") == len(symbols)
+               and builder.metric("bookstream_l2builder_lag_entries") == 0, 5, "no lag behind any stream head")
 
 
 def test_restore_detects_trimmed_history_and_a_lost_epoch_counter(
@@ -122,3 +128,31 @@ def test_restore_detects_trimmed_history_and_a_lost_epoch_counter(
     documents = books.all()
     assert {symbol: doc["status"] for symbol, doc in documents.items()} == dict.fromkeys(documents, "live")
     assert documents["TRIMMED"]["asks"] == [[101.0, 44, 1]] and documents["FRESH"]["asks"] == [[101.0, 55, 1]]
+
+
+def test_entries_taken_by_another_consumer_are_refilled_from_the_stream(
+        run_service: RunService, service_env: dict[str, str], redis_url: str, mongo_url: str, key_prefix: str,
+        mongo_database: str) -> None:
+    """A zombie reading through the group takes an entry: the owner sees a seq hole, re-reads it with XRANGE,
+    stays live, and acknowledges the zombie's pending entry once its book covers it."""
+    feed, books = Feed(redis_url, key_prefix), Books(mongo_url, mongo_database)
+    feed.frames([partial("STOLEN")])
+    builder = run_service("l2builder", env={**service_env, "INSTANCE_NAME": INSTANCE}, name="builder")
+    wait_settled(feed, books)
+
+    stream = feed.keys.l2_stream("STOLEN")
+    feed.seq["STOLEN"] += 1
+    fields = encode_entry(update("STOLEN", 11).text, TABLE, "update", feed.session, feed.seq["STOLEN"], 0)
+    pipe = feed.client.pipeline(transaction=True)  # the zombie's read runs before the owner is woken up
+    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+    pipe.xreadgroup("l2builder", "zombie", {stream: ">"}, count=10)
+    added, taken = pipe.execute()
+    assert [entry_id for _, entries in taken for entry_id, _ in entries] == [added]
+    feed.frames([make_frame("STOLEN", "delete", [(3, "Buy", None, None)])])
+    wait_settled(feed, books)
+
+    document = books.get("STOLEN")
+    assert document is not None and document["status"] == "live"
+    assert document["bids"] == [[100.0, 11, 2]] and document["seq"] == 3
+    assert builder.metric("bookstream_l2builder_holes_refilled_total") == 1
+    assert "book_stale" not in builder.logs()

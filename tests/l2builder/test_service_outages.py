@@ -47,7 +47,7 @@ def test_redis_restarts_mid_run(
     frames = capture_frames(captures_dir / CAPTURE)
     expected, applied = reconstruct(frames)
     feed, books = Feed(redis_server.url, key_prefix), Books(mongo_url, mongo_database)
-    env = {**service_env, "REDIS_URL": redis_server.url, "HEALTH_STALE_AFTER": "1", "LEASE_TTL": "4"}
+    env = {**service_env, "REDIS_URL": redis_server.url, "HEALTH_STALE_AFTER": "0.6"}  # LEASE_TTL 6
     third = len(frames) // 3
     feed.frames(frames[:third])
     builder = run_service("l2builder", env=env, name="builder")
@@ -64,7 +64,7 @@ def test_redis_restarts_mid_run(
 
     # Longer than the lease: the symbols are dropped at once, then taken again and restored from MongoDB.
     redis_server.stop()
-    time.sleep(4.5)
+    time.sleep(5)
     redis_server.start()
     feed.frames(frames[2 * third:])
     wait_settled(feed, books)

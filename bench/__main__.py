@@ -1,0 +1,401 @@
+"""`python -m bench [--quick]` (also `make bench`): every benchmark, then bench/RESULTS.md and its figures.
+
+1. The per-service benchmarks (`python -m bench.book`, `.ingest`, `.top10`, `.l2builder`), each in its own
+   process; the last line each prints is its summary.
+2. The pipeline measurements of `bench.pipeline`: latency by stage at several rates, CPU and memory of
+   every process, l2builder scaling, and the speed ideas of the original design switched off one by one.
+3. The soak variant of the fault drills (`bench.soak`): one drill on the simulator, one on a real capture.
+
+RESULTS.md states the machine and the versions, and sets every figure beside its baseline of the same run
+and beside the original design's published numbers. A full run takes about ten minutes on two cores;
+`--quick` shortens everything to a smoke test of the whole chain (its numbers are not worth publishing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import pipeline, plots, soak
+from bench.pipeline import STAGES, PipelineResults, RateRun
+from tests.drills.chaos import DrillReport
+
+BENCH_DIR = Path(__file__).resolve().parent
+ORIGINAL_REBUILD = plots.ORIGINAL_REBUILD_FRAMES_PER_S
+LOW_MS, HIGH_MS = plots.ORIGINAL_RECEIPT_TO_REDIS_MS
+SERVICE_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (arguments of a full run, arguments of --quick)
+    "book": ((), ("--frames", "20000", "--repeat", "1", "--list-frames", "100", "--list-capture-frames", "300")),
+    "ingest": ((), ("--seconds", "3", "--warmup", "1")),
+    "top10": ((), ("--entries", "20000", "--seconds", "4", "--warmup", "2")),
+    "l2builder": (("--frames", "150000"), ("--frames", "30000")),
+}
+PACKAGES = ("redis", "hiredis", "websockets", "pymongo", "orjson", "uvloop", "sortedcontainers", "prometheus-client",
+            "nx-27017", "matplotlib")
+BOOK_ROW = re.compile(r"^(\S.*?)\s{2,}(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\d+)$")
+NOISE = 0.05
+"""Differences in CPU per frame below 5% are within what this shared machine's noise produces."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBench:
+    """One `python -m bench.<name>` run: its summary line as numbers, and everything it printed."""
+
+    name: str
+    summary: dict[str, float]
+    output: str
+    seconds: float
+    returncode: int
+
+    def get(self, key: str) -> float:
+        return self.summary.get(key, float("nan"))
+
+
+def run_service_bench(name: str, arguments: Sequence[str]) -> ServiceBench:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments], capture_output=True, text=True,
+                          cwd=BENCH_DIR.parent, check=False)
+    output = done.stdout + (f"\n[stderr]\n{done.stderr[-3000:]}" if done.returncode else "")
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    summary = {}
+    if done.returncode == 0 and lines:
+        for pair in lines[-1].split():
+            key, _, value = pair.partition("=")
+            summary[key] = float(value)
+    return ServiceBench(name, summary, output, time.monotonic() - started, done.returncode)
+
+
+def book_rows(bench: ServiceBench) -> list[tuple[str, float]]:
+    """(run name, frames/s) of the table bench.book prints."""
+    return [(found.group(1), float(found.group(5))) for line in bench.output.splitlines()
+            if (found := BOOK_ROW.match(line.strip()))]
+
+
+def machine() -> list[tuple[str, str]]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), "0")
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                                   check=False).stdout.strip() if shutil.which("redis-server") else "not found"
+    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
+    rows = [("uname -a", uname), ("nproc", str(os.cpu_count())), ("CPU", model),
+            ("memory", f"{int(memory) / 1024 / 1024:.1f} GiB"), ("load average at start", _load()),
+            ("python", sys.version.split()[0]), ("redis-server", redis_version)]
+    for package in PACKAGES:
+        try:
+            rows.append((package, importlib.metadata.version(package)))
+        except importlib.metadata.PackageNotFoundError:
+            rows.append((package, "not installed"))
+    return rows
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:,.1f} ms" if us >= 1000 else f"{us / 1000:,.2f} ms"
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:,.1f}x"
+
+
+def _reference_run(runs: list[RateRun], rate: int = 2_000) -> RateRun:
+    """The run at `rate`, or the closest paced one: latency is quoted where the pipeline keeps up."""
+    paced = [run for run in runs if run.rate] or runs
+    return min(paced, key=lambda run: abs(run.rate - rate))
+
+
+def _verdict(shipped: float, without: float) -> str:
+    change = (without - shipped) / shipped
+    if abs(change) < NOISE:
+        return "no difference beyond noise"
+    return f"{abs(change):.0%} {'more' if change > 0 else 'less'} CPU per frame without it"
+
+
+def summary_rows(benches: dict[str, ServiceBench], results: PipelineResults) -> list[tuple[str, ...]]:
+    """The summary table: measure, this machine, baseline of the same run, ratio, vs the original design."""
+    rows: list[tuple[str, ...]] = []
+    book = benches.get("book")
+    if book and book.summary:
+        engine, listed = book.get("frames_per_s"), book.get("list_frames_per_s")
+        rows.append(("Book engine parse+apply, synthetic 3,000 levels/side", f"{engine:,.0f} frames/s",
+                     f"list baseline {listed:,.0f} frames/s", _times(engine / listed),
+                     f"{_times(engine / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+        viewed = book.get("top10_frames_per_s")
+        rows.append(("Book engine + top-10 view after every frame", f"{viewed:,.0f} frames/s",
+                     f"list baseline {listed:,.0f} frames/s", _times(viewed / listed),
+                     f"{_times(viewed / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+        captured = dict(book_rows(book))
+        real = captured.get("captures parse+apply")
+        real_list = next((value for name, value in captured.items() if name.startswith("captures list")), None)
+        if real and real_list:
+            rows.append(("Book engine parse+apply, real 2021 captures", f"{real:,.0f} frames/s",
+                         f"list baseline {real_list:,.0f} frames/s", _times(real / real_list),
+                         f"{_times(real / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+    ingest = benches.get("ingest")
+    if ingest and ingest.summary:
+        rows.append(("ingest, frames/s per process (recording replayed at full speed)",
+                     f"{ingest.get('frames_per_s'):,.0f} frames/s", "", "", ""))
+        rows.append(("ingest receive -> XADD acknowledged, p50 / p99 at 5,000 frames/s",
+                     f"{_ms(ingest.get('p50_us'))} / {_ms(ingest.get('p99_us'))}", "", "",
+                     f"{LOW_MS}-{HIGH_MS} ms: {_times(LOW_MS * 1000 / ingest.get('p50_us'))} lower at p50"))
+    top10 = benches.get("top10")
+    if top10 and top10.summary:
+        rows.append(("top10, entries/s per process (backlog drain)", f"{top10.get('entries_per_s'):,.0f} entries/s",
+                     "", "", ""))
+        rows.append(("top10 receive -> key written, p50 / p99 at 2,000 frames/s",
+                     f"{_ms(top10.get('p50_us'))} / {_ms(top10.get('p99_us'))}", "", "",
+                     f"{LOW_MS}-{HIGH_MS} ms: {_times(LOW_MS * 1000 / top10.get('p50_us'))} lower at p50"))
+    builder = benches.get("l2builder")
+    if builder and builder.summary:
+        frames = builder.get("frames_per_s")
+        rows.append(("l2builder, frames/s per process, stream -> MongoDB", f"{frames:,.0f} frames/s", "", "",
+                     f"{_times(frames / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+    if results.scaling:
+        one = results.scaling[0]
+        for drain in results.scaling[1:]:
+            rows.append((f"l2builder x{drain.instances} instances, drain", f"{drain.frames_per_s:,.0f} frames/s",
+                         f"x1: {one.frames_per_s:,.0f} frames/s", _times(drain.frames_per_s / one.frames_per_s),
+                         ""))
+    if results.rates:
+        run = _reference_run(results.rates)
+        for stage in ("exchange -> receive", "receive -> XADD", "receive -> top10 key", "exchange -> top10 key",
+                      "receive -> MongoDB, every change"):
+            dist = run.stages[stage]
+            to_redis = "MongoDB" not in stage and "-> receive" not in stage
+            rows.append((f"Pipeline {stage}, p50 / p99 at {run.rate:,} frames/s",
+                         f"{_ms(dist.quantile(0.5))} / {_ms(dist.quantile(0.99))}", "", "",
+                         f"{LOW_MS}-{HIGH_MS} ms: {_times(LOW_MS * 1000 / dist.quantile(0.5))} lower at p50"
+                         if to_redis else ""))
+    shipped_ingest = results.ingest_variants[0] if results.ingest_variants else None
+    for variant in results.ingest_variants[1:]:
+        assert shipped_ingest is not None
+        rows.append((f"ingest CPU per frame: shipped vs {variant.variant}",
+                     f"{shipped_ingest.cpu_us_per_frame:.1f} us", f"{variant.cpu_us_per_frame:.1f} us",
+                     _times(variant.cpu_us_per_frame / shipped_ingest.cpu_us_per_frame),
+                     _verdict(shipped_ingest.cpu_us_per_frame, variant.cpu_us_per_frame)))
+    if results.scaling:
+        shipped = results.scaling[0]
+        for drain in results.l2builder_variants:
+            rows.append((f"l2builder CPU per frame: shipped vs {drain.variant}", f"{shipped.cpu_us_per_frame:.1f} us",
+                         f"{drain.cpu_us_per_frame:.1f} us", _times(drain.cpu_us_per_frame / shipped.cpu_us_per_frame),
+                         _verdict(shipped.cpu_us_per_frame, drain.cpu_us_per_frame)))
+    for name, (fast, slow) in results.json_us.items():
+        if slow == slow:
+            rows.append((f"orjson vs json: {name}", f"{fast:.2f} us", f"{slow:.2f} us", _times(slow / fast), ""))
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def write_results(path: Path, started: float, quick: bool, machine_rows: list[tuple[str, str]],
+                  benches: dict[str, ServiceBench], results: PipelineResults, figures: dict[str, str],
+                  drills: list[DrillReport], timings: dict[str, float]) -> None:
+    lines = ["# bookstream benchmark results", "",
+             f"Generated by `python -m bench{' --quick' if quick else ''}` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} in {time.time() - started:,.0f} s "
+             f"({', '.join(f'{name} {seconds:,.0f} s' for name, seconds in timings.items())}). "
+             "Every service runs as its real `bookstream` command against a private redis-server and "
+             "MongoDB-protocol server (nx-27017) on this machine; everything shares its two cores, so "
+             "wall-clock rates are floors and CPU time per frame is the steadier figure.", ""]
+    if quick:
+        lines += ["**Quick run: shortened measurements, a smoke test of the chain; do not quote these numbers.**", ""]
+    lines += ["## Machine and versions", "", *_table(("", ""), machine_rows),
+              f"| load average at end | {_load()} |", "",
+              "## Summary", "",
+              "The original design's numbers: about 1,300 frames/s for its book rebuild (176 messages in "
+              "140 ms) and 20-100 ms from receipt to Redis.", "",
+              *_table(("measure", "this machine", "baseline, same run", "ratio", "vs original design"),
+                      summary_rows(benches, results)), ""]
+    lines += _book_section(benches, figures)
+    lines += ["## Service throughput", "", f"![service throughput]({figures['throughput']})", "",
+              *_table(("benchmark", "summary line", "took"),
+                      [(f"`python -m bench.{bench.name}`",
+                        f"`{bench.output.splitlines()[-1] if bench.returncode == 0 and bench.output else 'FAILED'}`",
+                        f"{bench.seconds:,.0f} s") for bench in benches.values()]), ""]
+    lines += _latency_section(results, figures)
+    lines += _resources_section(results, figures)
+    lines += _scaling_section(results, figures)
+    lines += _speed_section(results, figures)
+    lines += ["## Fault drills (soak)", "",
+              "`bench.soak` runs the drills of `tests/drills` longer and harder: three top10 and three l2builder "
+              "instances, `kill -9` of any of them and of ingest, Redis and MongoDB restarts, storms of "
+              "dropped connections, 429s without Retry-After, malformed frames and corrupt stream entries. "
+              "`mismatches` counts books or keys not equal to the truth, books still stale, entries left "
+              "pending and crashed services; it must be 0.", "",
+              *(f"- {'PASS' if not report.mismatches else 'FAIL'} {report.summary()}" for report in drills), ""]
+    lines += ["## How to run", "",
+              "```", "make bench                       # = .venv/bin/python -m bench",
+              "python -m bench --quick          # about 4 minutes, smoke test only",
+              "python -m bench.pipeline         # latency, resources, scaling, speed ideas only",
+              "python -m bench.soak --seconds 300   # a longer soak", "```", "",
+              "## Output of the per-service benchmarks", ""]
+    for bench in benches.values():
+        lines += [f"<details><summary>python -m bench.{bench.name} ({bench.seconds:,.0f} s)</summary>", "",
+                  "```", bench.output.strip(), "```", "</details>", ""]
+    path.write_text("\n".join(lines))
+
+
+def _book_section(benches: dict[str, ServiceBench], figures: dict[str, str]) -> list[str]:
+    if "book" not in figures:
+        return []
+    return ["## Book engine vs the list baseline", "",
+            "`bench.book`: parse + apply of every frame in CPU time, the engine (sorted sides plus an id map) "
+            "beside the list-based approach of BitMEX's official connector, which the original design used.", "",
+            f"![book engine vs list baseline]({figures['book']})", "",
+            *_table(("run", "frames/s"), [(name, f"{value:,.0f}") for name, value in book_rows(benches["book"])]), ""]
+
+
+def _latency_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:
+    if not results.rates:
+        return []
+    rows = []
+    for run in results.rates:
+        for stage in STAGES:
+            dist = run.stages[stage]
+            rows.append((_rate(run.rate), stage, f"{dist.count:,}",
+                         *(_ms(dist.quantile(q)) for q in pipeline.QUANTILES)))
+    achieved = [(_rate(run.rate), *(f"{value:,.0f}" for value in run.throughput.values()), f"{run.backlog:,}")
+                for run in results.rates]
+    return ["## End-to-end latency", "",
+            f"`bench.pipeline`: `exchange --sim` over {results.symbols} symbols -> ingest -> top10 and l2builder "
+            "(one process each, FLUSH_INTERVAL 0.25 s), at each simulator rate. `exchange` = the simulator's "
+            "timestamp of a change (millisecond resolution; one timestamp per burst of changes), `receive` = "
+            "ingest's `recv_us`. receive -> XADD and receive -> top10 key come from the services' histograms; "
+            "exchange -> receive from every l2 entry written in the window; the rest from the top10 keys and "
+            "book documents polled every 100 ms. A book document's `updated_at - received_at` (\"newest "
+            "change\") is the age of its newest change when written; coalescing makes earlier changes wait up "
+            "to FLUSH_INTERVAL longer, so \"every change\" matches each l2 entry with the first stored version "
+            "that includes it. MongoDB times have millisecond resolution. `max` runs the simulator flat out: "
+            "the stages fall behind and latency is queueing.", "",
+            f"![latency percentiles]({figures['latency_percentiles']})", "",
+            f"![latency CDF]({figures['latency_cdf']})", "",
+            *_table(("rate", *results.rates[0].throughput, "l2builder backlog at end"), achieved), "",
+            *_table(("rate", "stage", "samples", *(f"p{q * 100:g}" for q in pipeline.QUANTILES)), rows), ""]
+
+
+def _rate(rate: int) -> str:
+    return "max" if rate == 0 else f"{rate:,}/s"
+
+
+def _resources_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:
+    if not results.rates:
+        return []
+    processes = list(results.rates[0].cpu_percent)
+    services = list(results.rates[0].peak_mb)
+    rows = [(_rate(run.rate), *(f"{run.cpu_percent[name]:.0f}%" for name in processes),
+             *(f"{run.peak_mb[name]:.0f}" for name in services)) for run in results.rates]
+    return ["## CPU and memory of each process", "",
+            "CPU as a share of one core over the measured window (/proc/<pid>/stat); peak resident memory "
+            "since start (VmHWM in /proc/<pid>/status).", "",
+            f"![resources]({figures['resources']})", "",
+            *_table(("rate", *(f"CPU {name}" for name in processes), *(f"MiB {name}" for name in services)), rows),
+            ""]
+
+
+def _scaling_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:
+    if not results.scaling:
+        return []
+    one = results.scaling[0]
+    rows = [(str(drain.instances), f"{drain.frames:,}", f"{drain.seconds:.2f} s", f"{drain.frames_per_s:,.0f}",
+             _times(drain.frames_per_s / one.frames_per_s), f"{drain.cpu_us_per_frame:.1f}")
+            for drain in results.scaling]
+    return ["## l2builder scaling", "",
+            f"The simulator at full speed fills {pipeline.SCALING_SYMBOLS} symbols' streams through ingest; then "
+            "1, 2 and 3 l2builder instances, started and aware of each other, drain them into a fresh database, "
+            "timed until every book is stored at its stream's last entry and nothing is pending. Two cores are "
+            "shared by the instances, Redis and MongoDB, so more than about two instances cannot add much here; "
+            "on separate machines each instance brings its own core.", "",
+            f"![scaling]({figures['scaling']})", "",
+            *_table(("instances", "frames", "time", "frames/s", "vs one", "CPU us/frame"), rows), ""]
+
+
+def _speed_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:
+    if not results.ingest_variants:
+        return []
+    rows = [("ingest", run.variant, f"{run.frames_per_s:,.0f}", f"{run.cpu_us_per_frame:.1f}")
+            for run in results.ingest_variants]
+    rows += [("l2builder", drain.variant, f"{drain.frames_per_s:,.0f}", f"{drain.cpu_us_per_frame:.1f}")
+             for drain in [results.scaling[0], *results.l2builder_variants]]
+    codec = [(name, f"{fast:.2f}", f"{slow:.2f}" if slow == slow else "-") for name, (fast, slow)
+             in results.json_us.items()]
+    return ["## Speed ideas of the original design", "",
+            "The services always run on uvloop, call `gc.freeze()` after start-up and use orjson. "
+            "`bench.variant` starts the same service with uvloop or `gc.freeze()` switched off; JSON is "
+            "measured on the hot paths' own work over the frames ingest recorded. Kept: whatever the summary "
+            "table shows as cheaper; an idea within the noise costs nothing and stays.", "",
+            f"![speed ideas]({figures['speed_ideas']})", "",
+            *_table(("service", "variant", "frames/s", "CPU us/frame"), rows), "",
+            *_table(("JSON work", "orjson us/frame", "json us/frame"), codec), ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few minutes; numbers not worth publishing")
+    parser.add_argument("--soak-seconds", type=float, default=None, help="chaos seconds of the soak [60, quick 20]")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where RESULTS.md and the PNGs go [bench/]")
+    args = parser.parse_args(argv)
+    started = time.time()
+    machine_rows = machine()
+    timings: dict[str, float] = {}
+
+    benches = {}
+    for name, (full, quick) in SERVICE_ARGS.items():
+        bench = run_service_bench(name, quick if args.quick else full)
+        benches[name] = bench
+        last = bench.output.strip().splitlines()[-1] if bench.output.strip() else ""
+        print(f"bench.{name} ({bench.seconds:,.0f} s): {last if bench.returncode == 0 else 'FAILED'}", flush=True)
+    timings["per-service"] = sum(bench.seconds for bench in benches.values())
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        moment = time.monotonic()
+        results = pipeline.run(workdir / "pipeline", args.quick, symbols=20)
+        timings["pipeline"] = time.monotonic() - moment
+        moment = time.monotonic()
+        soak_seconds = args.soak_seconds or (20.0 if args.quick else 60.0)
+        drills = soak.run(workdir / "soak", soak_seconds, seed=20260923, captures=("2021-04-05.capture",))
+        timings["soak"] = time.monotonic() - moment
+
+    out: Path = args.out
+    figures = {}
+    book = benches["book"]
+    if book_rows(book):
+        figures["book"] = plots.book(book_rows(book), out / "book.png")
+    figures["throughput"] = plots.throughput(
+        [(label, benches[name].get(key)) for label, name, key in (
+            ("ingest frames/s", "ingest", "frames_per_s"), ("top10 entries/s", "top10", "entries_per_s"),
+            ("l2builder frames/s", "l2builder", "frames_per_s"))], out / "throughput.png")
+    figures["latency_percentiles"] = plots.latency_percentiles(results, out / "latency_percentiles.png")
+    figures["latency_cdf"] = plots.latency_cdf(results, out / "latency_cdf.png")
+    figures["resources"] = plots.resources(results, out / "resources.png")
+    figures["scaling"] = plots.scaling(results, out / "scaling.png")
+    figures["speed_ideas"] = plots.speed_ideas(results, out / "speed_ideas.png")
+    write_results(out / "RESULTS.md", started, args.quick, machine_rows, benches, results, figures, drills, timings)
+    print(f"wrote {out / 'RESULTS.md'} and {len(figures)} figures in {time.time() - started:,.0f} s")
+    failed = [name for name, bench in benches.items() if bench.returncode]
+    if failed or any(report.mismatches for report in drills):
+        print(f"FAILED: {', '.join(failed) or 'soak drills with mismatches'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

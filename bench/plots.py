@@ -1,0 +1,184 @@
+"""The figures of bench/RESULTS.md, drawn with matplotlib's Agg backend (no display needed).
+
+Every figure puts a measurement beside its baseline: the list-based book beside the engine, the original
+design's published numbers beside the services' throughput and latency, one l2builder beside two and
+three, and each speed idea beside the same service without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from bench.pipeline import STAGES, PipelineResults
+
+ORIGINAL_REBUILD_FRAMES_PER_S = 1_300
+"""The original design's book rebuild: about 176 messages in 140 ms."""
+ORIGINAL_RECEIPT_TO_REDIS_MS = (20, 100)
+DPI = 110
+
+
+def _save(figure: Figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path.name
+
+
+def _rate_label(rate: int) -> str:
+    return "max" if rate == 0 else f"{rate:,}/s"
+
+
+def book(rows: Sequence[tuple[str, float]], path: Path) -> str:
+    """Frames/s of the book engine runs and the list baselines, on a log scale."""
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    names = [name for name, _ in rows]
+    values = [value for _, value in rows]
+    colors = ["tab:gray" if "list" in name else "tab:blue" for name in names]
+    axes.barh(names, values, color=colors)
+    axes.axvline(ORIGINAL_REBUILD_FRAMES_PER_S, color="tab:red", linestyle="--",
+                 label=f"original design's rebuild, ~{ORIGINAL_REBUILD_FRAMES_PER_S:,} frames/s")
+    for position, value in enumerate(values):
+        axes.text(value, position, f" {value:,.0f}", va="center", fontsize=8)
+    axes.set_xscale("log")
+    axes.invert_yaxis()
+    axes.set_xlabel("frames per second (CPU time of one process, log scale)")
+    axes.set_title("Book engine (parse + apply) vs the list-based baseline")
+    axes.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def throughput(values: Sequence[tuple[str, float]], path: Path) -> str:
+    """Per-process throughput of each service from its own benchmark."""
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    names = [name for name, _ in values]
+    axes.bar(names, [value for _, value in values], color="tab:blue")
+    axes.axhline(ORIGINAL_REBUILD_FRAMES_PER_S, color="tab:red", linestyle="--",
+                 label=f"original design's book rebuild, ~{ORIGINAL_REBUILD_FRAMES_PER_S:,} frames/s")
+    for position, (_, value) in enumerate(values):
+        axes.text(position, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=8)
+    axes.set_ylabel("per second, one process")
+    axes.set_title("Service throughput (python -m bench.<service>)")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def latency_percentiles(results: PipelineResults, path: Path) -> str:
+    """p50 and p99 of every stage against the offered rate."""
+    runs = results.rates
+    labels = [_rate_label(run.rate) for run in runs]
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for panel, q in zip(panels, (0.5, 0.99), strict=True):
+        for stage in STAGES:
+            panel.plot(labels, [run.stages[stage].quantile(q) / 1000 for run in runs], marker="o", label=stage)
+        panel.axhspan(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12,
+                      label="original design: 20-100 ms receipt -> Redis")
+        panel.set_yscale("log")
+        panel.set_xlabel(f"simulator rate (orderBookL2 frames/s, {results.symbols} symbols)")
+        panel.set_title(f"p{q * 100:g}")
+        panel.grid(True, which="both", alpha=0.3)
+    panels[0].set_ylabel("latency, ms (log scale)")
+    panels[1].legend(fontsize=7, loc="upper left")
+    figure.suptitle("End-to-end latency by stage")
+    return _save(figure, path)
+
+
+def latency_cdf(results: PipelineResults, path: Path) -> str:
+    """The latency distribution of every stage, one panel per rate."""
+    runs = results.rates
+    figure, panels = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), sharey=True, squeeze=False)
+    for panel, run in zip(panels[0], runs, strict=True):
+        for stage in STAGES:
+            xs, ys = run.stages[stage].cdf()
+            if xs:
+                panel.step([x / 1000 for x in xs], ys, where="post", label=stage)
+        panel.axvspan(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12)
+        panel.set_xscale("log")
+        panel.set_xlabel("ms (log scale)")
+        panel.set_title(_rate_label(run.rate))
+        panel.grid(True, which="both", alpha=0.3)
+    panels[0][0].set_ylabel("fraction at or below")
+    panels[0][-1].legend(fontsize=6, loc="lower right")
+    figure.suptitle("Latency CDF by stage and rate (red band: original design's 20-100 ms to Redis)")
+    return _save(figure, path)
+
+
+def resources(results: PipelineResults, path: Path) -> str:
+    """CPU of every process and peak memory of every service, at each rate."""
+    runs = results.rates
+    labels = [_rate_label(run.rate) for run in runs]
+    processes = list(runs[0].cpu_percent)
+    services = list(runs[0].peak_mb)
+    figure, (cpu, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(processes)
+    for index, name in enumerate(processes):
+        cpu.bar([position + index * width for position in range(len(runs))],
+                [run.cpu_percent[name] for run in runs], width, label=name)
+    cpu.set_xticks([position + 0.4 - width / 2 for position in range(len(runs))], labels)
+    cpu.set_ylabel("% of one core")
+    cpu.set_title("CPU by process")
+    cpu.legend(fontsize=7)
+    width = 0.8 / len(services)
+    for index, name in enumerate(services):
+        memory.bar([position + index * width for position in range(len(runs))],
+                   [run.peak_mb[name] for run in runs], width, label=name)
+    memory.set_xticks([position + 0.4 - width / 2 for position in range(len(runs))], labels)
+    memory.set_ylabel("MiB")
+    memory.set_title("Peak resident memory (VmHWM)")
+    memory.legend(fontsize=7)
+    figure.suptitle(f"Cost of each process at each simulator rate ({results.symbols} symbols)")
+    return _save(figure, path)
+
+
+def scaling(results: PipelineResults, path: Path) -> str:
+    """l2builder drain rate with 1, 2 and 3 instances, beside linear scaling from one."""
+    drains = results.scaling
+    counts = [drain.instances for drain in drains]
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    axes.plot(counts, [drain.frames_per_s for drain in drains], marker="o", label="measured")
+    axes.plot(counts, [drains[0].frames_per_s * count for count in counts], linestyle=":", color="gray",
+              label="linear from one instance")
+    for drain in drains:
+        axes.annotate(f"{drain.frames_per_s:,.0f}", (drain.instances, drain.frames_per_s), fontsize=8,
+                      textcoords="offset points", xytext=(5, -10))
+    axes.set_xticks(counts)
+    axes.set_xlabel("l2builder instances (2 cores, shared with Redis and MongoDB)")
+    axes.set_ylabel("frames/s stored and acknowledged")
+    axes.set_title("l2builder scaling")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def speed_ideas(results: PipelineResults, path: Path) -> str:
+    """CPU per frame of ingest and l2builder with each idea switched off, and JSON encode/decode costs."""
+    figure, (ingest, builder, codec) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for panel, runs, title in ((ingest, [(run.variant, run.cpu_us_per_frame) for run in results.ingest_variants],
+                                "ingest (replay at full speed)"),
+                               (builder, [(drain.variant, drain.cpu_us_per_frame) for drain in
+                                          [results.scaling[0], *results.l2builder_variants]],
+                                "l2builder (drain, one instance)")):
+        names = [name.replace(" (as shipped)", "\n(as shipped)") for name, _ in runs]
+        panel.bar(names, [value for _, value in runs], color=["tab:blue", "tab:gray", "tab:gray"][:len(runs)])
+        for position, (_, value) in enumerate(runs):
+            panel.text(position, value, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
+        panel.set_ylabel("CPU µs per frame")
+        panel.set_title(title)
+        panel.tick_params(axis="x", labelsize=7)
+    measured = {name: pair for name, pair in results.json_us.items() if pair[1] == pair[1]}  # NaN: no json twin
+    positions = range(len(measured))
+    codec.bar([position - 0.2 for position in positions], [pair[0] for pair in measured.values()], 0.4,
+              label="orjson")
+    codec.bar([position + 0.2 for position in positions], [pair[1] for pair in measured.values()], 0.4,
+              label="json (standard library)", color="tab:gray")
+    codec.set_xticks(list(positions), [name.split(" (")[0] for name in measured], fontsize=7)
+    codec.set_ylabel("µs per frame")
+    codec.set_title("JSON on the hot paths")
+    codec.legend(fontsize=8)
+    figure.suptitle("Speed ideas of the original design: each service with and without it")
+    return _save(figure, path)

@@ -1,0 +1,72 @@
+"""The Redis side of l2builder against a real Redis: group creation, ranges, covered acks, tidying,
+and the client's command packing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+from services.common.keys import L2BUILDER_GROUP, Keys
+from services.l2builder.redis_client import connect
+from services.l2builder.streams import L2Streams
+
+
+def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)  # bytes, like the service
+        owner, dead = L2Streams(client, keys, "owner"), L2Streams(client, keys, "dead")
+        stream = keys.l2_stream("XBTUSD")
+        try:
+            async def add(number: int) -> str:
+                return cast(bytes, await client.xadd(stream, {"n": str(number)})).decode()
+
+            ids = [await add(number) for number in range(6)]
+            await owner.ensure_group("XBTUSD", ids[1])  # a recreated group starts after the stored position
+            await owner.ensure_group("XBTUSD", None)  # and is never reset once it exists
+            assert await owner.last_delivered("XBTUSD") == ids[1]
+            [(symbol, delivered)] = await dead.read_new(["XBTUSD"], count=3, block_ms=10)
+            assert symbol == "XBTUSD" and [entry_id.decode() for entry_id, _ in delivered] == ids[2:5]
+            assert await owner.last_delivered("XBTUSD") == ids[4]
+            between = await owner.read_range("XBTUSD", ids[2], ids[4], count=10)
+            assert [entry_id.decode() for entry_id, _ in between] == ids[3:5]
+            assert await owner.read_range("XBTUSD", None, f"({ids[1]}", count=10) != []
+            # The dead consumer's entries up to a stored position are covered by that book.
+            assert await owner.ack_covered("XBTUSD", ids[3]) == 2
+            assert (await client.xpending(stream, L2BUILDER_GROUP))["pending"] == 1
+            head = await owner.head("XBTUSD")
+            assert head.first is not None and head.first[0].decode() == ids[0] and head.max_deleted_id == "0-0"
+            await client.xdel(stream, ids[5])
+            assert (await owner.head("XBTUSD")).max_deleted_id == ids[5]
+
+            newest = await add(6)
+            await owner.read_new(["XBTUSD"], count=1, block_ms=10)  # "owner" becomes a consumer too
+            await asyncio.sleep(0.05)
+            assert await owner.remove_idle_consumers(["XBTUSD"], idle=0.01) == 0  # "dead" still holds one
+            await owner.ack({"XBTUSD": [ids[4], newest]})
+            assert await owner.remove_idle_consumers(["XBTUSD"], idle=0.01) == 1
+            assert [c["name"] for c in await client.xinfo_consumers(stream, L2BUILDER_GROUP)] == [b"owner"]
+            assert await owner.lags(["XBTUSD"]) == {"XBTUSD": 0}
+            await owner.request_resync("XBTUSD", "gap: disconnect", "owner")
+            [(_, fields)] = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keys.control))
+            assert fields == {b"op": b"resubscribe", b"symbol": b"XBTUSD", b"reason": b"gap: disconnect",
+                              b"requested_by": b"owner"}
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:
+    for url, expected in (("redis://127.0.0.1:1/0", Connection), ("unix:///tmp/none.sock", UnixDomainSocketConnection)):
+        client = connect(url)
+        connection_class = client.connection_pool.connection_class
+        assert issubclass(connection_class, expected)
+        fast, plain = connection_class(), expected()
+        for command in (("XINFO STREAM", "bitmex:l2:{XBTUSD}"), ("XACK", b"key", "l2builder", "1-1", "17-3"),
+                        ("EVALSHA", "abc", 2, "k1", "k2", "instance", 6000), ("SET", "k", "v" * 10_000)):
+            assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command)), command
