@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
+
+from prometheus_client import REGISTRY
 
 from services.cli import SUBCOMMANDS
 from services.common.config import SETTINGS
@@ -27,3 +30,14 @@ def test_every_subcommand_is_documented() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     assert "```sh\nmake test\n```" in README
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_every_metric_is_documented() -> None:
+    for module in ("services.exchange.server", "services.ingest.metrics", "services.top10.metrics",
+                   "services.l2builder.metrics"):
+        importlib.import_module(module)
+    names = {metric.name for metric in REGISTRY.collect() if metric.name.startswith("bookstream_")}
+    assert len(names) > 40
+    for name in sorted(names):
+        documented = f"`{name}`" in README or f"`{name}_total`" in README
+        assert documented, f"metric {name} is not in the README"

@@ -44,28 +44,36 @@ def encode_gap(table: str, session: str, seq: int, recv_us: int, reason: str) ->
             "recv_us": str(recv_us), "reason": reason}
 
 
-def _text(fields: dict[bytes, bytes], name: bytes, stream_id: str) -> str:
-    value = fields.get(name)
-    if value is None:
-        raise EntryError(f"entry {stream_id} has no {name.decode()!r} field")
-    return value.decode("utf-8", "replace")
-
-
 def decode_entry(stream_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
-    """Decode the raw field map redis-py returns (bytes keys and values); raise EntryError if malformed."""
+    """Decode the raw field map redis-py returns (bytes keys and values); raise EntryError if malformed.
+
+    Every consumer calls this once per entry, so the common case indexes the fields directly and the
+    precise diagnosis of a bad entry is left to `_diagnose`.
+    """
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
-    action = _text(fields, b"action", sid)
+    try:
+        action = fields[b"action"].decode()
+        gap = action == GAP_ACTION
+        entry = StreamEntry(sid, "" if gap else fields[b"frame"].decode(), fields[b"table"].decode(), action,
+                            fields[b"session"].decode(), int(fields[b"seq"]), int(fields[b"recv_us"]),
+                            fields[b"reason"].decode("utf-8", "replace") if gap and b"reason" in fields else "")
+    except (KeyError, ValueError):
+        raise _diagnose(sid, fields) from None
     if action not in ENTRY_ACTIONS:
         raise EntryError(f"entry {sid} has unknown action {action!r}")
-    try:
-        seq = int(_text(fields, b"seq", sid))
-        recv_us = int(_text(fields, b"recv_us", sid))
-    except ValueError:
-        raise EntryError(f"entry {sid} has a non-integer seq or recv_us") from None
-    frame = "" if action == GAP_ACTION else _text(fields, b"frame", sid)
-    reason = fields[b"reason"].decode("utf-8", "replace") if b"reason" in fields else ""
-    return StreamEntry(sid, frame, _text(fields, b"table", sid), action, _text(fields, b"session", sid),
-                       seq, recv_us, reason)
+    return entry
+
+
+def _diagnose(sid: str, fields: dict[bytes, bytes]) -> EntryError:
+    action = fields.get(b"action", b"").decode("utf-8", "replace")
+    required = ["action", "table", "session", "seq", "recv_us"] + ([] if action == GAP_ACTION else ["frame"])
+    for name in required:
+        if name.encode() not in fields:
+            return EntryError(f"entry {sid} has no {name!r} field")
+    for name in ("seq", "recv_us"):
+        if not fields[name.encode()].isdigit():
+            return EntryError(f"entry {sid} has a non-integer {name}: {fields[name.encode()][:40]!r}")
+    return EntryError(f"entry {sid} has a field that is not UTF-8 text")
 
 
 def parse_stream_id(stream_id: str) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""Tests of the BitMEX-protocol exchange server."""
