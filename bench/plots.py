@@ -54,14 +54,16 @@ def book(rows: Sequence[tuple[str, float]], path: Path) -> str:
     return _save(figure, path)
 
 
-def throughput(values: Sequence[tuple[str, float]], path: Path) -> str:
-    """Per-process throughput of each service from its own benchmark."""
+def throughput(values: Sequence[tuple[str, float, float]], path: Path) -> str:
+    """Per-process throughput of each service from its own benchmark, beside its issue's target."""
     figure, axes = plt.subplots(figsize=(8, 3.5))
-    names = [name for name, _ in values]
-    axes.bar(names, [value for _, value in values], color="tab:blue")
+    names = [name for name, _, _ in values]
+    axes.bar(names, [value for _, value, _ in values], color="tab:blue")
+    axes.scatter(names, [target for _, _, target in values], marker="_", s=2000, color="black", zorder=3,
+                 label="target of the service's issue")
     axes.axhline(ORIGINAL_REBUILD_FRAMES_PER_S, color="tab:red", linestyle="--",
                  label=f"original design's book rebuild, ~{ORIGINAL_REBUILD_FRAMES_PER_S:,} frames/s")
-    for position, (_, value) in enumerate(values):
+    for position, (_, value, _) in enumerate(values):
         axes.text(position, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=8)
     axes.set_ylabel("per second, one process")
     axes.set_title("Service throughput (python -m bench.<service>)")

@@ -134,8 +134,3 @@ def run_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunS
     if failed:
         for service in started:
             print(f"\n===== log of {service.name} ({' '.join(service.args)}) =====\n{service.logs()[-20000:]}")
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()

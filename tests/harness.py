@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 import redis
 
@@ -73,8 +74,8 @@ def redis_server_binary() -> str:
     return found
 
 
-class RedisServer:
-    """A private redis-server with append-only persistence, so a restart keeps the streams."""
+class ServerProcess:
+    """A server child process on a free port with its files in `workdir`; `start` is the server's own."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -82,26 +83,8 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.process = _spawn([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                               "--dir", str(self.workdir), "--save", "", "--appendonly", "yes",
-                               "--appendfsync", "everysec", "--protected-mode", "no"],
-                              self.workdir / "redis.log")
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-
-        def ready() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.exceptions.RedisError:
-                return False
-
-        wait_until(ready, 20, f"redis-server on port {self.port}")
-        client.close()
-        return self
+    def start(self) -> Self:
+        raise NotImplementedError
 
     def stop(self) -> None:
         _stop(self.process)
@@ -115,20 +98,41 @@ class RedisServer:
         self.start()
 
 
-class MongoServer:
-    """A MongoDB wire-protocol server (nx-27017, SQLite-backed) with its data in a file, kept across restarts."""
+class RedisServer(ServerProcess):
+    """A private redis-server with append-only persistence, so a restart keeps the streams."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        self.process = _spawn([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                               "--dir", str(self.workdir), "--save", "", "--appendonly", "yes",
+                               "--appendfsync", "everysec", "--protected-mode", "no"],
+                              self.workdir / "redis.log")
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.exceptions.RedisError:
+                return False
+
+        try:
+            wait_until(ready, 20, f"redis-server on port {self.port}")
+        finally:
+            client.close()
+        return self
+
+
+class MongoServer(ServerProcess):
+    """A MongoDB wire-protocol server (nx-27017, SQLite-backed) with its data in a file, kept across restarts."""
 
     @property
     def url(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}"
 
-    def start(self) -> MongoServer:
+    def start(self) -> Self:
         binary = shutil.which("nx-27017", path=str(BIN_DIR)) or shutil.which("nx-27017")
         if binary is None:
             raise RuntimeError("nx-27017 not found; install the test extra (`make test` does)")
@@ -143,17 +147,6 @@ class MongoServer:
 
         wait_until(ready, 20, f"nx-27017 on port {self.port}")
         return self
-
-    def stop(self) -> None:
-        _stop(self.process)
-
-    def kill(self) -> None:
-        _stop(self.process, signal.SIGKILL)
-
-    def restart(self, down_for: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
 
 
 def bookstream_argv() -> list[str]:

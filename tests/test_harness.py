@@ -10,7 +10,7 @@ import pymongo
 import redis
 from prometheus_client import CollectorRegistry, Counter
 
-from services.common.health import HealthServer
+from services.common.health import HealthCheck, HealthServer
 from tests.harness import RedisServer
 
 
@@ -37,34 +37,38 @@ def test_mongo_protocol_server_answers(mongo_url: str, mongo_database: str) -> N
     client.close()
 
 
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as reply:
+            return int(reply.status), reply.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+async def fetch(check: HealthCheck, registry: CollectorRegistry, *paths: str) -> list[tuple[int, bytes]]:
+    """GET each path from a HealthServer running `check`, in order."""
+    server = HealthServer("127.0.0.1", 0, check, registry)
+    await server.start()
+    try:
+        return [await asyncio.to_thread(http_get, f"http://127.0.0.1:{server.port}{path}") for path in paths]
+    finally:
+        await server.close()
+
+
 def test_health_server_serves_healthz_and_metrics() -> None:
     registry = CollectorRegistry()
     Counter("bookstream_probe", "probe counter", registry=registry).inc(3)
-    state = {"healthy": True}
+    ok, metrics, missing = asyncio.run(fetch(lambda: (True, {}), registry, "/healthz", "/metrics", "/nope"))
+    assert ok[0] == 200
+    assert b"bookstream_probe_total 3.0" in metrics[1]
+    assert missing[0] == 404
+    (failing,) = asyncio.run(fetch(lambda: (False, {"why": "probe"}), registry, "/healthz"))
+    assert failing[0] == 503 and b'"why":"probe"' in failing[1]
 
-    async def scenario() -> dict[str, tuple[int, bytes]]:
-        server = HealthServer("127.0.0.1", 0, lambda: (state["healthy"], {"why": "probe"}), registry)
-        await server.start()
-        url = f"http://127.0.0.1:{server.port}"
 
-        def get(path: str) -> tuple[int, bytes]:
-            try:
-                with urllib.request.urlopen(url + path, timeout=3) as reply:
-                    return int(reply.status), reply.read()
-            except urllib.error.HTTPError as exc:
-                return int(exc.code), exc.read()
+def test_a_health_check_that_raises_reports_unhealthy() -> None:
+    def broken_check() -> tuple[bool, dict[str, object]]:
+        raise RuntimeError("probe exploded")
 
-        replies = {"ok": await asyncio.to_thread(get, "/healthz"),
-                   "metrics": await asyncio.to_thread(get, "/metrics"),
-                   "missing": await asyncio.to_thread(get, "/nope")}
-        state["healthy"] = False
-        replies["failing"] = await asyncio.to_thread(get, "/healthz")
-        await server.close()
-        return replies
-
-    replies = asyncio.run(scenario())
-    assert replies["ok"][0] == 200
-    assert b"bookstream_probe_total 3.0" in replies["metrics"][1]
-    assert replies["missing"][0] == 404
-    assert replies["failing"][0] == 503
-    assert b'"why":"probe"' in replies["failing"][1]
+    ((status, body),) = asyncio.run(fetch(broken_check, CollectorRegistry(), "/healthz"))
+    assert status == 503 and b"probe exploded" in body

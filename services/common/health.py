@@ -42,7 +42,10 @@ class HealthServer:
 
     def _respond(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
-            healthy, detail = self._check()
+            try:
+                healthy, detail = self._check()
+            except Exception as exc:  # a broken check is itself a reason to report unhealthy, not to hang up
+                healthy, detail = False, {"error": f"health check failed: {exc!r}"}
             body = orjson.dumps({"healthy": healthy, **detail}, default=str)
             return (200 if healthy else 503), "application/json", body
         if path == "/metrics":

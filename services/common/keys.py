@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 TOP10_GROUP = "top10"
 L2BUILDER_GROUP = "l2builder"
+# Resync requests are only useful for seconds; the bound keeps a forgotten control stream small.
+CONTROL_MAXLEN = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Final
 
+from services.common.backoff import Backoff
+
 BASE_DELAY: Final = 0.5
 MAX_DELAY: Final = 30.0
 RATE_LIMITED_MIN_DELAY: Final = 10.0
@@ -20,22 +22,12 @@ RATE_LIMITED_MAX_DELAY: Final = 300.0
 RETRY_AFTER_JITTER: Final = 0.1
 
 
-class Backoff:
+class ReconnectBackoff(Backoff):
     """The delay before each connection attempt; `reset()` once a connection has proved healthy."""
 
     def __init__(self, base: float = BASE_DELAY, cap: float = MAX_DELAY,
                  rng: Callable[[], float] = random.random) -> None:
-        self.base, self.cap, self._rng = base, cap, rng
-        self.failures = 0
-
-    def reset(self) -> None:
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        """`base * 2^n` capped, then jittered into its upper half (so it never collapses to zero)."""
-        ceiling = min(self.cap, self.base * 2.0 ** self.failures)
-        self.failures += 1
-        return ceiling / 2 + self._rng() * ceiling / 2
+        super().__init__(base, cap, rng)
 
     def rate_limited(self, retry_after: float | None) -> float:
         """The delay after an HTTP 429 (or a 429 error frame) with the venue's `Retry-After`, if any."""

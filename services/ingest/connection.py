@@ -28,7 +28,7 @@ from services.common.config import Settings, mask_url
 from services.common.keys import Keys
 from services.common.logs import EventLog, excerpt
 from services.ingest import metrics
-from services.ingest.backoff import Backoff, parse_retry_after
+from services.ingest.backoff import ReconnectBackoff, parse_retry_after
 from services.ingest.publisher import Publisher
 from services.ingest.recorder import Recorder
 from services.ingest.session import Reaction, Session, TopicState
@@ -68,7 +68,7 @@ class Feed:
         self._settings, self._publisher, self._recorder, self._log = settings, publisher, recorder, log
         self._keys = Keys(settings.key_prefix)
         self._extra_tables = extra_tables
-        self._backoff = Backoff()
+        self._backoff = ReconnectBackoff()
         self.state = LinkState.WAITING
         self.disconnected_since: float | None = time.monotonic()
         self.session: Session | None = None

@@ -17,13 +17,12 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.keys import Keys
+from services.common.keys import CONTROL_MAXLEN, Keys
 from services.common.logs import EventLog
 from services.ingest import metrics
 from services.ingest.connection import Feed
 from services.ingest.publisher import RedisStatus
 
-CONTROL_MAXLEN: Final = 10_000
 READ_COUNT: Final = 100
 MAX_BLOCK: Final = 1.0
 RETRY_DELAY: Final = 0.5

@@ -10,6 +10,10 @@ loses `_id`).
 
 An 11000 is ambiguous on its own: it is also what a retried write gets when its first attempt did land.
 `write` reads the stored versions back to tell "already written" from "a newer owner wrote".
+
+pymongo encodes a whole batch before sending it, so one book that BSON cannot hold (over the 16 MiB limit,
+or an integer beyond 64 bits) would fail every write for ever; `write` sets such books aside as
+`unwritable` and writes the others.
 """
 
 from __future__ import annotations
@@ -18,16 +22,20 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
+from bson.errors import InvalidDocument
 from bson.int64 import Int64
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from services.common.book import L2Book
-from services.common.entries import parse_stream_id
+from services.common.entries import EntryError, parse_stream_id
 from services.l2builder.symbol_state import StaleKind, SymbolState
 
 COLLECTION = "orderbooks"
 DUPLICATE_KEY = 11000
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+"""MongoDB's BSON document size limit (maxBsonObjectSize)."""
 UTC = dt.UTC
 
 Document = dict[str, Any]
@@ -78,7 +86,12 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
     book = None
     kind: StaleKind | None = None
     reason = document.get("reason")
-    if document.get("status") == "live":
+    if not _valid_position(position):
+        # Without a trustworthy position the stream is read from its start; the book waits for a partial,
+        # so nothing read before it is applied, let alone twice.
+        kind, reason = StaleKind.INVALID_DOCUMENT, f"stored position is invalid: {position['stream_id']!r}"
+        position.update(stream_id=None, session=None, seq=0)
+    elif document.get("status") == "live":
         try:
             book = L2Book.from_document(symbol, {**document, "bids": _plain_levels(document.get("bids")),
                                                  "asks": _plain_levels(document.get("asks"))})
@@ -88,6 +101,36 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
         kind = StaleKind.RESTORED
     return SymbolState.restored(symbol, resync_interval, now, book=book, stale_kind=kind, reason=reason,
                                 **position)
+
+
+def _valid_position(position: dict[str, Any]) -> bool:
+    stream_id, seq = position["stream_id"], position["seq"]
+    if not isinstance(seq, int) or seq < 0:
+        return False
+    if stream_id is None:
+        return True
+    if not isinstance(stream_id, str):
+        return False
+    try:
+        parse_stream_id(stream_id)
+    except EntryError:
+        return False
+    return True
+
+
+def unwritable_documents(documents: dict[str, Document]) -> dict[str, str]:
+    """The documents BSON cannot store, by symbol, with the reason; encoding them all is the only way to
+    find out which one failed a batch."""
+    problems: dict[str, str] = {}
+    for symbol, document in documents.items():
+        try:
+            size = len(bson.encode({"$set": document}))
+        except (InvalidDocument, OverflowError) as exc:
+            problems[symbol] = f"not encodable as BSON: {exc}"
+            continue
+        if size > MAX_DOCUMENT_BYTES:
+            problems[symbol] = f"{size} bytes, over the {MAX_DOCUMENT_BYTES}-byte BSON limit"
+    return problems
 
 
 def _plain_levels(levels: Any) -> Any:
@@ -100,11 +143,13 @@ def _plain_levels(levels: Any) -> Any:
 
 @dataclass(slots=True)
 class WriteResult:
-    """Per symbol: written (now durable), superseded (a newer version is stored) or failed (retry later)."""
+    """Per symbol: written (now durable), superseded (a newer version is stored), failed (retry later) or
+    unwritable (BSON cannot hold it: retrying is pointless)."""
 
     written: list[str] = field(default_factory=list)
     superseded: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    unwritable: dict[str, str] = field(default_factory=dict)
 
 
 class BookStore:
@@ -145,6 +190,14 @@ class BookStore:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors"):
                 raise
+        except (InvalidDocument, OverflowError):
+            unwritable = unwritable_documents(documents)
+            if not unwritable:
+                raise
+            result = await self.write({symbol: document for symbol, document in documents.items()
+                                       if symbol not in unwritable})
+            result.unwritable.update(unwritable)
+            return result
         rejected = {symbols[error["index"]]: error for error in errors}
         result.written = [symbol for symbol in symbols if symbol not in rejected]
         duplicates = [symbol for symbol, error in rejected.items() if error.get("code") == DUPLICATE_KEY]

@@ -15,11 +15,10 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from services.common.keys import L2BUILDER_GROUP, Keys
+from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
 from services.l2builder.scripts import register
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
-CONTROL_MAXLEN = 10_000
 RANGE_PAGE = 1000
 
 

@@ -50,6 +50,8 @@ class StaleKind(enum.StrEnum):
     INCONSISTENT = "inconsistency"
     TRIMMED = "trimmed"
     INVALID_DOCUMENT = "invalid_document"
+    UNWRITABLE = "unwritable"
+    """The book outgrew what MongoDB can store; not urgent, since a new partial may rebuild the same book."""
     RESTORED = "restored"
 
 
@@ -225,6 +227,9 @@ class SymbolState:
             return Outcome.STALE
         except ValueError as exc:  # ProtocolError, or a frame of another symbol
             self.mark_stale(StaleKind.MALFORMED, f"malformed frame: {excerpt(str(exc), 300)}", now)
+            return Outcome.STALE
+        except Exception as exc:  # input the parser or the book did not foresee costs this book, not the service
+            self.mark_stale(StaleKind.MALFORMED, f"frame not applicable: {excerpt(repr(exc), 300)}", now)
             return Outcome.STALE
         if self.book.has_partial:  # a delta dropped while waiting for a partial is not applied
             self.frames_applied += 1

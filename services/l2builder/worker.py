@@ -29,6 +29,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError, ResponseError
 
+from services.common.backoff import Backoff
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
 from services.common.keys import Keys
@@ -38,7 +39,7 @@ from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.store import UTC, BookStore, Document, WriteResult, book_document, restore_state
 from services.l2builder.streams import L2Streams, RawEntry
-from services.l2builder.symbol_state import Outcome, Status, SymbolState
+from services.l2builder.symbol_state import Outcome, StaleKind, Status, SymbolState
 
 log = EventLog("l2builder")
 
@@ -61,25 +62,10 @@ MONGO_PING_EVERY = 2.0
 """How long MongoDB may go unused before a ping (at most a third of HEALTH_STALE_AFTER), so an idle
 but healthy server never makes /healthz fail."""
 SHUTDOWN_FLUSH_SECONDS = 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 GC_GEN0_THRESHOLD = 50_000
 """Every entry allocates a few short-lived containers and almost no cycles; collecting the youngest
 generation every 50,000 allocations instead of 700 saves about 12% of the CPU (bench.l2builder)."""
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential delays for retrying a server that is down."""
-
-    first: float = 0.1
-    cap: float = 5.0
-    current: float = 0.0
-
-    def next(self) -> float:
-        self.current = min(self.cap, self.current * 2 if self.current else self.first)
-        return self.current
-
-    def reset(self) -> None:
-        self.current = 0.0
 
 
 @dataclass(slots=True)
@@ -150,12 +136,12 @@ class L2Builder:
         with contextlib.suppress(RedisError):
             await self.ownership.leave()
         deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while self._unsettled() and time.monotonic() < deadline:
             with contextlib.suppress(RedisError):
                 await self._renew(time.monotonic())
             if not await self._flush():
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(backoff.next_delay())
         handed = list(self.owned)
         leases = [owned.lease for owned in self.owned.values()]
         for symbol in handed:
@@ -323,7 +309,7 @@ class L2Builder:
         `documents` is a query already loading the documents of the symbols acquired together; if it
         fails, each symbol loads its own document, retrying until MongoDB answers.
         """
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while self.owned.get(symbol) is owned:
             try:
                 if owned.state is None:
@@ -344,7 +330,7 @@ class L2Builder:
                 metrics.HOLES_REFILLED.inc()  # a hole in what was read ahead: catch up once more
             except (RedisError, PyMongoError) as exc:
                 log.warning("restore_retry", symbol=symbol, error=repr(exc))
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(backoff.next_delay())
 
     async def _load(self, symbol: str, owned: Owned, document: Document | None) -> None:
         self._mongo_ok()
@@ -396,7 +382,7 @@ class L2Builder:
     async def _read_loop(self) -> None:
         """Read new entries, always one XREADGROUP ahead, so Redis prepares the next batch while this
         one is applied."""
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         ahead: ReadTask | None = None
         try:
             while not self._draining:
@@ -414,7 +400,7 @@ class L2Builder:
                         await self._recreate_groups()
                         continue
                     self._redis_failed("read", exc)
-                    await self._pause(backoff.next())
+                    await self._pause(backoff.next_delay())
                     continue
                 self._redis_ok()
                 backoff.reset()
@@ -496,14 +482,14 @@ class L2Builder:
     # -- persisting ------------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while not self._draining:
             started = time.monotonic()
             if await self._flush():
                 backoff.reset()
                 await self._pause(max(self.settings.flush_interval - (time.monotonic() - started), 0.001))
             else:
-                await self._pause(backoff.next())
+                await self._pause(backoff.next_delay())
 
     async def _flush(self) -> bool:
         """Write every changed book in one bulk write, then XACK what it covered; False on failure."""
@@ -532,11 +518,15 @@ class L2Builder:
             elif time.monotonic() - self.mongo_ok_at >= self._ping_every:
                 await self.store.ping()
                 self._mongo_ok()
-        except PyMongoError as exc:
+        except Exception as exc:  # not only PyMongoError: nothing may end the flush loop (or the shutdown)
             for owned, ticket in tickets:
                 if owned.state is not None:
                     owned.state.flush_failed(ticket)
-            self._mongo_failed(exc)
+            if isinstance(exc, PyMongoError):
+                self._mongo_failed(exc)
+            else:
+                metrics.FLUSH_ERRORS.inc()
+                log.error("flush_failed", error=repr(exc))
             return False
         for symbol, error in result.failed.items():
             metrics.FLUSH_ERRORS.inc()
@@ -552,6 +542,15 @@ class L2Builder:
             elif symbol in result.failed:
                 if owned.state is not None:
                     owned.state.flush_failed(ticket)
+            elif symbol in result.unwritable:
+                metrics.FLUSH_ERRORS.inc()
+                log.error("book_unwritable", symbol=symbol, error=result.unwritable[symbol])
+                if owned.state is not None:
+                    # The emptied stale book is small: the next flush stores it and acks these ids.
+                    owned.state.flush_failed(ticket)
+                    owned.state.mark_stale(StaleKind.UNWRITABLE, f"book cannot be stored: {result.unwritable[symbol]}",
+                                           now)
+                    self._note(symbol, owned.state, Outcome.STALE)
             else:
                 self.ack_backlog.setdefault(symbol, []).extend(ticket.ids)
         acked = await self._ack()

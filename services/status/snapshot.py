@@ -50,9 +50,9 @@ import redis
 
 from services.common.config import mask_url
 from services.common.keys import TOP10_GROUP, Keys
+from services.l2builder.store import COLLECTION as BOOKS_COLLECTION
 
 SCHEMA = "bookstream.status/1"
-BOOKS_COLLECTION = "orderbooks"
 
 Level = tuple[float, float]
 PER_SYMBOL = 8

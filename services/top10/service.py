@@ -13,7 +13,6 @@ once no Redis call has succeeded for HEALTH_STALE_AFTER seconds.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Iterable
 from typing import Any, Final, cast
@@ -25,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT, XReadGroupResponse
 
+from services.common.backoff import Backoff
 from services.common.config import SYMBOL_PATTERN, Settings
 from services.common.keys import TOP10_GROUP, Keys
 from services.common.logs import EventLog
@@ -46,21 +46,6 @@ WRITE_RESULTS: Final = {1: metrics.WRITES.labels("applied"), 0: metrics.WRITES.l
                         -1: metrics.WRITES.labels("duplicate")}
 
 log = EventLog("top10")
-
-
-class Backoff:
-    """Exponentially growing, jittered delays between attempts against a Redis that keeps failing."""
-
-    def __init__(self) -> None:
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Top10Service:
@@ -116,7 +101,7 @@ class Top10Service:
         """Read, write, acknowledge; our own pending entries first after a start or a failed read."""
         # A previous process under the same name may have left entries pending.
         own_pending_first = True
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while True:
             if not self._symbols:
                 self._streams_joined.clear()
@@ -209,7 +194,7 @@ class Top10Service:
 
     async def _housekeep(self) -> None:
         """Join new streams, claim abandoned entries and remove departed consumers, every second."""
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         loop = asyncio.get_running_loop()
         # Departed consumers are rare and harmless, so look for them a few times per expiry period only.
         janitor_interval = min(max(self._settings.consumer_expiry / 4, HOUSEKEEPING_INTERVAL), 15.0)

@@ -6,12 +6,12 @@ import email.utils
 
 import pytest
 
-from services.ingest.backoff import MAX_DELAY, RATE_LIMITED_MIN_DELAY, Backoff, parse_retry_after
+from services.ingest.backoff import MAX_DELAY, RATE_LIMITED_MIN_DELAY, ReconnectBackoff, parse_retry_after
 
 
 @pytest.mark.parametrize("draw", [0.0, 0.5, 1.0])
 def test_delays_double_within_their_jitter_band_up_to_the_cap(draw: float) -> None:
-    backoff = Backoff(base=0.5, rng=lambda: draw)
+    backoff = ReconnectBackoff(base=0.5, rng=lambda: draw)
     delays = [backoff.next_delay() for _ in range(12)]
     for attempt, delay in enumerate(delays):
         ceiling = min(MAX_DELAY, 0.5 * 2 ** attempt)
@@ -21,7 +21,7 @@ def test_delays_double_within_their_jitter_band_up_to_the_cap(draw: float) -> No
 
 
 def test_reset_starts_again_from_the_base() -> None:
-    backoff = Backoff(base=0.5, rng=lambda: 1.0)
+    backoff = ReconnectBackoff(base=0.5, rng=lambda: 1.0)
     for _ in range(5):
         backoff.next_delay()
     backoff.reset()
@@ -29,15 +29,15 @@ def test_reset_starts_again_from_the_base() -> None:
 
 
 def test_rate_limited_obeys_retry_after_never_less() -> None:
-    backoff = Backoff(rng=lambda: 1.0)
+    backoff = ReconnectBackoff(rng=lambda: 1.0)
     assert 7.0 <= backoff.rate_limited(7.0) <= 7.0 * 1.1
-    assert Backoff(rng=lambda: 0.0).rate_limited(7.0) == 7.0
+    assert ReconnectBackoff(rng=lambda: 0.0).rate_limited(7.0) == 7.0
 
 
 def test_rate_limited_without_retry_after_waits_much_longer_than_a_normal_failure() -> None:
-    backoff = Backoff(base=0.5, rng=lambda: 0.0)
+    backoff = ReconnectBackoff(base=0.5, rng=lambda: 0.0)
     assert backoff.rate_limited(None) >= RATE_LIMITED_MIN_DELAY / 2
-    assert Backoff(base=0.5, rng=lambda: 0.0).next_delay() < RATE_LIMITED_MIN_DELAY / 2
+    assert ReconnectBackoff(base=0.5, rng=lambda: 0.0).next_delay() < RATE_LIMITED_MIN_DELAY / 2
 
 
 def test_parse_retry_after_reads_seconds_and_http_dates() -> None:

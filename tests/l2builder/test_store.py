@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pymongo
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -72,6 +73,16 @@ def test_stale_and_broken_documents_restore_stale() -> None:
     assert restore_state("XBTUSD", None, 5.0, now=0).stream_id is None
 
 
+@pytest.mark.parametrize(("stream_id", "seq"), [("garbage", 1), (17, 1), ("1000-1", -3), ("1000-1", "7")])
+def test_an_unusable_stored_position_restores_stale_from_the_start(stream_id: object, seq: object) -> None:
+    broken = stored(book_document(live_state(), 3, NOW))
+    broken["stream_id"], broken["seq"] = stream_id, seq
+    restored = restore_state("XBTUSD", broken, 5.0, now=0)
+    assert restored.stale_kind is StaleKind.INVALID_DOCUMENT and restored.resync_due(0)
+    assert "stored position is invalid" in str(restored.reason)
+    assert (restored.stream_id, restored.seq) == (None, 0)
+
+
 def test_writes_are_monotonic_idempotent_and_report_newer_owners(mongo_url: str, mongo_database: str) -> None:
     def document(epoch: int, number: int) -> dict[str, Any]:
         state = SymbolState("XBTUSD", 5.0)
@@ -99,3 +110,27 @@ def test_writes_are_monotonic_idempotent_and_report_newer_owners(mongo_url: str,
     assert collection.find_one({"_id": "XBTUSD"}, {"epoch": 1, "seq": 1}) == {"_id": "XBTUSD", "epoch": 3, "seq": 1}
     assert collection.find_one({"_id": "ETHUSD"}, {"seq": 1}) == {"_id": "ETHUSD", "seq": 2}
     assert L2Book.from_document("ETHUSD", collection.find_one({"_id": "ETHUSD"}) or {}).depth == (2, 1)
+
+
+def test_a_book_bson_cannot_hold_is_set_aside_and_the_others_are_written(mongo_url: str, mongo_database: str) -> None:
+    def document(number: int) -> dict[str, Any]:
+        state = SymbolState("XBTUSD", 5.0)
+        state.feed(entry(number, "partial", PARTIAL, seq=number), now=0)
+        return book_document(state, 1, NOW)
+
+    huge = {**document(1), "bids": [[1.0, 1, 2**70]]}  # an id beyond 64 bits: pymongo refuses the whole batch
+    too_large = {**document(1), "reason": "x" * (17 * 1024 * 1024)}
+
+    async def scenario() -> None:
+        store = BookStore(mongo_url, mongo_database)
+        try:
+            result = await store.write({"XBTUSD": huge, "ETHUSD": document(2), "SOLUSD": too_large})
+            assert result.written == ["ETHUSD"] and not result.failed and not result.superseded
+            assert sorted(result.unwritable) == ["SOLUSD", "XBTUSD"]
+            assert "BSON" in result.unwritable["XBTUSD"] and "limit" in result.unwritable["SOLUSD"]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+    assert [doc["_id"] for doc in client[mongo_database]["orderbooks"].find({}, {"_id": 1})] == ["ETHUSD"]
