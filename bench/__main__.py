@@ -275,8 +275,8 @@ def _latency_section(results: PipelineResults, figures: dict[str, str]) -> list[
             dist = run.stages[stage]
             rows.append((_rate(run.rate), stage, f"{dist.count:,}",
                          *(_ms(dist.quantile(q)) for q in pipeline.QUANTILES)))
-    achieved = [(_rate(run.rate), *(f"{value:,.0f}" for value in run.throughput.values()), f"{run.backlog:,}")
-                for run in results.rates]
+    achieved = [(_rate(run.rate), *(f"{value:,.0f}" for value in run.throughput.values()), f"{run.backlog:,}",
+                 f"{sum(run.cpu_percent.values()) / 100:.2f} of {os.cpu_count()}") for run in results.rates]
     return ["## End-to-end latency", "",
             f"`bench.pipeline`: `exchange --sim` over {results.symbols} symbols -> ingest -> top10 and l2builder "
             "(one process each, FLUSH_INTERVAL 0.25 s), at each simulator rate. `exchange` = the simulator's "
@@ -286,11 +286,14 @@ def _latency_section(results: PipelineResults, figures: dict[str, str]) -> list[
             "book documents polled every 100 ms. A book document's `updated_at - received_at` (\"newest "
             "change\") is the age of its newest change when written; coalescing makes earlier changes wait up "
             "to FLUSH_INTERVAL longer, so \"every change\" matches each l2 entry with the first stored version "
-            "that includes it. MongoDB times have millisecond resolution. `max` runs the simulator flat out: "
-            "the stages fall behind and latency is queueing.", "",
+            "that includes it. MongoDB times have millisecond resolution. `max` runs the simulator flat out. "
+            "Where the cores-busy column nears the number of cores, the machine is saturated (every process, "
+            "the simulator, both servers and this benchmark's poller share it) and latency is queueing; "
+            "no single service is the bottleneck (see the CPU table).", "",
             f"![latency percentiles]({figures['latency_percentiles']})", "",
             f"![latency CDF]({figures['latency_cdf']})", "",
-            *_table(("rate", *results.rates[0].throughput, "l2builder backlog at end"), achieved), "",
+            *_table(("rate", *(f"{name}/s" for name in results.rates[0].throughput),
+                     "l2builder entries unacknowledged at end", "cores busy (all processes)"), achieved), "",
             *_table(("rate", "stage", "samples", *(f"p{q * 100:g}" for q in pipeline.QUANTILES)), rows), ""]
 
 
@@ -318,8 +321,8 @@ def _scaling_section(results: PipelineResults, figures: dict[str, str]) -> list[
         return []
     one = results.scaling[0]
     rows = [(str(drain.instances), f"{drain.frames:,}", f"{drain.seconds:.2f} s", f"{drain.frames_per_s:,.0f}",
-             _times(drain.frames_per_s / one.frames_per_s), f"{drain.cpu_us_per_frame:.1f}")
-            for drain in results.scaling]
+             _times(drain.frames_per_s / one.frames_per_s), f"{drain.cpu_us_per_frame:.1f}",
+             f"{drain.cores_busy:.2f} of {os.cpu_count()}") for drain in results.scaling]
     return ["## l2builder scaling", "",
             f"The simulator at full speed fills {pipeline.SCALING_SYMBOLS} symbols' streams through ingest; then "
             "1, 2 and 3 l2builder instances, started and aware of each other, drain them into a fresh database, "
@@ -327,7 +330,8 @@ def _scaling_section(results: PipelineResults, figures: dict[str, str]) -> list[
             "shared by the instances, Redis and MongoDB, so more than about two instances cannot add much here; "
             "on separate machines each instance brings its own core.", "",
             f"![scaling]({figures['scaling']})", "",
-            *_table(("instances", "frames", "time", "frames/s", "vs one", "CPU us/frame"), rows), ""]
+            *_table(("instances", "frames", "time", "frames/s", "vs one", "CPU us/frame",
+                     "cores busy (l2builders + Redis + MongoDB)"), rows), ""]
 
 
 def _speed_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:

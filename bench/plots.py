@@ -24,8 +24,12 @@ ORIGINAL_RECEIPT_TO_REDIS_MS = (20, 100)
 DPI = 110
 
 
-def _save(figure: Figure, path: Path) -> str:
-    figure.tight_layout()
+def _save(figure: Figure, path: Path, legend_below: bool = False) -> str:
+    """Write the figure; `legend_below` gathers the first panel's legend under all the panels."""
+    if legend_below:
+        handles, labels = figure.axes[0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.14 if legend_below else 0, 1, 1))
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
     return path.name
@@ -75,7 +79,7 @@ def latency_percentiles(results: PipelineResults, path: Path) -> str:
     """p50 and p99 of every stage against the offered rate."""
     runs = results.rates
     labels = [_rate_label(run.rate) for run in runs]
-    figure, panels = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for panel, q in zip(panels, (0.5, 0.99), strict=True):
         for stage in STAGES:
             panel.plot(labels, [run.stages[stage].quantile(q) / 1000 for run in runs], marker="o", label=stage)
@@ -86,29 +90,28 @@ def latency_percentiles(results: PipelineResults, path: Path) -> str:
         panel.set_title(f"p{q * 100:g}")
         panel.grid(True, which="both", alpha=0.3)
     panels[0].set_ylabel("latency, ms (log scale)")
-    panels[1].legend(fontsize=7, loc="upper left")
     figure.suptitle("End-to-end latency by stage")
-    return _save(figure, path)
+    return _save(figure, path, legend_below=True)
 
 
 def latency_cdf(results: PipelineResults, path: Path) -> str:
     """The latency distribution of every stage, one panel per rate."""
     runs = results.rates
-    figure, panels = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), sharey=True, squeeze=False)
+    figure, panels = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 4.4), sharey=True, squeeze=False)
     for panel, run in zip(panels[0], runs, strict=True):
         for stage in STAGES:
             xs, ys = run.stages[stage].cdf()
             if xs:
                 panel.step([x / 1000 for x in xs], ys, where="post", label=stage)
-        panel.axvspan(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12)
+        panel.axvspan(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12,
+                      label="original design: 20-100 ms receipt -> Redis")
         panel.set_xscale("log")
         panel.set_xlabel("ms (log scale)")
         panel.set_title(_rate_label(run.rate))
         panel.grid(True, which="both", alpha=0.3)
     panels[0][0].set_ylabel("fraction at or below")
-    panels[0][-1].legend(fontsize=6, loc="lower right")
-    figure.suptitle("Latency CDF by stage and rate (red band: original design's 20-100 ms to Redis)")
-    return _save(figure, path)
+    figure.suptitle("Latency CDF by stage and simulator rate")
+    return _save(figure, path, legend_below=True)
 
 
 def resources(results: PipelineResults, path: Path) -> str:
@@ -149,6 +152,7 @@ def scaling(results: PipelineResults, path: Path) -> str:
     for drain in drains:
         axes.annotate(f"{drain.frames_per_s:,.0f}", (drain.instances, drain.frames_per_s), fontsize=8,
                       textcoords="offset points", xytext=(5, -10))
+    axes.set_ylim(bottom=0)
     axes.set_xticks(counts)
     axes.set_xlabel("l2builder instances (2 cores, shared with Redis and MongoDB)")
     axes.set_ylabel("frames/s stored and acknowledged")

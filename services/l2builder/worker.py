@@ -400,6 +400,7 @@ class L2Builder:
                         await self._recreate_groups()
                         continue
                     self._redis_failed("read", exc)
+                    self._catch_up_after_failed_read()
                     await self._pause(backoff.next_delay())
                     continue
                 self._redis_ok()
@@ -411,6 +412,15 @@ class L2Builder:
         finally:
             if ahead is not None:
                 ahead.cancel()  # whatever it delivers stays pending; the next owner reads it with XRANGE
+
+    def _catch_up_after_failed_read(self) -> None:
+        """A failed XREADGROUP may still have been served: its entries are then delivered to this consumer
+        (pending) but were never seen, and `>` will not hand them out again. Every symbol goes back to
+        catching up with XRANGE from its own position, which reads them from the stream itself."""
+        for symbol, owned in self.owned.items():
+            if owned.ready and not owned.releasing:
+                owned.ready = False
+                owned.restore = self._spawn(self._restore(symbol, owned), symbol)
 
     def _read_ahead(self) -> ReadTask | None:
         symbols = [symbol for symbol, owned in self.owned.items() if owned.ready and not owned.releasing]
