@@ -322,7 +322,8 @@ def _scaling_section(results: PipelineResults, figures: dict[str, str]) -> list[
     one = results.scaling[0]
     rows = [(str(drain.instances), f"{drain.frames:,}", f"{drain.seconds:.2f} s", f"{drain.frames_per_s:,.0f}",
              _times(drain.frames_per_s / one.frames_per_s), f"{drain.cpu_us_per_frame:.1f}",
-             f"{drain.cores_busy:.2f} of {os.cpu_count()}") for drain in results.scaling]
+             f"{drain.cores_busy:.2f} of {os.cpu_count()}", f"{drain.bulk_write_seconds * 1000:,.0f} ms")
+            for drain in results.scaling]
     return ["## l2builder scaling", "",
             f"The simulator at full speed fills {pipeline.SCALING_SYMBOLS} symbols' streams through ingest; then "
             "1, 2 and 3 l2builder instances, started and aware of each other, drain them into a fresh database, "
@@ -331,7 +332,7 @@ def _scaling_section(results: PipelineResults, figures: dict[str, str]) -> list[
             "on separate machines each instance brings its own core.", "",
             f"![scaling]({figures['scaling']})", "",
             *_table(("instances", "frames", "time", "frames/s", "vs one", "CPU us/frame",
-                     "cores busy (l2builders + Redis + MongoDB)"), rows), ""]
+                     "cores busy (l2builders + Redis + MongoDB)", "mean bulk write"), rows), ""]
 
 
 def _speed_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:

@@ -107,9 +107,6 @@ class Distribution:
         ordered = sorted(self.samples)
         return ordered, [(index + 1) / len(ordered) for index in range(len(ordered))]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"samples": self.samples, "buckets": self.buckets}
-
 
 @dataclass(slots=True)
 class RateRun:
@@ -136,6 +133,8 @@ class Drain:
     cpu_seconds: float
     servers_cpu_seconds: float
     """CPU of redis-server and the MongoDB server meanwhile: with the instances', how busy the machine was."""
+    bulk_write_seconds: float
+    """Mean duration of one MongoDB bulk write: the shared server's share of the time."""
 
     @property
     def cores_busy(self) -> float:
@@ -161,6 +160,8 @@ class IngestRun:
 
 @dataclass(slots=True)
 class PipelineResults:
+    """Everything `run` measured, for the figures and RESULTS.md."""
+
     symbols: int
     rates: list[RateRun] = field(default_factory=list)
     scaling: list[Drain] = field(default_factory=list)
@@ -292,14 +293,15 @@ def measure_rate(servers: Servers, rate: int, symbols: list[str], warmup: float,
         time.sleep(warmup)
         # This process polls the keys and documents meanwhile: its CPU is part of what the machine carries.
         pids = {name: process.pid for name, process in services.items()} | servers.pids() | {"bench": os.getpid()}
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         scrape_before = {role: services[role].metrics() for role in services}
+        # The CPU window is the polling window exactly: a scrape of a busy service can take a while.
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started_wall, started = time.time(), time.monotonic()
         top10, documents = poll(servers, keys, books, symbols, seconds)
-        elapsed = time.monotonic() - started
-        ended_wall = time.time()
+        cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        elapsed, ended_wall = time.monotonic() - started, time.time()
         scrape_after = {role: services[role].metrics() for role in services}
-        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / elapsed * 100 for name, pid in pids.items()}
+        cpu = {name: (cpu_after[name] - cpu_before[name]) / elapsed * 100 for name in pids}
         peaks = {name: peak_mb(process.pid) for name, process in services.items()}
         backlog = l2builder_backlog(servers.client, keys, symbols)
 
@@ -475,7 +477,9 @@ def drain(servers: Servers, symbols: list[str], instances: int, variant: str) ->
         cpu = sum(cpu_seconds(builder.pid) for builder in builders) - cpu_before
         servers_cpu = sum(cpu_seconds(pid) for pid in servers.pids().values()) - servers_before
         frames = int(sum(builder.metric("bookstream_l2builder_frames_applied_total") for builder in builders))
-    return Drain(instances, variant, frames, elapsed, cpu, servers_cpu)
+        writes = sum(builder.metric("bookstream_l2builder_flush_seconds_count") for builder in builders)
+        write_seconds = sum(builder.metric("bookstream_l2builder_flush_seconds_sum") for builder in builders)
+    return Drain(instances, variant, frames, elapsed, cpu, servers_cpu, write_seconds / max(writes, 1))
 
 
 def reset_l2builder_state(client: redis.Redis, keys: Keys, symbols: list[str]) -> None:
