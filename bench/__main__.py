@@ -47,8 +47,9 @@ THROUGHPUT = (  # (label, benchmark, summary key, target in the service's issue)
 PACKAGES = ("redis", "hiredis", "websockets", "pymongo", "orjson", "uvloop", "sortedcontainers", "prometheus-client",
             "nx-27017", "matplotlib")
 BOOK_ROW = re.compile(r"^(\S.*?)\s{2,}(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\d+)$")
-NOISE = 0.05
-"""Differences in CPU per frame below 5% are within what this shared machine's noise produces."""
+NOISE = 0.15
+"""Differences in CPU per frame below 15% are within what this shared machine's noise produces: repeated
+runs of the same variant differ by that much."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +138,18 @@ def summary_rows(benches: dict[str, ServiceBench], results: PipelineResults) -> 
         engine, listed = book.get("frames_per_s"), book.get("list_frames_per_s")
         rows.append(("Book engine parse+apply, synthetic 3,000 levels/side", f"{engine:,.0f} frames/s",
                      f"list baseline {listed:,.0f} frames/s", _times(engine / listed),
-                     f"{_times(engine / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+                     f"{_times(engine / ORIGINAL_REBUILD)} its ~{ORIGINAL_REBUILD:,} frames/s"))
         viewed = book.get("top10_frames_per_s")
         rows.append(("Book engine + top-10 view after every frame", f"{viewed:,.0f} frames/s",
                      f"list baseline {listed:,.0f} frames/s", _times(viewed / listed),
-                     f"{_times(viewed / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+                     f"{_times(viewed / ORIGINAL_REBUILD)} its ~{ORIGINAL_REBUILD:,} frames/s"))
         captured = dict(book_rows(book))
         real = captured.get("captures parse+apply")
         real_list = next((value for name, value in captured.items() if name.startswith("captures list")), None)
         if real and real_list:
             rows.append(("Book engine parse+apply, real 2021 captures", f"{real:,.0f} frames/s",
                          f"list baseline {real_list:,.0f} frames/s", _times(real / real_list),
-                         f"{_times(real / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+                         f"{_times(real / ORIGINAL_REBUILD)} its ~{ORIGINAL_REBUILD:,} frames/s"))
     ingest = benches.get("ingest")
     if ingest and ingest.summary:
         rows.append(("ingest, frames/s per process (recording replayed at full speed)",
@@ -167,7 +168,7 @@ def summary_rows(benches: dict[str, ServiceBench], results: PipelineResults) -> 
     if builder and builder.summary:
         frames = builder.get("frames_per_s")
         rows.append(("l2builder, frames/s per process, stream -> MongoDB", f"{frames:,.0f} frames/s", "", "",
-                     f"{_times(frames / ORIGINAL_REBUILD)} of ~{ORIGINAL_REBUILD:,} frames/s"))
+                     f"{_times(frames / ORIGINAL_REBUILD)} its ~{ORIGINAL_REBUILD:,} frames/s"))
     if results.scaling:
         one = results.scaling[0]
         for drain in results.scaling[1:]:

@@ -17,9 +17,10 @@
    is pending. The baseline is one instance.
 3. **Speed ideas of the original design**, switched off one at a time through `bench.variant` (the
    services have no switch): uvloop vs the standard asyncio loop, and `gc.freeze()` after start-up vs
-   none, on ingest (the recording replayed as fast as it reads: CPU per frame) and l2builder (the drain
-   of step 2: CPU per frame and frames/s); orjson vs the standard json module on the JSON work of the
-   hot paths (parsing every recorded frame, encoding top10 values), in this process.
+   none, on ingest (the simulator at a fixed 6,000 frames/s over 50 symbols: CPU per frame at one load)
+   and l2builder (the drain of step 2: CPU per frame and frames/s); orjson vs the standard json module
+   on the JSON work of the hot paths (decoding every frame ingest recorded in step 2, encoding top10
+   values), in this process.
 
 CPU time per frame does not depend on what else the shared machine is doing; wall-clock rates do. The
 results go to `python -m bench`, which plots them and writes bench/RESULTS.md.
@@ -66,6 +67,7 @@ TOP10_LATENCY = "bookstream_top10_latency_seconds"
 VARIANTS = {"uvloop + gc.freeze (as shipped)": (), "asyncio loop": ("--asyncio-loop",),
             "no gc.freeze": ("--no-gc-freeze",)}
 POLL_SECONDS = 0.1
+INGEST_VARIANT_RATE = 6_000
 RUN_NUMBERS = itertools.count(1)
 """Numbers the drains and replays, so each has a database or key prefix of its own."""
 
@@ -151,7 +153,7 @@ class Drain:
 
 @dataclass(frozen=True, slots=True)
 class IngestRun:
-    """ingest reading a replayed recording as fast as it can."""
+    """ingest under the simulator at INGEST_VARIANT_RATE."""
 
     variant: str
     frames_per_s: float
@@ -492,15 +494,16 @@ def reset_l2builder_state(client: redis.Redis, keys: Keys, symbols: list[str]) -
     pipe.execute(raise_on_error=False)
 
 
-def ingest_variant(servers: Servers, recording: Path, symbols: list[str], variant: str, warmup: float,
-                   seconds: float) -> IngestRun:
+def ingest_variant(servers: Servers, symbols: list[str], variant: str, warmup: float, seconds: float) -> IngestRun:
+    """ingest's CPU per frame with the simulator at INGEST_VARIANT_RATE: at one load for every variant, since
+    CPU per frame also depends on how many frames each read and XADD batch carries."""
     port = free_port()
-    prefix = f"replay{next(RUN_NUMBERS)}"
+    prefix = f"ingest{next(RUN_NUMBERS)}"
     env = servers.env(prefix, BITMEX_WS_URL=f"ws://127.0.0.1:{port}/realtime", SYMBOLS=",".join(symbols))
     published = 'bookstream_ingest_entries_published_total{kind="frame"}'
     with launcher(servers.workdir) as start:
-        start.start(f"exchange-{prefix}", "exchange", "--replay", str(recording), "--max", "--loop", "--host",
-                    "127.0.0.1", "--port", str(port), env=env)
+        start.start(f"exchange-{prefix}", "exchange", "--sim", "--rate", str(INGEST_VARIANT_RATE), "--seed", "3",
+                    "--host", "127.0.0.1", "--port", str(port), env=env)
         ingest = start.start(f"ingest-{prefix}", "ingest", env=env, variant=VARIANTS[variant])
         time.sleep(warmup)
         frames_before, cpu_before, started = ingest.metric(published), cpu_seconds(ingest.pid), time.monotonic()
@@ -547,6 +550,8 @@ def run(workdir: Path, quick: bool, symbols: int, log: Callable[[str], None] = p
     results = PipelineResults(symbols)
     servers = Servers(workdir)
     warmup, seconds, rounds = (1.5, 3.0, 1) if quick else (3.0, 6.0, 2)
+    # A drain lasts a few seconds, so a neighbour's burst moves it most: one more round than the rest.
+    drain_rounds = 1 if quick else 3
     try:
         for rate in QUICK_RATES if quick else RATES:
             measured = measure_rate(servers, rate, symbol_names(symbols), warmup, seconds)
@@ -559,11 +564,11 @@ def run(workdir: Path, quick: bool, symbols: int, log: Callable[[str], None] = p
         recording = workdir / "scale.capture"
         entries = prefill(servers, 30_000 if quick else 200_000, scale_symbols, recording)
         log(f"prefill: {entries} l2 entries over {SCALING_SYMBOLS} symbols")
-        results.scaling, results.l2builder_variants = l2builder_drains(servers, scale_symbols, rounds)
+        results.scaling, results.l2builder_variants = l2builder_drains(servers, scale_symbols, drain_rounds)
         for drained in [*results.scaling, *results.l2builder_variants]:
             log(f"l2builder x{drained.instances} {drained.variant}: {drained.frames_per_s:,.0f} frames/s, "
                 f"{drained.cpu_us_per_frame:.1f} CPU us/frame")
-        results.ingest_variants = ingest_variants(servers, recording, scale_symbols, rounds, warmup, seconds)
+        results.ingest_variants = ingest_variants(servers, scale_symbols, rounds, warmup, seconds)
         for replayed in results.ingest_variants:
             log(f"ingest {replayed.variant}: {replayed.frames_per_s:,.0f} frames/s, "
                 f"{replayed.cpu_us_per_frame:.1f} CPU us/frame")
@@ -591,13 +596,13 @@ def l2builder_drains(servers: Servers, symbols: list[str], rounds: int) -> tuple
             [fastest[(1, variant)] for variant in switched_off])
 
 
-def ingest_variants(servers: Servers, recording: Path, symbols: list[str], rounds: int, warmup: float,
+def ingest_variants(servers: Servers, symbols: list[str], rounds: int, warmup: float,
                     seconds: float) -> list[IngestRun]:
-    """Each variant of ingest on the replayed recording, in interleaved rounds; each keeps its cheapest."""
+    """Each variant of ingest, in interleaved rounds; each keeps its cheapest round."""
     runs: dict[str, list[IngestRun]] = {variant: [] for variant in VARIANTS}
     for _ in range(rounds):
         for variant in VARIANTS:
-            runs[variant].append(ingest_variant(servers, recording, symbols, variant, warmup, seconds))
+            runs[variant].append(ingest_variant(servers, symbols, variant, warmup, seconds))
     return [min(measured, key=lambda run: run.cpu_us_per_frame) for measured in runs.values()]
 
 

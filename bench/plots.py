@@ -165,7 +165,7 @@ def speed_ideas(results: PipelineResults, path: Path) -> str:
     """CPU per frame of ingest and l2builder with each idea switched off, and JSON encode/decode costs."""
     figure, (ingest, builder, codec) = plt.subplots(1, 3, figsize=(13, 3.8))
     for panel, runs, title in ((ingest, [(run.variant, run.cpu_us_per_frame) for run in results.ingest_variants],
-                                "ingest (replay at full speed)"),
+                                "ingest (simulator at 6,000 frames/s)"),
                                (builder, [(drain.variant, drain.cpu_us_per_frame) for drain in
                                           [results.scaling[0], *results.l2builder_variants]],
                                 "l2builder (drain, one instance)")):
