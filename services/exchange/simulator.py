@@ -47,8 +47,10 @@ class WallClock:
         self._millis = -1
         self._text = ""
 
-    def text(self) -> str:
-        now = time.time()
+    def text(self, now: float | None = None) -> str:
+        """The timestamp of `now` (epoch seconds; the current time when omitted)."""
+        if now is None:
+            now = time.time()
         millis = int(now * 1000)
         if millis != self._millis:
             self._millis = millis
@@ -169,13 +171,19 @@ class SimFeed:
             self._ob10_sent[symbol] = top
             self._publish(OB10_TABLE, symbol, messages.orderbook10("update", book.instrument, top, timestamp))
 
-    def _flush_ob10(self, now: float) -> None:
-        """Send the throttled orderBook10 frames whose window has passed."""
+    def _flush_ob10(self) -> None:
+        """Send the throttled orderBook10 frames whose window has passed.
+
+        The window is measured on the same clock reading that stamps the frame, so the `timestamp`s a
+        client sees are never closer than the throttle (a preemption between two clock reads could
+        otherwise make them look closer).
+        """
+        now = time.time()
         for symbol in list(self._ob10_pending):
             if now - self._ob10_sent_at.get(symbol, 0.0) >= self.ob10_throttle:
                 del self._ob10_pending[symbol]
                 self._ob10_sent_at[symbol] = now
-                self._send_ob10(symbol, self._clock.text())
+                self._send_ob10(symbol, self._clock.text(now))
 
     # The loop
 
@@ -206,7 +214,7 @@ class SimFeed:
                 made += burst
                 FRAMES_GENERATED.inc(burst)
             if self._ob10_pending:
-                self._flush_ob10(loop.time())
+                self._flush_ob10()
             if self.max_frames and self.generated >= self.max_frames and not reported:
                 reported = True
                 self._log.info("max_frames_reached", changes=self.generated)
