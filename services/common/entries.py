@@ -6,19 +6,30 @@ consumers that frames may be missing from here on, so the book must wait for a f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 GAP_ACTION = "gap"
-ENTRY_ACTIONS = frozenset({"partial", "insert", "update", "delete", GAP_ACTION})
+FRAME_ACTIONS = frozenset({"partial", "insert", "update", "delete"})
+ENTRY_ACTIONS = FRAME_ACTIONS | {GAP_ACTION}
+ENTRY_FIELDS = (b"frame", b"table", b"action", b"session", b"seq", b"recv_us")
+"""The field names of a frame entry, in the order `encode_entry` (so ingest) writes them."""
+_ENTRY_LAYOUT = list(ENTRY_FIELDS)
+
+RawFields = Sequence[bytes] | Mapping[bytes, bytes]
+"""Entry fields as Redis sends them (`[name, value, name, value, ...]`) or as redis-py parses them (a dict)."""
 
 
 class EntryError(ValueError):
     """A stream entry lacks a field or has a malformed one."""
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEntry:
-    """One decoded stream entry; `frame` is empty for a gap marker, `reason` says why a gap was written."""
+class StreamEntry(NamedTuple):
+    """One decoded stream entry; `frame` is empty for a gap marker, `reason` says why a gap was written.
+
+    A NamedTuple rather than a frozen dataclass: every consumer builds one per entry, and a frozen
+    dataclass sets each field through `object.__setattr__`, several times slower.
+    """
 
     stream_id: str
     frame: str
@@ -44,27 +55,49 @@ def encode_gap(table: str, session: str, seq: int, recv_us: int, reason: str) ->
             "recv_us": str(recv_us), "reason": reason}
 
 
-def decode_entry(stream_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
-    """Decode the raw field map redis-py returns (bytes keys and values); raise EntryError if malformed.
+def decode_entry(stream_id: bytes | str, fields: RawFields) -> StreamEntry:
+    """Decode one entry's fields (bytes names and values); raise EntryError if malformed.
 
-    Every consumer calls this once per entry, so the common case indexes the fields directly and the
-    precise diagnosis of a bad entry is left to `_diagnose`.
+    Every consumer calls this once per entry. The common case, a frame entry laid out as ingest writes it
+    and passed as the flat list Redis sends, is read by position after one comparison of the names;
+    anything else (a gap, another field order, a dict) goes through a name lookup, and the precise
+    diagnosis of a bad entry is left to `_diagnose`.
     """
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    if type(fields) is list and fields[::2] == _ENTRY_LAYOUT:
+        try:
+            entry = StreamEntry(sid, fields[1].decode(), fields[3].decode(), fields[5].decode(), fields[7].decode(),
+                                int(fields[9]), int(fields[11]))
+        except ValueError:
+            pass  # diagnosed below
+        else:
+            if entry.action in FRAME_ACTIONS:
+                return entry
+    named = field_map(fields)
     try:
-        action = fields[b"action"].decode()
+        action = named[b"action"].decode()
         gap = action == GAP_ACTION
-        entry = StreamEntry(sid, "" if gap else fields[b"frame"].decode(), fields[b"table"].decode(), action,
-                            fields[b"session"].decode(), int(fields[b"seq"]), int(fields[b"recv_us"]),
-                            fields[b"reason"].decode("utf-8", "replace") if gap and b"reason" in fields else "")
+        entry = StreamEntry(sid, "" if gap else named[b"frame"].decode(), named[b"table"].decode(), action,
+                            named[b"session"].decode(), int(named[b"seq"]), int(named[b"recv_us"]),
+                            named[b"reason"].decode("utf-8", "replace") if gap and b"reason" in named else "")
     except (KeyError, ValueError):
-        raise _diagnose(sid, fields) from None
+        raise _diagnose(sid, named) from None
     if action not in ENTRY_ACTIONS:
         raise EntryError(f"entry {sid} has unknown action {action!r}")
     return entry
 
 
-def _diagnose(sid: str, fields: dict[bytes, bytes]) -> EntryError:
+def field_map(fields: RawFields) -> Mapping[bytes, bytes]:
+    """The fields as a name -> value mapping, whichever shape they came in."""
+    if isinstance(fields, Mapping):
+        return fields
+    if len(fields) % 2:
+        return {}  # not name/value pairs: `_diagnose` names the first missing field
+    pairs = iter(fields)
+    return dict(zip(pairs, pairs, strict=True))
+
+
+def _diagnose(sid: str, fields: Mapping[bytes, bytes]) -> EntryError:
     action = fields.get(b"action", b"").decode("utf-8", "replace")
     required = ["action", "table", "session", "seq", "recv_us"] + ([] if action == GAP_ACTION else ["frame"])
     for name in required:

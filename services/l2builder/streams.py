@@ -15,10 +15,14 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from services.common.entries import RawFields
 from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
+from services.common.redis_client import stream_pairs
 from services.l2builder.scripts import register
 
-RawEntry = tuple[bytes, dict[bytes, bytes]]
+RawEntry = tuple[bytes, RawFields]
+"""An entry as the client returns it: id and fields (a flat list from XREADGROUP/XRANGE, see
+services.common.redis_client)."""
 RANGE_PAGE = 1000
 
 
@@ -61,9 +65,9 @@ class L2Streams:
     async def read_new(self, symbols: list[str], count: int, block_ms: int) -> list[tuple[str, list[RawEntry]]]:
         """Entries never delivered to the group, from the given streams, as (symbol, entries)."""
         streams: dict[str, str] = {self._key(symbol): ">" for symbol in symbols}
-        reply = cast(list[tuple[bytes, list[RawEntry]]] | None, await self.redis.xreadgroup(
-            L2BUILDER_GROUP, self.consumer, streams, count=count, block=block_ms))  # type: ignore[arg-type]
-        return [(self._symbol_of[key], entries) for key, entries in reply or ()]
+        reply = await self.redis.xreadgroup(L2BUILDER_GROUP, self.consumer, streams,  # type: ignore[arg-type]
+                                            count=count, block=block_ms)
+        return [(self._symbol_of[key], entries) for key, entries in stream_pairs(reply)]
 
     async def read_range(self, symbol: str, after: str | None, until: str, count: int) -> list[RawEntry]:
         """Up to `count` entries with `after` < id <= `until` (`until` may be `+` or `(id` for exclusive)."""

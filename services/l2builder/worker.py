@@ -34,7 +34,8 @@ from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
 from services.common.keys import Keys
 from services.common.logs import EventLog
-from services.l2builder import metrics, redis_client
+from services.common.redis_client import connect
+from services.l2builder import metrics
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.store import UTC, BookStore, Document, WriteResult, book_document, restore_state
@@ -53,6 +54,8 @@ READ_COUNT = 500
 """Entries per stream per XREADGROUP."""
 READ_BLOCK_MS = 100
 """XREADGROUP BLOCK; short, so a newly owned stream is read within this time."""
+REDIS_SOCKET_TIMEOUT = 5.0
+"""Longer than READ_BLOCK_MS, or every idle read would time out; short enough to notice a hung server."""
 RANGE_COUNT = 1000
 """Entries per XRANGE page while catching up."""
 MAX_UNACKED = 250_000
@@ -105,7 +108,7 @@ class L2Builder:
     async def main(self, stop: asyncio.Event) -> int:
         gc.set_threshold(GC_GEN0_THRESHOLD)
         settings = self.settings
-        self.redis = redis_client.connect(settings.redis_url)
+        self.redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"l2builder:{self.instance}")
         self.store = BookStore(settings.mongo_url, settings.mongo_database)
         self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
         self.streams = L2Streams(self.redis, self.keys, self.instance)

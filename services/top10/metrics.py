@@ -38,7 +38,7 @@ REDIS_ERRORS = Counter(
     ["operation"])
 LATENCY = Histogram(
     "bookstream_top10_latency_seconds",
-    "ingest receive time (recv_us) to the key written, per applied write",
+    "ingest receive time (recv_us) to the key written (by Redis's clock, in the script), per applied write",
     buckets=(0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004,
              0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0))
 BATCH_ENTRIES = Histogram(

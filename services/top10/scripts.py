@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
@@ -60,15 +61,25 @@ async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptC
     if any(isinstance(reply, NoScriptError) for reply in replies):
         await redis.script_load(script.source)
         replies = await _evalsha_each(redis, script, calls)
+    raise_first_error(replies)
+    return replies
+
+
+def add_script_calls(pipe: Pipeline, script: LuaScript, calls: Sequence[ScriptCall]) -> None:
+    """Queue one EVALSHA of `script` per call on `pipe` (whose caller handles NOSCRIPT, see run_pipelined)."""
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def raise_first_error(replies: Sequence[Any]) -> None:
+    """Raise the first error among a pipeline's replies, if any."""
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
-    return replies
 
 
 async def _evalsha_each(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        add_script_calls(pipe, script, calls)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies

@@ -15,35 +15,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
-from redis.typing import KeyT, StreamIdT, XReadGroupResponse
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from services.common.backoff import Backoff
 from services.common.config import SYMBOL_PATTERN, Settings
 from services.common.keys import TOP10_GROUP, Keys
 from services.common.logs import EventLog
+from services.common.redis_client import connect, stream_pairs
 from services.top10 import group, metrics
-from services.top10.scripts import STORE_TOP10, run_pipelined, store_top10_call
-from services.top10.snapshots import Acks, BatchPlan, RawEntry, plan_batch
+from services.top10.scripts import STORE_TOP10, add_script_calls, raise_first_error, run_pipelined, store_top10_call
+from services.top10.snapshots import Acks, BatchPlan, RawEntry, Top10Write, plan_batch
 
 READ_BLOCK_MS: Final = 1000
+WRITING_BLOCK_MS: Final = 10
+"""BLOCK of a read sent with writes: their acknowledgement waits for its reply, so it must not wait long.
+(Redis ends a short block at its next event-loop pass: within milliseconds when busy, 100 ms when idle.)"""
 READ_COUNT: Final = 200
 """Entries per stream per read: large enough to drain a backlog quickly, small enough to keep batches short."""
 SOCKET_TIMEOUT: Final = READ_BLOCK_MS / 1000 + 4.0
 """Longer than the block: redis-py ends a read that outlasts the socket timeout with an error."""
-CONNECT_TIMEOUT: Final = 2.0
 HOUSEKEEPING_INTERVAL: Final = 1.0
 SHUTDOWN_DRAIN_SECONDS: Final = 5.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
-WRITE_RESULTS: Final = {1: metrics.WRITES.labels("applied"), 0: metrics.WRITES.labels("older"),
-                        -1: metrics.WRITES.labels("duplicate")}
+WRITES_APPLIED: Final = metrics.WRITES.labels("applied")
+WRITE_REJECTIONS: Final = {0: metrics.WRITES.labels("older"), -1: metrics.WRITES.labels("duplicate")}
 
 log = EventLog("top10")
 
@@ -57,15 +57,15 @@ class Top10Service:
         self._consumer = settings.instance_name
         # No retries inside redis-py: a retried XREADGROUP would read past entries that the failed attempt
         # may already have moved to our pending list. The loops below retry, re-reading that list first.
-        self._redis = Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                                     socket_connect_timeout=CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0),
-                                     client_name=f"top10:{self._consumer}")
+        self._redis = connect(settings.redis_url, SOCKET_TIMEOUT, f"top10:{self._consumer}")
         self._symbols: dict[str, str] = {}
         """symbol -> ob10 stream key, for every stream this consumer has joined."""
         self._streams_joined = asyncio.Event()
         self._skipped_symbols: set[str] = set()
         self._unacknowledged: Acks = {}
-        """Entries written by the last read's batch, acknowledged together with the next read."""
+        """Entries whose writes are done, acknowledged in the next round trip."""
+        self._planned: BatchPlan | None = None
+        """The batch read last, written in the next round trip."""
         self._redis_ok_at = time.monotonic()
         self._last_error = ""
 
@@ -115,53 +115,82 @@ class Top10Service:
                 # The failed read may have been served: its entries are pending under our name, unseen,
                 # like those of a batch not acknowledged yet. Re-reading our pending list covers both.
                 own_pending_first = True
-                self._unacknowledged = {}
+                self._unacknowledged, self._planned = {}, None
                 await self._redis_failed("read", exc, backoff)
             else:
                 self._redis_ok("read", backoff)
 
     async def _process_new(self) -> None:
-        """Read new entries and write them; their acknowledgement goes out with the next read.
+        """One round trip: acknowledge the batch written last time, write the batch read last time, read on.
 
-        Sending the XACKs of a batch in the same round trip as the next XREADGROUP keeps one round trip
-        off the path from an entry's arrival to its key: a read, then the writes. Reading only once the
-        writes are done (rather than keeping a read in flight) lets entries arriving meanwhile gather into
-        the next batch; on a busy host, fewer and larger batches gave the lower latency of the two.
+        The writes go out in the same pipeline as the next XREADGROUP, so an entry costs one round trip
+        from its arrival to its key, and a busy loop half the system calls (and Redis wake-ups) of a
+        write round trip followed by a read round trip: on a host whose cores are shared with ingest and
+        the exchange, that CPU is what the latency tail is made of. Redis runs the pipeline in order, so
+        the keys are written before the read blocks; their replies arrive with the read's, and the
+        script's reply carries the time of each write. An entry is acknowledged only in the pipeline after
+        the one whose reply showed its write done; so that this is soon, a read sent with writes blocks
+        only briefly.
         """
+        plan, self._planned = self._planned, None
+        writes = list(plan.writes.values()) if plan is not None else []
+        calls = [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
         streams: dict[KeyT, StreamIdT] = {stream: ">" for stream in self._symbols.values()}
         async with self._redis.pipeline(transaction=False) as pipe:
-            self._add_acks(pipe, self._unacknowledged)
-            pipe.xreadgroup(TOP10_GROUP, self._consumer, streams, count=READ_COUNT, block=READ_BLOCK_MS)
-            replies = await pipe.execute()
+            acks = self._add_acks(pipe, self._unacknowledged)
+            add_script_calls(pipe, STORE_TOP10, calls)
+            pipe.xreadgroup(TOP10_GROUP, self._consumer, streams, count=READ_COUNT,
+                            block=WRITING_BLOCK_MS if calls else READ_BLOCK_MS)
+            replies = await pipe.execute(raise_on_error=False)
+        raise_first_error(replies[:acks])
         self._unacknowledged = {}
-        batch = _per_stream(replies[-1])
+        if plan is not None:
+            results = replies[acks:acks + len(calls)]
+            if any(isinstance(result, NoScriptError) for result in results):
+                results = await run_pipelined(self._redis, STORE_TOP10, calls)
+            raise_first_error(results)
+            self._count_writes(writes, results)
+            self._report(plan, "new")
+            self._unacknowledged = plan.acks
+        read = replies[-1]
+        if isinstance(read, Exception):
+            raise read
+        batch = list(stream_pairs(read))
         if batch:
-            self._unacknowledged = await self._process(batch, "new")
+            self._planned = self._plan(batch)
 
     async def _process_own_pending(self) -> bool:
         """Process a page of the entries delivered to us but not acknowledged; False once there are none."""
         streams: dict[KeyT, StreamIdT] = {stream: "0" for stream in self._symbols.values()}
         reply = await self._redis.xreadgroup(TOP10_GROUP, self._consumer, streams, count=READ_COUNT)
-        batch = [(stream, entries) for stream, entries in _per_stream(reply) if entries]
+        batch = [(stream, entries) for stream, entries in stream_pairs(reply) if entries]
         if not batch:
             return False
         await self._acknowledge(await self._process(batch, "pending"))
         return True
 
+    def _plan(self, batch: Iterable[tuple[bytes, list[RawEntry]]]) -> BatchPlan:
+        return plan_batch((stream, self._keys.symbol_of(stream.decode()), entries) for stream, entries in batch)
+
     async def _process(self, batch: Iterable[tuple[bytes, list[RawEntry]]], source: str) -> Acks:
         """Write the newest snapshot per symbol; return the entries to acknowledge, now that it is done."""
-        plan = plan_batch((stream, self._keys.symbol_of(stream.decode()), entries) for stream, entries in batch)
+        plan = self._plan(batch)
         writes = list(plan.writes.values())
         if writes:
             calls = [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
-            results = await run_pipelined(self._redis, STORE_TOP10, calls)
-            written_us = time.time_ns() // 1000
-            for write, result in zip(writes, results, strict=True):
-                WRITE_RESULTS[result].inc()
-                if result == 1:
-                    metrics.LATENCY.observe((written_us - write.recv_us) / 1e6)
+            self._count_writes(writes, await run_pipelined(self._redis, STORE_TOP10, calls))
         self._report(plan, source)
         return plan.acks
+
+    @staticmethod
+    def _count_writes(writes: list[Top10Write], results: list[Any]) -> None:
+        """Count each write's outcome and time the applied ones, from ingest's receipt to Redis's write."""
+        for write, result in zip(writes, results, strict=True):
+            if result > 0:  # the time of the write, epoch microseconds by Redis's clock
+                WRITES_APPLIED.inc()
+                metrics.LATENCY.observe((result - write.recv_us) / 1e6)
+            else:
+                WRITE_REJECTIONS[result].inc()
 
     async def _acknowledge(self, acks: Acks) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -169,9 +198,11 @@ class Top10Service:
             await pipe.execute()
 
     @staticmethod
-    def _add_acks(pipe: Pipeline, acks: Acks) -> None:
+    def _add_acks(pipe: Pipeline, acks: Acks) -> int:
+        """Queue one XACK per stream; return how many commands that is."""
         for stream, ids in acks.items():
             pipe.xack(stream, TOP10_GROUP, *ids)
+        return len(acks)
 
     @staticmethod
     def _report(plan: BatchPlan, source: str) -> None:
@@ -305,15 +336,6 @@ class Top10Service:
         log.warning("redis_error", operation=operation, error=_describe(exc), failures=backoff.failures,
                     retry_in_s=round(delay, 3))
         await asyncio.sleep(delay)
-
-
-def _per_stream(reply: XReadGroupResponse | None) -> list[tuple[bytes, list[RawEntry]]]:
-    """XREADGROUP's reply as (stream, entries) pairs, whichever protocol version shaped it."""
-    if not reply:
-        return []
-    pairs = reply.items() if isinstance(reply, dict) else reply
-    # The client keeps redis-py's default of undecoded replies: stream names, ids and fields are bytes.
-    return cast(list[tuple[bytes, list[RawEntry]]], [(stream, entries) for stream, entries in pairs])
 
 
 def _report_trimmed(trimmed: list[tuple[str, str]]) -> None:

@@ -13,15 +13,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from services.common.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, parse_frame
-from services.common.entries import EntryError, StreamEntry, decode_entry, parse_stream_id
+from services.common.entries import EntryError, RawFields, StreamEntry, decode_entry, field_map, parse_stream_id
 from services.common.logs import excerpt
 from services.common.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
 
 OrderKey = tuple[int, int, int]
 """(exchange time in epoch microseconds, stream id ms, stream id seq): the order the script keeps."""
 
-RawEntry = tuple[bytes | str, dict[bytes, bytes]]
-"""One entry as redis-py returns it: its id and its field map (empty when the entry was trimmed away)."""
+RawEntry = tuple[bytes | str, RawFields | None]
+"""One entry as the client returns it: its id and its fields (None or empty when the entry was trimmed away)."""
 
 Acks = dict[bytes | str, list[bytes | str]]
 """Entry ids to acknowledge, per stream."""
@@ -61,7 +61,7 @@ class BatchPlan:
     trimmed: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
-    def add(self, stream: bytes | str, symbol: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> None:
+    def add(self, stream: bytes | str, symbol: str, entry_id: bytes | str, fields: RawFields | None) -> None:
         """Classify one entry of `stream` (the ob10 stream of `symbol`) and schedule its acknowledgement."""
         self.entries += 1
         self.acks.setdefault(stream, []).append(entry_id)
@@ -80,7 +80,7 @@ class BatchPlan:
             write = read_snapshot(symbol, entry)
         except (EntryError, ProtocolError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else str(exc)
-            shown = fields.get(b"frame") or repr(fields)
+            shown = field_map(fields).get(b"frame") or repr(fields)
             self.rejected.append(Rejection(_text(stream), stream_id, reason, excerpt(shown)))
             return
         if write is None:

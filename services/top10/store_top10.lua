@@ -9,7 +9,8 @@
 --
 -- KEYS[1]  <prefix>:top10:SYM, a hash and the channel of the same name
 -- ARGV     ts_us, id_ms, id_seq, stream_id, bids, asks, timestamp, recv_us, message
--- Returns  1 written and published, 0 older than the cached snapshot, -1 the cached snapshot is this entry.
+-- Returns  updated_us (> 0) written and published, 0 older than the cached snapshot, -1 the cached snapshot
+--          is this entry. The write time comes back so a caller that reads the reply later can still time it.
 --
 -- Numbers compare as Lua doubles, exact up to 2^53: epoch microseconds stay below that until the year 2255.
 
@@ -47,4 +48,4 @@ redis.call('HSET', KEYS[1],
     'bids', ARGV[5], 'asks', ARGV[6], 'timestamp', ARGV[7], 'ts_us', ARGV[1],
     'stream_id', ARGV[4], 'recv_us', ARGV[8], 'updated_us', updated_us)
 redis.call('PUBLISH', KEYS[1], ARGV[9])
-return 1
+return tonumber(now[1]) * 1000000 + tonumber(now[2])

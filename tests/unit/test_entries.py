@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from services.common.entries import (
+    ENTRY_FIELDS,
     EntryError,
+    RawFields,
+    StreamEntry,
     decode_entry,
     encode_entry,
     encode_gap,
@@ -16,6 +21,39 @@ from services.common.entries import (
 def as_redis(fields: dict[str, str]) -> dict[bytes, bytes]:
     """The shape redis-py returns for XRANGE/XREADGROUP fields."""
     return {key.encode(): value.encode() for key, value in fields.items()}
+
+
+def as_wire(fields: dict[str, str]) -> list[bytes]:
+    """The shape Redis sends them in (a raw reply): `[name, value, name, value, ...]`, in written order."""
+    return [part.encode() for pair in fields.items() for part in pair]
+
+
+def test_encoder_writes_the_layout_the_fast_decoder_expects() -> None:
+    assert tuple(name.encode() for name in encode_entry("{}", "t", "insert", "s", 1, 2)) == ENTRY_FIELDS
+
+
+@pytest.mark.parametrize("shape", [as_redis, as_wire, lambda fields: as_wire(dict(reversed(fields.items())))],
+                         ids=["dict", "wire", "wire-reordered"])
+def test_every_field_shape_decodes_alike(shape: Callable[[dict[str, str]], RawFields]) -> None:
+    frame = encode_entry('{"a":1}', "orderBookL2", "update", "s1", 7, 123)
+    gap = encode_gap("orderBookL2", "s1", 8, 124, "disconnect")
+    assert decode_entry(b"1-1", shape(frame)) == StreamEntry("1-1", '{"a":1}', "orderBookL2", "update", "s1", 7, 123)
+    assert decode_entry(b"1-2", shape(gap)) == StreamEntry("1-2", "", "orderBookL2", "gap", "s1", 8, 124, "disconnect")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("seq", "x", "non-integer seq"),
+                                                          ("action", "merge", "unknown action 'merge'"),
+                                                          ("frame", "\udcff", "not UTF-8")])
+def test_malformed_wire_entries_are_named(field: str, value: str, message: str) -> None:
+    fields = as_wire(encode_entry("{}", "orderBookL2", "insert", "s", 1, 2))
+    fields[fields.index(field.encode()) + 1] = value.encode("utf-8", "surrogateescape")
+    with pytest.raises(EntryError, match=message):
+        decode_entry(b"3-0", fields)
+
+
+def test_a_field_list_of_odd_length_is_an_entry_error() -> None:
+    with pytest.raises(EntryError, match="no 'action' field"):
+        decode_entry(b"4-0", [b"action", b"insert", b"frame"])
 
 
 def test_frame_entry_round_trip() -> None:

@@ -1,0 +1,50 @@
+"""The consumers' Redis client: commands packed by hiredis exactly as redis-py packs them, raw stream replies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import pytest
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+from services.common.entries import decode_entry, encode_entry
+from services.common.redis_client import connect, stream_pairs
+
+
+def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:
+    for url, expected in (("redis://127.0.0.1:1/0", Connection), ("unix:///tmp/none.sock", UnixDomainSocketConnection)):
+        client = connect(url, 5.0)
+        connection_class = client.connection_pool.connection_class
+        assert issubclass(connection_class, expected)
+        fast, plain = connection_class(), expected()
+        for command in (("XINFO STREAM", "bitmex:l2:{XBTUSD}"), ("XACK", b"key", "l2builder", "1-1", "17-3"),
+                        ("EVALSHA", "abc", 2, "k1", "k2", "instance", 6000), ("SET", "k", "v" * 10_000)):
+            assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command)), command
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_stream_replies_are_raw_in_both_protocols(redis_url: str, key_prefix: str, protocol: int) -> None:
+    streams = [f"{key_prefix}:raw:{protocol}:{{A}}", f"{key_prefix}:raw:{protocol}:{{B}}"]
+    written = encode_entry("{}", "orderBook10", "update", "s1", 1, 2)
+
+    async def scenario() -> None:
+        client = connect(f"{redis_url}{'&' if '?' in redis_url else '?'}protocol={protocol}", 5.0, "raw-test")
+        try:
+            for stream in streams:
+                await client.xgroup_create(stream, "g", id="0", mkstream=True)
+                await client.xadd(stream, written)  # type: ignore[arg-type]
+            reply = await client.xreadgroup("g", "c", dict.fromkeys(streams, ">"))
+            pairs = list(stream_pairs(reply))
+            assert [key.decode() for key, _ in pairs] == streams
+            for _, [(entry_id, fields)] in pairs:
+                assert isinstance(fields, list) and fields[:2] == [b"frame", b"{}"]
+                assert decode_entry(entry_id, fields).session == "s1"
+            [(_, fields)] = cast(list[tuple[bytes, list[bytes]]], await client.xrange(streams[0]))
+            assert isinstance(fields, list)
+            assert await client.client_getname() in (b"raw-test", "raw-test")  # str in RESP2, bytes in RESP3
+            assert list(stream_pairs(await client.xreadgroup("g", "c", {streams[0]: ">"}, block=1))) == []
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
