@@ -15,10 +15,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
-from redis.typing import EncodableT
 
+from services.common.redis_wire import Command
 from services.top10.snapshots import Top10Write
 
 
@@ -39,7 +38,7 @@ class LuaScript:
 STORE_TOP10 = LuaScript.from_package("store_top10.lua")
 REMOVE_CONSUMER = LuaScript.from_package("remove_consumer.lua")
 
-ScriptCall = tuple[Sequence[str | bytes], Sequence[EncodableT]]
+ScriptCall = tuple[Sequence[str | bytes], Sequence[bytes | str | int | float]]
 
 
 def store_top10_call(key: str, write: Top10Write) -> ScriptCall:
@@ -65,10 +64,10 @@ async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptC
     return replies
 
 
-def add_script_calls(pipe: Pipeline, script: LuaScript, calls: Sequence[ScriptCall]) -> None:
-    """Queue one EVALSHA of `script` per call on `pipe` (whose caller handles NOSCRIPT, see run_pipelined)."""
-    for keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+def evalsha_command(script: LuaScript, call: ScriptCall) -> Command:
+    """The EVALSHA of `script` for one call, as a command to send (its sender handles NOSCRIPT, see run_pipelined)."""
+    keys, args = call
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def raise_first_error(replies: Sequence[Any]) -> None:
@@ -80,6 +79,7 @@ def raise_first_error(replies: Sequence[Any]) -> None:
 
 async def _evalsha_each(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
-        add_script_calls(pipe, script, calls)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies

@@ -1,0 +1,83 @@
+"""The lean connection of top10's hot loop, against a real Redis: replies in order, errors in place, the URL's
+credentials and db, and a clean reconnect after any failure."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from services.common.redis_wire import RedisWire
+
+
+def with_path(url: str, path: str, netloc: str | None = None) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, netloc or parts.netloc, path, parts.query, parts.fragment))
+
+
+def test_replies_come_back_in_order_with_errors_in_place(redis_url: str, key_prefix: str) -> None:
+    key, big = f"{key_prefix}:wire", b"x" * 1_000_000
+
+    async def scenario() -> list[object]:
+        wire = RedisWire(redis_url, 5.0, "wire-test")
+        try:
+            return await wire.call([("SET", key, big), ("INCR", key), ("EVALSHA", "0" * 40, 0), ("GET", key),
+                                    ("CLIENT", "GETNAME"), ("RPUSH", f"{key}:list", 1, 2.5, b"\xff")])
+        finally:
+            wire.close()
+
+    stored, incr, noscript, value, name, pushed = asyncio.run(scenario())
+    assert stored == b"OK" and value == big and name == b"wire-test" and pushed == 3
+    assert isinstance(incr, ResponseError) and "not an integer" in str(incr)
+    assert isinstance(noscript, NoScriptError)
+
+
+def test_the_url_chooses_the_database_and_the_user(redis_url: str, key_prefix: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    user = f"{key_prefix}-user"
+    admin.acl_setuser(user, enabled=True, passwords=["+secret"], keys=[f"{key_prefix}:*"], commands=["+@all"])
+    netloc = urlsplit(redis_url).netloc.rpartition("@")[2]
+    try:
+        async def scenario(url: str) -> list[object]:
+            wire = RedisWire(url, 5.0, "wire-test")
+            try:
+                return await wire.call([("SET", f"{key_prefix}:db", "five"), ("CLIENT", "INFO")])
+            finally:
+                wire.close()
+
+        _, info = asyncio.run(scenario(with_path(redis_url, "/5", f"{user}:secret@{netloc}")))
+        assert isinstance(info, bytes) and f"user={user}".encode() in info and b" db=5 " in info
+        assert redis.Redis.from_url(with_path(redis_url, "/5")).get(f"{key_prefix}:db") == b"five"
+        with pytest.raises(ResponseError, match="WRONGPASS"):
+            asyncio.run(scenario(with_path(redis_url, "/5", f"{user}:wrong@{netloc}")))
+    finally:
+        admin.acl_deluser(user)
+
+
+def test_a_failed_call_leaves_no_reply_behind(redis_url: str, key_prefix: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    stream = f"{key_prefix}:wire:stream"
+    admin.xgroup_create(stream, "g", id="$", mkstream=True)
+
+    async def scenario() -> None:
+        wire = RedisWire(redis_url, 0.3, "wire-victim")
+        try:
+            # A read that outlasts the timeout: the connection is dropped with its reply still owed.
+            with pytest.raises(TimeoutError):
+                await wire.call([("XREADGROUP", "GROUP", "g", "c", "BLOCK", 2000, "STREAMS", stream, ">")])
+            admin.xadd(stream, {"n": "1"})
+            assert await wire.call([("PING",)]) == [b"PONG"]
+            # The server drops the connection: that call fails, the next one connects again.
+            for client in admin.client_list():
+                if client["name"] == "wire-victim":
+                    admin.client_kill_filter(_id=client["id"])
+            with pytest.raises(OSError):
+                await wire.call([("PING",)])
+            assert await wire.call([("ECHO", "again")]) == [b"again"]
+        finally:
+            wire.close()
+
+    asyncio.run(scenario())
