@@ -37,6 +37,7 @@ DUPLICATE_KEY = 11000
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 """MongoDB's BSON document size limit (maxBsonObjectSize)."""
 UTC = dt.UTC
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
 Document = dict[str, Any]
 
@@ -76,13 +77,9 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
     """
     if document is None:
         return SymbolState(symbol, resync_interval)
-    received_at = document.get("received_at")
-    received_us = None
-    if isinstance(received_at, dt.datetime):
-        aware = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
-        received_us = int(aware.timestamp() * 1_000_000)
     position: dict[str, Any] = {"stream_id": document.get("stream_id"), "session": document.get("session"),
-                                "seq": document.get("seq") or 0, "received_us": received_us}
+                                "seq": document.get("seq") or 0,
+                                "received_us": _epoch_us(document.get("received_at"))}
     book = None
     kind: StaleKind | None = None
     reason = document.get("reason")
@@ -101,6 +98,20 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
         kind = StaleKind.RESTORED
     return SymbolState.restored(symbol, resync_interval, now, book=book, stale_kind=kind, reason=reason,
                                 **position)
+
+
+def _epoch_us(stored: object) -> int | None:
+    """A stored time in epoch microseconds: a BSON datetime (naive means UTC, pymongo's default), or its
+    text, which is what some MongoDB-protocol servers (nx-27017) give back for a datetime set by an update."""
+    if isinstance(stored, str):
+        try:
+            stored = dt.datetime.fromisoformat(stored)
+        except ValueError:
+            return None
+    if not isinstance(stored, dt.datetime):
+        return None
+    aware = stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+    return (aware - EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _valid_position(position: dict[str, Any]) -> bool:

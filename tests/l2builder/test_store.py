@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pymongo
@@ -57,6 +58,18 @@ def test_a_live_document_restores_the_same_book_and_position() -> None:
     assert (restored.stream_id, restored.session, restored.seq, restored.received_us) == \
         (state.stream_id, state.session, state.seq, state.received_us)
     assert not restored.dirty
+
+
+@pytest.mark.parametrize("as_stored", [lambda at: at.replace(tzinfo=None), lambda at: at,
+                                       lambda at: str(at.replace(tzinfo=None)), lambda at: "not a time"],
+                         ids=["naive", "aware", "text", "garbage"])
+def test_the_receive_time_restores_from_every_form_a_server_returns(as_stored: Callable[[dt.datetime], object]) -> None:
+    state = live_state()
+    document = stored(book_document(state, 3, NOW))
+    document["received_at"] = as_stored(dt.datetime.fromtimestamp(1_700_000_000.123, UTC))
+    restored = restore_state("XBTUSD", document, 5.0, now=0)
+    assert restored.received_us == (None if document["received_at"] == "not a time" else 1_700_000_000_123_000)
+    assert restored.live
 
 
 def test_stale_and_broken_documents_restore_stale() -> None:
