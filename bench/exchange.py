@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import subprocess
 import time
 import urllib.request
@@ -28,6 +27,7 @@ from multiprocessing.connection import Connection
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.processes import cpu_seconds
 from tests.harness import bookstream_argv, free_port, wait_until
 
 CASES = ((5_000, 1), (20_000, 1), (0, 1), (20_000, 3))
@@ -47,13 +47,6 @@ class Result:
         received = ", ".join(f"{value:,.0f}" for value in self.received_per_s)
         return (f"rate={target:>6} readers={self.readers} generated={self.generated_per_s:>9,.0f}/s "
                 f"received=[{received}]/s dropped={self.dropped} server_cpu={self.cpu_us_per_frame:.1f}us/frame")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def health(port: int) -> dict[str, object]:

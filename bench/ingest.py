@@ -21,7 +21,6 @@ The last line is the summary: `frames_per_s` from phase 2, `p50_us` and `p99_us`
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import tempfile
 import time
@@ -32,11 +31,13 @@ from pathlib import Path
 
 import redis
 
+from bench.processes import cpu_seconds, service
+from bench.prometheus import delta, histogram, metric, quantile
 from tests.harness import RedisServer, ServiceProcess, base_env, free_port, wait_until
 
 SYMBOLS = 50
 PUBLISHED = 'bookstream_ingest_entries_published_total{kind="frame"}'
-BUCKET = re.compile(r'^bookstream_ingest_publish_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+LATENCY = "bookstream_ingest_publish_latency_seconds"
 FRAMES = re.compile(r'^bookstream_ingest_frames_total\{action="[^"]+",table="([^"]+)"\} (\S+)$', re.M)
 
 
@@ -63,41 +64,18 @@ class Window:
                 f"({self.cpu_seconds / self.seconds:.0%} of a core)")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric_value(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def measure(ingest: ServiceProcess, warmup: float, seconds: float) -> Window:
     time.sleep(warmup)
     before, cpu_before, started = ingest.metrics(), cpu_seconds(ingest.pid), time.monotonic()
     time.sleep(seconds)
     after, cpu_after, elapsed = ingest.metrics(), cpu_seconds(ingest.pid), time.monotonic() - started
-    frames = metric_value(after, PUBLISHED) - metric_value(before, PUBLISHED)
+    frames = metric(after, PUBLISHED) - metric(before, PUBLISHED)
     return Window(elapsed, frames, cpu_after - cpu_before, before, after)
 
 
 def latency_quantile(window: Window, q: float) -> float:
     """Quantile `q` of the latencies observed during `window`, in seconds (as Prometheus' histogram_quantile)."""
-    before = {le: float(count) for le, count in BUCKET.findall(window.metrics_before)}
-    buckets = [(float(le), float(count) - before.get(le, 0.0)) for le, count in BUCKET.findall(window.metrics_after)]
-    total = buckets[-1][1]
-    rank, lower, below = q * total, 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower
-            return lower + (upper - lower) * (rank - below) / max(count - below, 1.0)
-        lower, below = upper, count
-    return lower
+    return quantile(delta(histogram(window.metrics_before, LATENCY), histogram(window.metrics_after, LATENCY)), q)
 
 
 def orderbook10_ratio(metrics_text: str) -> float:
@@ -109,22 +87,10 @@ def orderbook10_ratio(metrics_text: str) -> float:
 
 
 @contextmanager
-def service(workdir: Path, name: str, *args: str, env: dict[str, str]) -> Iterator[ServiceProcess]:
-    port = free_port()
-    process = ServiceProcess(name, args, {**env, "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"},
-                             workdir / f"{name}.log", port)
-    try:
-        process.wait_healthy(30)
-        yield process
-    finally:
-        process.terminate(15)
-
-
-@contextmanager
 def exchange(workdir: Path, name: str, env: dict[str, str], *flags: str) -> Iterator[str]:
     port = free_port()
     with service(workdir, name, "exchange", "--host", "127.0.0.1", "--port", str(port), *flags,
-                 env=env | {"LOG_LEVEL": "INFO"}) as server:
+                 env=env | {"LOG_LEVEL": "INFO"}, healthy=True) as server:
         wait_until(lambda: "event=listening" in server.logs(), 30, "the exchange to listen")
         yield f"ws://127.0.0.1:{port}/realtime"
 
@@ -157,13 +123,14 @@ def main(argv: list[str] | None = None) -> None:
                           "--seed", "1") as url:
                 symbols = symbol_names((workdir / "sim.log").read_text())
                 ingest_env = env | {"BITMEX_WS_URL": url, "SYMBOLS": symbols, "KEY_PREFIX": "full"}
-                with service(workdir, "ingest-full", "ingest", "--record", str(capture), env=ingest_env) as ingest:
+                with service(workdir, "ingest-full", "ingest", "--record", str(capture), env=ingest_env,
+                             healthy=True) as ingest:
                     full = measure(ingest, args.warmup, args.seconds)
             print(full.line("1. simulator at full rate"), flush=True)
 
             with exchange(workdir, "replay", env, "--replay", str(capture), "--max", "--loop") as url:
                 ingest_env = env | {"BITMEX_WS_URL": url, "SYMBOLS": symbols, "KEY_PREFIX": "replay"}
-                with service(workdir, "ingest-replay", "ingest", env=ingest_env) as ingest:
+                with service(workdir, "ingest-replay", "ingest", env=ingest_env, healthy=True) as ingest:
                     replay = measure(ingest, args.warmup, args.seconds)
             print(replay.line("2. its recording at --max"), flush=True)
 
@@ -171,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             with exchange(workdir, "paced", env, "--sim", "--symbols", str(SYMBOLS), "--rate", f"{l2_rate:.0f}",
                           "--seed", "2") as url:
                 ingest_env = env | {"BITMEX_WS_URL": url, "SYMBOLS": symbols, "KEY_PREFIX": "paced"}
-                with service(workdir, "ingest-paced", "ingest", env=ingest_env) as ingest:
+                with service(workdir, "ingest-paced", "ingest", env=ingest_env, healthy=True) as ingest:
                     paced = measure(ingest, args.warmup, args.seconds)
             p50, p99, p999 = (latency_quantile(paced, q) * 1e6 for q in (0.5, 0.99, 0.999))
             print(paced.line(f"3. paced at {args.latency_rate:,.0f}/s"),

@@ -17,43 +17,24 @@ order-book rows they carried. The last line is the summary: `frames_per_s=<n> ro
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
 import pymongo
 import redis
 
+from bench.processes import cpu_seconds, service
 from services.common.keys import L2BUILDER_GROUP, Keys
 from services.exchange.market import symbol_names
-from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, wait_until
+from tests.harness import MongoServer, RedisServer, base_env, free_port, wait_until
 
 PREFIX = "bench"
 DATABASE = "bench"
-
-
-@contextmanager
-def service(workdir: Path, name: str, *args: str, env: dict[str, str],
-            healthy: bool = True) -> Iterator[ServiceProcess]:
-    """A `bookstream` subprocess with a health port, stopped on the way out."""
-    port = free_port()
-    process = ServiceProcess(name, args, {**env, "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"},
-                             workdir / f"{name}.log", port)
-    try:
-        if healthy:
-            process.wait_healthy(30)
-        yield process
-    except BaseException:
-        print(f"--- last lines of the {name} log ---\n{process.logs()[-3000:]}")
-        raise
-    finally:
-        process.terminate(30)
 
 
 def stream_lengths(client: redis.Redis, keys: Keys, symbols: list[str]) -> int:
@@ -70,10 +51,10 @@ def prefill(workdir: Path, env: dict[str, str], client: redis.Redis, frames: int
     started = time.monotonic()
     with service(workdir, "exchange", "exchange", "--sim", "--host", "127.0.0.1", "--port", str(port),
                  "--symbols", str(len(symbols)), "--rate", "0", "--max-frames", str(frames), "--seed", "1",
-                 "--ob10-throttle", "1", env=env) as exchange:
+                 "--ob10-throttle", "1", env=env, healthy=True) as exchange:
         ingest_env = {**env, "BITMEX_WS_URL": f"ws://127.0.0.1:{port}/realtime", "SYMBOLS": ",".join(symbols),
                       "STREAM_MAXLEN": str(frames * 2)}
-        with service(workdir, "ingest", "ingest", env=ingest_env):
+        with service(workdir, "ingest", "ingest", env=ingest_env, healthy=True):
             exchange.wait_log("max_frames_reached", 600)
             seen = [-1]
 
@@ -104,22 +85,13 @@ def drained(client: redis.Redis, books: Any, keys: Keys, symbols: list[str]) -> 
     return True
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), 0 where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def drain(workdir: Path, env: dict[str, str], client: redis.Redis, servers: dict[str, int], mongo_url: str,
           symbols: list[str]) -> None:
     keys = Keys(PREFIX)
     books: pymongo.collection.Collection[dict[str, Any]] = pymongo.MongoClient(mongo_url)[DATABASE]["orderbooks"]
     before = {name: cpu_seconds(pid) for name, pid in servers.items()}
     started = time.monotonic()
-    with service(workdir, "l2builder", "l2builder", env={**env, "INSTANCE_NAME": "bench"}, healthy=False) as builder:
+    with service(workdir, "l2builder", "l2builder", env={**env, "INSTANCE_NAME": "bench"}) as builder:
         builder.wait_healthy(30)
         ready = time.monotonic() - started
         wait_until(lambda: drained(client, books, keys, symbols), 600, "every entry persisted and acknowledged",

@@ -47,8 +47,8 @@ import orjson
 import pymongo
 import redis
 
-from bench.ingest import cpu_seconds
-from bench.top10 import quantile
+from bench.processes import cpu_seconds, start_service
+from bench.prometheus import delta, histogram, metric, quantile
 from services.common.bitmex import parse_frame
 from services.common.capture import iter_capture
 from services.common.entries import parse_stream_id
@@ -182,11 +182,8 @@ class Launcher:
 
     def start(self, name: str, *args: str, env: dict[str, str], healthy: bool = True,
               variant: Sequence[str] | None = None) -> ServiceProcess:
-        port = free_port()
         command = None if variant is None else [sys.executable, "-m", "bench.variant", *variant]
-        process = ServiceProcess(name, args, {**env, "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1",
-                                              "PYTHONPATH": str(REPO)},
-                                 self.workdir / f"{name}.log", port, command)
+        process = start_service(self.workdir, name, *args, env={**env, "PYTHONPATH": str(REPO)}, command=command)
         self.processes.append(process)
         if healthy:
             process.wait_healthy(60)
@@ -220,26 +217,9 @@ def peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def histogram(metrics_text: str, name: str) -> list[tuple[float, float]]:
-    """The cumulative buckets `(upper bound in µs, count)` of a Prometheus histogram."""
-    buckets = []
-    for line in metrics_text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(bound) * 1e6, float(line.rsplit(" ", 1)[1])))
-    return buckets
-
-
-def window(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> Distribution:
-    """The histogram of what was observed between two scrapes."""
-    earlier = dict(before)
-    return Distribution(buckets=[(bound, count - earlier.get(bound, 0.0)) for bound, count in after])
-
-
-def metric(text: str, sample: str) -> float:
-    """Sum of the samples whose name (with labels) starts with `sample`."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(sample) and line[len(sample)] in " {")
+def window(before: str, after: str, name: str) -> Distribution:
+    """Histogram `name` (bounds in µs) of what was observed between two scrapes of the metrics text."""
+    return Distribution(buckets=delta(histogram(before, name, 1e6), histogram(after, name, 1e6)))
 
 
 def _epoch_us(value: Any) -> int | None:
@@ -317,10 +297,8 @@ def measure_rate(servers: Servers, rate: int, symbols: list[str], warmup: float,
     entries = list(l2_entries(servers.client, keys, symbols, started_wall, ended_wall))
     stages = {
         "exchange -> receive": Distribution(samples=[entry.recv_us - entry.exchange_us for entry in entries]),
-        "receive -> XADD": window(histogram(scrape_before["ingest"], INGEST_LATENCY),
-                                  histogram(scrape_after["ingest"], INGEST_LATENCY)),
-        "receive -> top10 key": window(histogram(scrape_before["top10"], TOP10_LATENCY),
-                                       histogram(scrape_after["top10"], TOP10_LATENCY)),
+        "receive -> XADD": window(scrape_before["ingest"], scrape_after["ingest"], INGEST_LATENCY),
+        "receive -> top10 key": window(scrape_before["top10"], scrape_after["top10"], TOP10_LATENCY),
         "exchange -> top10 key": Distribution(samples=[state.written_us - state.exchange_us for state in top10]),
         "receive -> MongoDB, newest change": Distribution(
             samples=[state.written_us - state.recv_us for state in documents]),

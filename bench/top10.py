@@ -16,17 +16,18 @@ The last line is the summary: `entries_per_s=<n> p50_us=<n> p99_us=<n>`.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
 import redis
 
+from bench.processes import cpu_seconds, service
+from bench.prometheus import delta, histogram, quantile
 from services.common.entries import encode_entry
 from services.common.keys import TOP10_GROUP, Keys
 from services.exchange.market import symbol_names
@@ -34,21 +35,6 @@ from tests.harness import RedisServer, ServiceProcess, base_env, free_port, wait
 
 PREFIX = "bench"
 LATENCY_METRIC = "bookstream_top10_latency_seconds"
-
-
-@contextmanager
-def service(workdir: Path, name: str, *args: str, env: dict[str, str]) -> Iterator[ServiceProcess]:
-    """A `bookstream` subprocess with a health port, stopped on the way out."""
-    port = free_port()
-    process = ServiceProcess(name, args, {**env, "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"},
-                             workdir / f"{name}.log", port)
-    try:
-        yield process
-    except BaseException:
-        print(f"--- last lines of the {name} log ---\n{process.logs()[-3000:]}")
-        raise
-    finally:
-        process.terminate(15)
 
 
 def serving_since(process: ServiceProcess, timeout: float = 30) -> float:
@@ -122,40 +108,6 @@ def drain(workdir: Path, redis_url: str, entries: int, symbol_count: int) -> flo
     return total / seconds
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far, from /proc (0 where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def histogram(process: ServiceProcess) -> list[tuple[float, float]]:
-    """The cumulative buckets `(upper bound, count)` of top10's latency histogram."""
-    buckets = []
-    for line in process.metrics().splitlines():
-        if line.startswith(f"{LATENCY_METRIC}_bucket{{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
-    return buckets
-
-
-def quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """The q-quantile of a cumulative histogram, linear within the bucket it falls in."""
-    total = buckets[-1][1]
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == float("inf"):
-                return lower_bound
-            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 0.0
-            return lower_bound + (bound - lower_bound) * share
-        lower_bound, lower_count = bound, count
-    return lower_bound
-
-
 def latency(workdir: Path, redis_url: str, rate: float, symbol_count: int, seconds: float,
             warmup: float) -> tuple[float, float, int]:
     """p50 and p99 (µs) of ingest receive -> key written at `rate` frames/s, and the writes measured."""
@@ -168,11 +120,11 @@ def latency(workdir: Path, redis_url: str, rate: float, symbol_count: int, secon
     with ExitStack() as stack:
         stack.enter_context(service(workdir, "exchange", "exchange", "--sim", "--host", "127.0.0.1", "--port",
                                     str(port), "--symbols", str(symbol_count), "--rate", str(rate), "--seed", "7",
-                                    env=env)).wait_healthy()
-        top10 = stack.enter_context(service(workdir, "top10-latency", "top10", env=env)).wait_healthy()
-        stack.enter_context(service(workdir, "ingest", "ingest", env=ingest_env)).wait_healthy()
+                                    env=env, healthy=True))
+        top10 = stack.enter_context(service(workdir, "top10-latency", "top10", env=env, healthy=True))
+        stack.enter_context(service(workdir, "ingest", "ingest", env=ingest_env, healthy=True))
         time.sleep(warmup)
-        before = histogram(top10)
+        before = histogram(top10.metrics(), LATENCY_METRIC)
         # stream id -> (recv_us, ms of the XADD by Redis's clock, updated_us): splits the path in two.
         samples: dict[bytes, tuple[int, int, int]] = {}
         deadline = time.monotonic() + seconds
@@ -184,9 +136,9 @@ def latency(workdir: Path, redis_url: str, rate: float, symbol_count: int, secon
                 if stream_id is not None:
                     samples[stream_id] = (int(recv_us), int(stream_id.split(b"-")[0]), int(updated_us))
             time.sleep(0.05)
-        after = histogram(top10)
+        after = histogram(top10.metrics(), LATENCY_METRIC)
         pending = sum(client.xpending(keys.ob10_stream(symbol), TOP10_GROUP)["pending"] for symbol in symbols)
-    window = [(bound, count - earlier) for (bound, count), (_, earlier) in zip(after, before, strict=True)]
+    window = delta(before, after)
     measured = int(window[-1][1])
     if measured == 0:
         raise SystemExit("no key writes measured: is ingest publishing orderBook10?")
