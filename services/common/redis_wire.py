@@ -33,14 +33,29 @@ CONNECT_TIMEOUT = 2.0
 
 
 class RedisWire:
-    def __init__(self, url: str, timeout: float, client_name: str) -> None:
+    def __init__(self, url: str, timeout: float, client_name: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         """`timeout` bounds each call, so it must be longer than any BLOCK the caller sends."""
         self._options: dict[str, Any] = dict(parse_url(url))
-        self._timeout = timeout
+        self._timeout, self._connect_timeout = timeout, connect_timeout
         self._client_name = client_name
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = _new_parser()
+        self.client_id: int | None = None
+        """CLIENT ID of the current connection (None when closed): what CLIENT KILL ID names it by."""
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    async def connect(self) -> None:
+        """Open the connection now (a call also opens it when needed)."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._connect()
+        except BaseException:
+            self.close()
+            raise
 
     async def call(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` in one write and return their replies in order.
@@ -49,10 +64,9 @@ class RedisWire:
         raised, so the caller sees what the other commands did. Connection trouble raises `OSError`
         (`TimeoutError` when the server does not answer within the timeout) or `InvalidResponse`.
         """
+        if self._writer is None:
+            await self.connect()
         try:
-            if self._writer is None:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await self._connect()
             async with asyncio.timeout(self._timeout):
                 return await self._exchange(commands)
         except BaseException:
@@ -64,6 +78,7 @@ class RedisWire:
             self._writer.close()
         self._reader = self._writer = None
         self._parser = _new_parser()
+        self.client_id = None
 
     async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
         reader, writer, parser = self._reader, self._writer, self._parser
@@ -98,10 +113,12 @@ class RedisWire:
             handshake.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
         if options.get("db"):
             handshake.append(("SELECT", options["db"]))
-        handshake.append(("CLIENT", "SETNAME", self._client_name))
-        for reply in await self._exchange(handshake):
+        handshake += [("CLIENT", "SETNAME", self._client_name), ("CLIENT", "ID")]
+        replies = await self._exchange(handshake)
+        for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
+        self.client_id = replies[-1]
 
 
 def _new_parser() -> hiredis.Reader:

@@ -21,9 +21,10 @@ from redis.backoff import NoBackoff
 from services.common.config import Settings
 from services.common.keys import Keys
 from services.common.logs import EventLog
+from services.common.redis_wire import RedisWire
 from services.ingest.connection import Feed
 from services.ingest.control import ControlReader
-from services.ingest.publisher import Publisher, RedisStatus
+from services.ingest.publisher import CALL_TIMEOUT, Publisher, RedisStatus
 from services.ingest.recorder import Recorder
 
 DRAIN_TIMEOUT: Final = 5.0
@@ -46,17 +47,18 @@ class IngestService:
         self._settings = settings
         self._log = log = EventLog("ingest")
         keys = Keys(settings.key_prefix)
-        # No redis-py retries: re-sending a batch Redis may already have applied would duplicate entries;
-        # the publisher retries itself, after checking what landed.
+        # No redis-py retries: the control loop retries on its own terms. The publisher has its own lean
+        # connection (RedisWire, no retries either: re-sending a batch Redis may already have applied would
+        # duplicate entries; it retries itself, after checking what landed).
         no_retry = Retry(NoBackoff(), 0)
-        self._publish_pool = ConnectionPool.from_url(settings.redis_url, retry=no_retry, socket_timeout=None,
-                                                     socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
         self._control_pool = ConnectionPool.from_url(settings.redis_url, retry=no_retry,
                                                      socket_timeout=REDIS_SOCKET_TIMEOUT,
                                                      socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
         self._redis = Redis(connection_pool=self._control_pool)
         self._publish_status, self._control_status = RedisStatus("publish", log), RedisStatus("control", log)
-        self.publisher = Publisher(self._publish_pool, keys.symbols, settings.ingest_buffer_frames,
+        publish_wire = RedisWire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
+                                 REDIS_CONNECT_TIMEOUT)
+        self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,
                                    settings.stream_maxlen, self._publish_status, log)
         self.recorder = None if options.record is None else Recorder(
             options.record, options.record_rotate_bytes, options.record_rotate_seconds)
@@ -87,7 +89,7 @@ class IngestService:
             publishing.cancel()
             self.publisher.drop_all("stop")  # whatever Redis could not take in time, logged and counted
             await asyncio.gather(publishing, controlling, return_exceptions=True)
-            await self.publisher.aclose()
+            self.publisher.close_connection()
             await self._redis.aclose()
             await self._control_pool.disconnect()
             if self.recorder is not None:

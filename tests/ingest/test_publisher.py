@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 import redis
-from redis.asyncio import ConnectionPool
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from services.common.entries import decode_entry, encode_entry, encode_gap
 from services.common.keys import Keys
 from services.common.logs import EventLog
+from services.common.redis_wire import RedisWire
 from services.ingest import metrics
 from services.ingest.publisher import Publisher, RedisStatus
 from services.ingest.session import Entry
@@ -61,9 +59,8 @@ def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awa
     status = RedisStatus("publish", log)
 
     async def main() -> None:
-        pool = ConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=None,
-                                       socket_connect_timeout=timeout)
-        publisher = Publisher(pool, Keys(key_prefix).symbols, capacity, 100_000, status, log, call_timeout=timeout)
+        wire = RedisWire(url, timeout, "ingest-test", connect_timeout=timeout)
+        publisher = Publisher(wire, Keys(key_prefix).symbols, capacity, 100_000, status, log)
         task = asyncio.create_task(publisher.run())
         try:
             await scenario(publisher)
@@ -71,8 +68,7 @@ def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awa
             await asyncio.wait_for(task, 30)
         finally:
             task.cancel()
-            await publisher.aclose()
-            await pool.disconnect()
+            publisher.close_connection()
 
     asyncio.run(main())
     return status

@@ -23,11 +23,16 @@ def test_replies_come_back_in_order_with_errors_in_place(redis_url: str, key_pre
 
     async def scenario() -> list[object]:
         wire = RedisWire(redis_url, 5.0, "wire-test")
+        assert not wire.connected and wire.client_id is None
         try:
-            return await wire.call([("SET", key, big), ("INCR", key), ("EVALSHA", "0" * 40, 0), ("GET", key),
-                                    ("CLIENT", "GETNAME"), ("RPUSH", f"{key}:list", 1, 2.5, b"\xff")])
+            replies = await wire.call([("SET", key, big), ("INCR", key), ("EVALSHA", "0" * 40, 0), ("GET", key),
+                                       ("CLIENT", "GETNAME"), ("RPUSH", f"{key}:list", 1, 2.5, b"\xff"),
+                                       ("CLIENT", "ID")])
+            assert wire.connected and wire.client_id == replies.pop()
+            return replies
         finally:
             wire.close()
+            assert not wire.connected and wire.client_id is None
 
     stored, incr, noscript, value, name, pushed = asyncio.run(scenario())
     assert stored == b"OK" and value == big and name == b"wire-test" and pushed == 3
