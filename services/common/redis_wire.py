@@ -49,12 +49,14 @@ class RedisWire:
         return self._writer is not None
 
     async def connect(self) -> None:
-        """Open the connection now (a call also opens it when needed)."""
+        """Open the connection unless it is open (a call also opens it when needed)."""
+        if self._writer is not None:
+            return
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self._connect()
         except BaseException:
-            self.close()
+            self._abandon()
             raise
 
     async def call(self, commands: Sequence[Command]) -> list[Any]:
@@ -64,18 +66,27 @@ class RedisWire:
         raised, so the caller sees what the other commands did. Connection trouble raises `OSError`
         (`TimeoutError` when the server does not answer within the timeout) or `InvalidResponse`.
         """
-        if self._writer is None:
-            await self.connect()
+        await self.connect()
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._exchange(commands)
         except BaseException:
-            self.close()
+            self._abandon()
             raise
 
     def close(self) -> None:
+        """Close the connection after sending what is already written."""
         if self._writer is not None:
             self._writer.close()
+        self._forget()
+
+    def _abandon(self) -> None:
+        """Drop the connection at once: the unsent rest of a failed call must never reach Redis later."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+        self._forget()
+
+    def _forget(self) -> None:
         self._reader = self._writer = None
         self._parser = _new_parser()
         self.client_id = None
@@ -104,7 +115,7 @@ class RedisWire:
         if "path" in options:
             self._reader, self._writer = await asyncio.open_unix_connection(options["path"])
         else:
-            context = _tls_context(options) if options.get("connection_class") is SSLConnection else None
+            context = tls_context(options) if options.get("connection_class") is SSLConnection else None
             self._reader, self._writer = await asyncio.open_connection(
                 options.get("host", "localhost"), options.get("port", 6379), ssl=context)
         handshake: list[Command] = []
@@ -114,24 +125,20 @@ class RedisWire:
         if options.get("db"):
             handshake.append(("SELECT", options["db"]))
         handshake += [("CLIENT", "SETNAME", self._client_name), ("CLIENT", "ID")]
-        replies = await self._exchange(handshake)
+        *replies, client_id = await self._exchange(handshake)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        self.client_id = replies[-1]
+        # An ACL may refuse CLIENT ID; only ingest's fence after a failed batch uses it, and does without.
+        self.client_id = client_id if isinstance(client_id, int) else None
 
 
 def _new_parser() -> hiredis.Reader:
     return hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
 
 
-def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    """The TLS settings of a `rediss://` URL, with redis-py's query parameter names."""
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-    if options.get("ssl_certfile"):
-        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
-    requirement = str(options.get("ssl_cert_reqs", "required")).lower()
-    if requirement in ("none", "optional"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE if requirement == "none" else ssl.CERT_OPTIONAL
-    return context
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a `rediss://` URL's options, built by redis-py itself so both clients agree on
+    every `ssl_*` setting (certificates, hostname check, versions, ciphers)."""
+    settings = {name: value for name, value in options.items() if name.startswith("ssl_")}
+    return SSLConnection(**settings).ssl_context.get()

@@ -180,7 +180,8 @@ class SimFeed:
         """
         now = time.time()
         for symbol in list(self._ob10_pending):
-            if now - self._ob10_sent_at.get(symbol, 0.0) >= self.ob10_throttle:
+            sent_at = self._ob10_sent_at.get(symbol, 0.0)
+            if now - sent_at >= self.ob10_throttle or now < sent_at:  # (or the wall clock was set back)
                 del self._ob10_pending[symbol]
                 self._ob10_sent_at[symbol] = now
                 self._send_ob10(symbol, self._clock.text(now))

@@ -69,7 +69,7 @@ class Top10Service:
         """Entries whose writes are done, acknowledged in the next round trip."""
         self._planned: BatchPlan | None = None
         """The batch read last, written in the next round trip."""
-        self._redis_ok_at = time.monotonic()
+        self._redis_ok_at = self._read_ok_at = time.monotonic()
         self._last_error = ""
 
     async def main(self, stop: asyncio.Event) -> int:
@@ -94,10 +94,14 @@ class Top10Service:
         return 1 if crashed else 0
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        since_ok = time.monotonic() - self._redis_ok_at
-        return since_ok <= self._settings.health_stale_after, {
+        now = time.monotonic()
+        since_ok = now - self._redis_ok_at
+        # The reads have a connection of their own: housekeeping succeeding proves nothing about them.
+        since_read = now - self._read_ok_at if self._symbols else 0.0
+        return max(since_ok, since_read) <= self._settings.health_stale_after, {
             "consumer": self._consumer, "group": TOP10_GROUP, "streams": len(self._symbols),
-            "redis_ok_seconds_ago": round(since_ok, 3), "last_error": self._last_error}
+            "redis_ok_seconds_ago": round(since_ok, 3), "read_ok_seconds_ago": round(since_read, 3),
+            "last_error": self._last_error}
 
     # The read loop
 
@@ -110,6 +114,7 @@ class Top10Service:
             if not self._symbols:
                 self._streams_joined.clear()
                 await self._streams_joined.wait()
+                self._read_ok_at = time.monotonic()
             try:
                 if own_pending_first:
                     own_pending_first = await self._process_own_pending()
@@ -122,6 +127,7 @@ class Top10Service:
                 self._unacknowledged, self._planned = {}, None
                 await self._redis_failed("read", exc, backoff)
             else:
+                self._read_ok_at = time.monotonic()
                 self._redis_ok("read", backoff)
 
     async def _process_new(self) -> None:

@@ -266,3 +266,23 @@ def test_redis_restart_is_survived_and_health_tells(
     wait_for_all(client, keys, second)
     assert top10.metric("bookstream_top10_redis_errors_total") > 0
     top10.wait_log("event=redis_recovered")
+
+
+def test_health_fails_when_only_the_reads_fail(run_service: RunService, redis_url: str, key_prefix: str,
+                                              keys: Keys) -> None:
+    """The reads have a connection of their own: housekeeping reaching Redis must not hide that they fail."""
+    admin = redis.Redis.from_url(redis_url)
+    user = f"{key_prefix}-noread"
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=[f"{key_prefix}:*"],
+                      commands=["+@all", "-xreadgroup"])
+    add(admin, keys, snapshot("XBTUSD", 1))
+    netloc = redis_url.split("//", 1)[1].rpartition("@")[2]
+    env = base_env(REDIS_URL=f"redis://{user}:pw@{netloc}", KEY_PREFIX=key_prefix, HEALTH_STALE_AFTER="1")
+    try:
+        top10 = run_service("top10", env={**env, "INSTANCE_NAME": "blind"}, name="blind", healthy=False)
+        top10.wait_log("event=streams_joined")
+        wait_until(lambda: top10.health()[0] == 503, 10, "/healthz to fail while every read is refused")
+        assert top10.metric("bookstream_top10_redis_errors_total", 'operation="read"') > 0
+        assert top10.metric("bookstream_top10_redis_errors_total", 'operation="claim"') == 0
+    finally:
+        admin.acl_deluser(user)

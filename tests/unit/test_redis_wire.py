@@ -4,13 +4,15 @@ credentials and db, and a clean reconnect after any failure."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError, ResponseError
 
-from services.common.redis_wire import RedisWire
+from services.common.redis_wire import RedisWire, tls_context
 
 
 def with_path(url: str, path: str, netloc: str | None = None) -> str:
@@ -86,3 +88,11 @@ def test_a_failed_call_leaves_no_reply_behind(redis_url: str, key_prefix: str) -
             wire.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("query", "check_hostname", "verify_mode"), [
+    ("", True, ssl.CERT_REQUIRED), ("?ssl_cert_reqs=none", False, ssl.CERT_NONE),
+    ("?ssl_check_hostname=false", False, ssl.CERT_REQUIRED), ("?ssl_cert_reqs=optional", True, ssl.CERT_OPTIONAL)])
+def test_tls_settings_of_the_url_are_honoured(query: str, check_hostname: bool, verify_mode: ssl.VerifyMode) -> None:
+    context = tls_context(dict(parse_url(f"rediss://user:pw@redis.example:6380/0{query}")))
+    assert (context.check_hostname, context.verify_mode) == (check_hostname, verify_mode)
