@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import datetime as dt
 import itertools
 import json
 import os
@@ -55,6 +54,7 @@ from services.common.entries import parse_stream_id
 from services.common.keys import L2BUILDER_GROUP, Keys
 from services.common.orderbook10 import timestamp_key
 from services.exchange.market import symbol_names
+from services.l2builder.store import stored_epoch_us
 from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,16 +222,6 @@ def window(before: str, after: str, name: str) -> Distribution:
     return Distribution(buckets=delta(histogram(before, name, 1e6), histogram(after, name, 1e6)))
 
 
-def _epoch_us(value: Any) -> int | None:
-    """A document's datetime (nx-27017 returns some as text) as epoch microseconds."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        return None
-    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return int(aware.timestamp() * 1_000_000)
-
-
 class Servers:
     """The redis-server and MongoDB-protocol server every measurement uses, with a fresh prefix each."""
 
@@ -348,7 +338,8 @@ def poll(servers: Servers, keys: Keys, books: Any, symbols: list[str],
                                           int(updated_us))
         fields = {"timestamp": 1, "received_at": 1, "updated_at": 1, "stream_id": 1}
         for document in books.find({"status": "live"}, fields):
-            received, updated = _epoch_us(document.get("received_at")), _epoch_us(document.get("updated_at"))
+            received = stored_epoch_us(document.get("received_at"))
+            updated = stored_epoch_us(document.get("updated_at"))
             if received is not None and updated is not None and document.get("timestamp"):
                 documents[(document["_id"], document["updated_at"])] = Stored(
                     document["_id"], parse_stream_id(document["stream_id"]), timestamp_key(document["timestamp"]),

@@ -79,7 +79,7 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
         return SymbolState(symbol, resync_interval)
     position: dict[str, Any] = {"stream_id": document.get("stream_id"), "session": document.get("session"),
                                 "seq": document.get("seq") or 0,
-                                "received_us": _epoch_us(document.get("received_at"))}
+                                "received_us": stored_epoch_us(document.get("received_at"))}
     book = None
     kind: StaleKind | None = None
     reason = document.get("reason")
@@ -100,7 +100,7 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
                                 **position)
 
 
-def _epoch_us(stored: object) -> int | None:
+def stored_epoch_us(stored: object) -> int | None:
     """A stored time in epoch microseconds: a BSON datetime (naive means UTC, pymongo's default), or its
     text, which is what some MongoDB-protocol servers (nx-27017) give back for a datetime set by an update."""
     if isinstance(stored, str):
