@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bench.pipeline import STAGES, PipelineResults
@@ -114,6 +115,18 @@ def latency_cdf(results: PipelineResults, path: Path) -> str:
     return _save(figure, path, legend_below=True)
 
 
+def _grouped_bars(axes: Axes, labels: Sequence[str], series: dict[str, list[float]], ylabel: str,
+                  title: str) -> None:
+    """One group of bars per label, one bar per series in each group."""
+    width = 0.8 / len(series)
+    for index, (name, values) in enumerate(series.items()):
+        axes.bar([position + index * width for position in range(len(labels))], values, width, label=name)
+    axes.set_xticks([position + 0.4 - width / 2 for position in range(len(labels))], labels)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+
+
 def resources(results: PipelineResults, path: Path) -> str:
     """CPU of every process and peak memory of every service, at each rate."""
     runs = results.rates
@@ -121,22 +134,10 @@ def resources(results: PipelineResults, path: Path) -> str:
     processes = list(runs[0].cpu_percent)
     services = list(runs[0].peak_mb)
     figure, (cpu, memory) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(processes)
-    for index, name in enumerate(processes):
-        cpu.bar([position + index * width for position in range(len(runs))],
-                [run.cpu_percent[name] for run in runs], width, label=name)
-    cpu.set_xticks([position + 0.4 - width / 2 for position in range(len(runs))], labels)
-    cpu.set_ylabel("% of one core")
-    cpu.set_title("CPU by process")
-    cpu.legend(fontsize=7)
-    width = 0.8 / len(services)
-    for index, name in enumerate(services):
-        memory.bar([position + index * width for position in range(len(runs))],
-                   [run.peak_mb[name] for run in runs], width, label=name)
-    memory.set_xticks([position + 0.4 - width / 2 for position in range(len(runs))], labels)
-    memory.set_ylabel("MiB")
-    memory.set_title("Peak resident memory (VmHWM)")
-    memory.legend(fontsize=7)
+    _grouped_bars(cpu, labels, {name: [run.cpu_percent[name] for run in runs] for name in processes},
+                  "% of one core", "CPU by process")
+    _grouped_bars(memory, labels, {name: [run.peak_mb[name] for run in runs] for name in services},
+                  "MiB", "Peak resident memory (VmHWM)")
     figure.suptitle(f"Cost of each process at each simulator rate ({results.symbols} symbols)")
     return _save(figure, path)
 

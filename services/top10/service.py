@@ -28,7 +28,14 @@ from services.common.logs import EventLog
 from services.common.redis_client import connect, stream_pairs
 from services.common.redis_wire import RedisWire
 from services.top10 import group, metrics
-from services.top10.scripts import STORE_TOP10, evalsha_command, raise_first_error, run_pipelined, store_top10_call
+from services.top10.scripts import (
+    STORE_TOP10,
+    ScriptCall,
+    evalsha_command,
+    raise_first_error,
+    run_pipelined,
+    store_top10_call,
+)
 from services.top10.snapshots import Acks, BatchPlan, RawEntry, Top10Write, plan_batch
 
 READ_BLOCK_MS: Final = 1000
@@ -145,12 +152,12 @@ class Top10Service:
         """
         plan, self._planned = self._planned, None
         writes = list(plan.writes.values()) if plan is not None else []
-        calls = [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
+        calls = self._store_calls(writes)
         acks = [("XACK", stream, TOP10_GROUP, *ids) for stream, ids in self._unacknowledged.items()]
         streams = list(self._symbols.values())
-        read = ("XREADGROUP", "GROUP", TOP10_GROUP, self._consumer, "COUNT", READ_COUNT,
-                "BLOCK", WRITING_BLOCK_MS if calls else READ_BLOCK_MS, "STREAMS", *streams, *(">",) * len(streams))
-        replies = await self._wire.call([*acks, *(evalsha_command(STORE_TOP10, call) for call in calls), read])
+        read_new = ("XREADGROUP", "GROUP", TOP10_GROUP, self._consumer, "COUNT", READ_COUNT,
+                    "BLOCK", WRITING_BLOCK_MS if calls else READ_BLOCK_MS, "STREAMS", *streams, *(">",) * len(streams))
+        replies = await self._wire.call([*acks, *(evalsha_command(STORE_TOP10, call) for call in calls), read_new])
         acks_done = len(acks)
         raise_first_error(replies[:acks_done])
         self._unacknowledged = {}
@@ -162,10 +169,10 @@ class Top10Service:
             self._count_writes(writes, results)
             self._report(plan, "new")
             self._unacknowledged = plan.acks
-        read = replies[-1]
-        if isinstance(read, Exception):
-            raise read
-        batch = list(stream_pairs(read))
+        read_reply = replies[-1]
+        if isinstance(read_reply, Exception):
+            raise read_reply
+        batch = list(stream_pairs(read_reply))
         if batch:
             self._planned = self._plan(batch)
 
@@ -187,10 +194,12 @@ class Top10Service:
         plan = self._plan(batch)
         writes = list(plan.writes.values())
         if writes:
-            calls = [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
-            self._count_writes(writes, await run_pipelined(self._redis, STORE_TOP10, calls))
+            self._count_writes(writes, await run_pipelined(self._redis, STORE_TOP10, self._store_calls(writes)))
         self._report(plan, source)
         return plan.acks
+
+    def _store_calls(self, writes: list[Top10Write]) -> list[ScriptCall]:
+        return [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
 
     @staticmethod
     def _count_writes(writes: list[Top10Write], results: list[Any]) -> None:
