@@ -45,6 +45,11 @@ class StreamEntry(NamedTuple):
         return self.action == GAP_ACTION
 
 
+_new_entry = tuple.__new__
+"""Builds a StreamEntry from a complete tuple without the Python-level `__new__` NamedTuple generates:
+half the cost of the decode's fast path."""
+
+
 def encode_entry(frame: str, table: str, action: str, session: str, seq: int, recv_us: int) -> dict[str, str]:
     return {"frame": frame, "table": table, "action": action, "session": session,
             "seq": str(seq), "recv_us": str(recv_us)}
@@ -66,8 +71,8 @@ def decode_entry(stream_id: bytes | str, fields: RawFields) -> StreamEntry:
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     if type(fields) is list and fields[::2] == _ENTRY_LAYOUT:
         try:
-            entry = StreamEntry(sid, fields[1].decode(), fields[3].decode(), fields[5].decode(), fields[7].decode(),
-                                int(fields[9]), int(fields[11]))
+            entry = _new_entry(StreamEntry, (sid, fields[1].decode(), fields[3].decode(), fields[5].decode(),
+                                             fields[7].decode(), int(fields[9]), int(fields[11]), ""))
         except ValueError:
             pass  # diagnosed below
         else:

@@ -5,19 +5,25 @@ streams it owns; so `XINFO GROUPS` shows the lag and `XPENDING` what is read but
 a previous owner read but never made durable are not delivered again by the group: the new owner reads
 them with XRANGE from the position stored in MongoDB (`read_range`), which is also how holes are refilled.
 XACK may acknowledge an entry pending under any consumer, so the new owner clears the old one's entries.
+
+The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`: hiredis on bare streams, a
+tenth of redis-py's cost per round trip), one each because the reader always has a read in flight while the
+flusher acknowledges; everything else goes through redis-py. Either way a failure raises a `RedisError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from services.common.entries import RawFields
 from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
-from services.common.redis_client import stream_pairs
+from services.common.redis_wire import Command, RedisWire
 from services.l2builder.scripts import register
 
 RawEntry = tuple[bytes, RawFields]
@@ -35,10 +41,18 @@ class StreamHead:
 
 
 class L2Streams:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, url: str, timeout: float) -> None:
+        """`redis` serves the occasional commands; reads and acks open their own connections to `url`, whose
+        `timeout` must be longer than any BLOCK of `read_new`."""
         self.redis, self.keys, self.consumer = redis, keys, consumer
         self._symbol_of: dict[bytes, str] = {}
         self._remove_idle = register(redis, "remove_idle_consumers")
+        self._reads = RedisWire(url, timeout, f"l2builder:{consumer}:read")
+        self._acks = RedisWire(url, timeout, f"l2builder:{consumer}:ack")
+
+    def close(self) -> None:
+        self._reads.close()
+        self._acks.close()
 
     def _key(self, symbol: str) -> str:
         key = self.keys.l2_stream(symbol)
@@ -64,10 +78,10 @@ class L2Streams:
 
     async def read_new(self, symbols: list[str], count: int, block_ms: int) -> list[tuple[str, list[RawEntry]]]:
         """Entries never delivered to the group, from the given streams, as (symbol, entries)."""
-        streams: dict[str, str] = {self._key(symbol): ">" for symbol in symbols}
-        reply = await self.redis.xreadgroup(L2BUILDER_GROUP, self.consumer, streams,  # type: ignore[arg-type]
-                                            count=count, block=block_ms)
-        return [(self._symbol_of[key], entries) for key, entries in stream_pairs(reply)]
+        keys = [self._key(symbol) for symbol in symbols]
+        [reply] = await _call(self._reads, [("XREADGROUP", "GROUP", L2BUILDER_GROUP, self.consumer, "COUNT", count,
+                                             "BLOCK", block_ms, "STREAMS", *keys, *[">"] * len(keys))])
+        return [(self._symbol_of[key], entries) for key, entries in reply or ()]
 
     async def read_range(self, symbol: str, after: str | None, until: str, count: int) -> list[RawEntry]:
         """Up to `count` entries with `after` < id <= `until` (`until` may be `+` or `(id` for exclusive)."""
@@ -123,11 +137,10 @@ class L2Streams:
 
     async def ack(self, ids: dict[str, list[str]]) -> None:
         """XACK every id, one command per stream, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for symbol, stream_ids in ids.items():
-                if stream_ids:
-                    pipe.xack(self._key(symbol), L2BUILDER_GROUP, *stream_ids)
-            await pipe.execute()
+        commands = [("XACK", self._key(symbol), L2BUILDER_GROUP, *stream_ids)
+                    for symbol, stream_ids in ids.items() if stream_ids]
+        if commands:
+            await _call(self._acks, commands)
 
     async def request_resync(self, symbol: str, reason: str, instance: str) -> None:
         fields = {"op": "resubscribe", "symbol": symbol, "reason": reason, "requested_by": instance}
@@ -139,3 +152,16 @@ class L2Streams:
             for symbol in symbols:
                 pipe.xgroup_delconsumer(self._key(symbol), L2BUILDER_GROUP, self.consumer)
             await pipe.execute(raise_on_error=False)
+
+
+async def _call(wire: RedisWire, commands: Sequence[Command]) -> list[Any]:
+    """`wire.call`, with connection trouble and the first error reply raised as `RedisError`s, as redis-py
+    raises them, so the worker handles every Redis failure alike."""
+    try:
+        replies = await wire.call(commands)
+    except OSError as exc:  # TimeoutError too
+        raise RedisConnectionError(f"Redis connection failed: {exc!r}") from exc
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies

@@ -111,7 +111,7 @@ class L2Builder:
         self.redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"l2builder:{self.instance}")
         self.store = BookStore(settings.mongo_url, settings.mongo_database)
         self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
-        self.streams = L2Streams(self.redis, self.keys, self.instance)
+        self.streams = L2Streams(self.redis, self.keys, self.instance, settings.redis_url, REDIS_SOCKET_TIMEOUT)
         log.info("config", instance=self.instance, mongo_url=mask_url(settings.mongo_url),
                  database=settings.mongo_database, lease_ttl=settings.lease_ttl,
                  flush_interval=settings.flush_interval)
@@ -154,6 +154,7 @@ class L2Builder:
             await self.streams.forget_consumer(handed)
         log.info("handed_off", symbols=len(handed), unsettled=self._unsettled(),
                  frames_applied=self.frames_applied, rows_applied=self.rows_applied)
+        self.streams.close()
         await self.redis.aclose()
         await self.store.close()
 

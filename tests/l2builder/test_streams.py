@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import pytest
+from redis.exceptions import RedisError, ResponseError
+
 from services.common.keys import L2BUILDER_GROUP, Keys
 from services.common.redis_client import connect
 from services.l2builder.streams import L2Streams
@@ -15,7 +18,8 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
 
     async def scenario() -> None:
         client = connect(redis_url, 5.0)  # the service's client: bytes, raw stream replies
-        owner, dead = L2Streams(client, keys, "owner"), L2Streams(client, keys, "dead")
+        owner = L2Streams(client, keys, "owner", redis_url, 5.0)
+        dead = L2Streams(client, keys, "dead", redis_url, 5.0)
         stream = keys.l2_stream("XBTUSD")
         try:
             async def add(number: int) -> str:
@@ -52,6 +56,47 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             assert fields == [b"op", b"resubscribe", b"symbol", b"XBTUSD", b"reason", b"gap: disconnect",
                               b"requested_by", b"owner"]
         finally:
+            owner.close()
+            dead.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_reads_and_acks_raise_redis_errors_and_reconnect(redis_url: str, key_prefix: str) -> None:
+    """The hot path's own connections fail like redis-py's (a RedisError the worker handles) and recover."""
+    keys = Keys(key_prefix)
+
+    async def scenario() -> None:
+        client = connect(redis_url, 5.0)
+        streams = L2Streams(client, keys, "reader", redis_url, 5.0)
+        stream = keys.l2_stream("XBTUSD")
+        try:
+            with pytest.raises(ResponseError, match="NOGROUP"):
+                await streams.read_new(["XBTUSD"], count=10, block_ms=10)
+            await streams.ensure_group("XBTUSD", None)
+            first = cast(bytes, await client.xadd(stream, {"n": "1"}))
+            [(_, delivered)] = await streams.read_new(["XBTUSD"], count=10, block_ms=10)
+            assert [entry_id for entry_id, _ in delivered] == [first]
+            names = {b"l2builder:reader:read", b"l2builder:reader:ack"}
+            await streams.ack({"XBTUSD": [first.decode()]})  # opens the ack connection
+            listed = {client_info["name"].encode() for client_info in await client.client_list()}
+            assert names <= listed
+            for name in names:
+                killed = [info["id"] for info in await client.client_list() if info["name"] == name.decode()]
+                await client.execute_command("CLIENT", "KILL", "ID", killed[0])
+            second = cast(bytes, await client.xadd(stream, {"n": "2"}))
+            with pytest.raises(RedisError):
+                await streams.read_new(["XBTUSD"], count=10, block_ms=10)
+            with pytest.raises(RedisError):
+                await streams.ack({"XBTUSD": [second.decode()]})
+            # Both reconnect on their next call; nothing was delivered by the failed read.
+            [(_, delivered)] = await streams.read_new(["XBTUSD"], count=10, block_ms=10)
+            assert [entry_id for entry_id, _ in delivered] == [second]
+            await streams.ack({"XBTUSD": [second.decode()]})
+            assert (await client.xpending(stream, L2BUILDER_GROUP))["pending"] == 0
+        finally:
+            streams.close()
             await client.aclose()
 
     asyncio.run(scenario())
