@@ -410,6 +410,8 @@ class L2Builder:
                 self._redis_ok()
                 backoff.reset()
                 ahead = self._read_ahead()
+                if ahead is not None:
+                    await asyncio.sleep(0)  # the read-ahead sends its command now, not after this whole batch
                 for symbol, entries in batch:
                     self._apply(symbol, entries)
                     await asyncio.sleep(0)

@@ -84,7 +84,7 @@ def test_reads_and_acks_raise_redis_errors_and_reconnect(redis_url: str, key_pre
             assert names <= listed
             for name in names:
                 killed = [info["id"] for info in await client.client_list() if info["name"] == name.decode()]
-                await client.execute_command("CLIENT", "KILL", "ID", killed[0])
+                assert await client.client_kill_filter(_id=killed[0]) == 1
             second = cast(bytes, await client.xadd(stream, {"n": "2"}))
             with pytest.raises(RedisError):
                 await streams.read_new(["XBTUSD"], count=10, block_ms=10)
