@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from services.common.bitmex import L2_TABLES, ProtocolError, TableFrame, parse_frame
+from services.common.bitmex import ProtocolError, TableFrame, parse_frame
 from services.common.book import BookInconsistency, L2Book
 from services.common.entries import GAP_ACTION, StreamEntry, parse_stream_id
 from services.common.logs import excerpt
@@ -135,9 +135,11 @@ class SymbolState:
     def feed(self, entry: StreamEntry, now: float, refilled: bool = False) -> Outcome:
         """Consume `entry` (the next one read from the stream); see `Outcome` for what it returns."""
         if entry.seq == self.seq + 1 and entry.session == self.session:
-            # The common case, kept short: the next seq of our session is newer than anything consumed,
-            # because ingest appends a session's entries in seq order.
-            self._take(entry)
+            # The common case, kept short (this runs for every frame): the next seq of our session is newer
+            # than anything consumed, because ingest appends a session's entries in seq order.
+            self.stream_id, self.seq, self.received_us = entry.stream_id, entry.seq, entry.recv_us
+            self.pending_ids.append(entry.stream_id)
+            self.dirty = True
             return self._apply(entry.frame, now) if entry.action != GAP_ACTION else self._gap(entry, now)
         if parse_stream_id(entry.stream_id) <= self.position:
             self.pending_ids.append(entry.stream_id)
@@ -219,9 +221,9 @@ class SymbolState:
     def _apply(self, text: str, now: float) -> Outcome:
         try:
             frame = parse_frame(text)
-            if type(frame) is not TableFrame or frame.table not in L2_TABLES:
-                raise ProtocolError("not an order-book L2 table frame", text)
-            rows = self.book.apply(frame)
+            if type(frame) is not TableFrame:
+                raise ProtocolError("not a table frame", text)
+            rows = self.book.apply(frame)  # a ValueError for a frame of another table or symbol
         except BookInconsistency as exc:
             self.mark_stale(StaleKind.INCONSISTENT, f"inconsistency: {exc}", now)
             return Outcome.STALE
