@@ -39,7 +39,7 @@ SERVICE_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "book": ((), ("--frames", "20000", "--repeat", "1", "--list-frames", "100", "--list-capture-frames", "300")),
     "ingest": ((), ("--seconds", "3", "--warmup", "1")),
     "top10": ((), ("--entries", "20000", "--seconds", "4", "--warmup", "2")),
-    "l2builder": (("--frames", "150000"), ("--frames", "30000")),
+    "l2builder": ((), ("--frames", "30000", "--drains", "1")),
 }
 THROUGHPUT = (  # (label, benchmark, summary key, target in the service's issue)
     ("ingest frames/s", "ingest", "frames_per_s", 30_000), ("top10 entries/s", "top10", "entries_per_s", 20_000),
@@ -167,7 +167,8 @@ def summary_rows(benches: dict[str, ServiceBench], results: PipelineResults) -> 
     builder = benches.get("l2builder")
     if builder and builder.summary:
         frames = builder.get("frames_per_s")
-        rows.append(("l2builder, frames/s per process, stream -> MongoDB", f"{frames:,.0f} frames/s", "", "",
+        rows.append(("l2builder, frames/s per process, stream -> MongoDB (median of 3 drains)",
+                     f"{frames:,.0f} frames/s", "", "",
                      f"{_times(frames / ORIGINAL_REBUILD)} its ~{ORIGINAL_REBUILD:,} frames/s"))
     if results.scaling:
         one = results.scaling[0]
