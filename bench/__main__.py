@@ -39,7 +39,7 @@ SERVICE_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "book": ((), ("--frames", "20000", "--repeat", "1", "--list-frames", "100", "--list-capture-frames", "300")),
     "ingest": ((), ("--seconds", "3", "--warmup", "1")),
     "top10": ((), ("--entries", "20000", "--seconds", "4", "--warmup", "2")),
-    "l2builder": ((), ("--frames", "30000", "--drains", "1")),
+    "l2builder": ((), ("--frames", "30000")),
 }
 THROUGHPUT = (  # (label, benchmark, summary key, target in the service's issue)
     ("ingest frames/s", "ingest", "frames_per_s", 30_000), ("top10 entries/s", "top10", "entries_per_s", 20_000),

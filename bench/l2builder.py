@@ -13,9 +13,9 @@
    group destroyed, leases, epochs and members deleted, the database dropped.
 
 `frames` are the entries applied (the metric `bookstream_l2builder_frames_applied_total`), `rows` the
-order-book rows they carried. The last line is the summary, the median drain's:
-`frames_per_s=<n> rows_per_s=<n>`. The median, because on a machine shared with other tenants one drain
-can lose a third of its speed to a neighbour; every drain is printed.
+order-book rows they carried. The last line is the summary, the median drain's (the slower middle one
+for an even count): `frames_per_s=<n> rows_per_s=<n>`. The median, because on a machine shared with
+other tenants one drain can lose a third of its speed to a neighbour; every drain is printed.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def drained(client: redis.Redis, books: Any, keys: Keys, symbols: list[str]) -> 
 def drain(workdir: Path, env: dict[str, str], client: redis.Redis, servers: dict[str, int], mongo_url: str,
           symbols: list[str], label: str) -> Drain:
     keys = Keys(PREFIX)
-    books: pymongo.collection.Collection[dict[str, Any]] = pymongo.MongoClient(mongo_url)[DATABASE]["orderbooks"]
+    mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+    books = mongo[DATABASE]["orderbooks"]
     before = {name: cpu_seconds(pid) for name, pid in servers.items()}
     started = time.monotonic()
     with service(workdir, "l2builder", "l2builder", env={**env, "INSTANCE_NAME": "bench"}) as builder:
@@ -130,6 +131,7 @@ def drain(workdir: Path, env: dict[str, str], client: redis.Redis, servers: dict
         flush_seconds = builder.metric("bookstream_l2builder_flush_seconds_sum")
         documents = builder.metric("bookstream_l2builder_flush_documents_sum")
     live = books.count_documents({"status": "live"})
+    mongo.close()
     print(f"{label}: {int(frames)} frames, {int(rows)} rows in {elapsed:.2f}s (start-up {ready:.2f}s);"
           f" {int(flushes)} bulk writes of {documents / max(flushes, 1):.1f} documents,"
           f" {1000 * flush_seconds / max(flushes, 1):.0f} ms each;"
@@ -150,7 +152,9 @@ def reset(client: redis.Redis, mongo_url: str, symbols: list[str]) -> None:
         pipe.delete(keys.lease(symbol), keys.epoch(symbol))
     pipe.delete(keys.l2builder_members)
     pipe.execute()
-    pymongo.MongoClient(mongo_url).drop_database(DATABASE)
+    mongo: pymongo.MongoClient[dict[str, Any]]
+    with pymongo.MongoClient(mongo_url) as mongo:
+        mongo.drop_database(DATABASE)
 
 
 def main() -> None:
@@ -160,6 +164,8 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=50, help="symbols (streams) [50]")
     parser.add_argument("--drains", type=int, default=3, help="drains of the same streams; the median counts [3]")
     args = parser.parse_args()
+    if args.drains < 1:
+        parser.error("--drains must be at least 1")
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the servers
     symbols = symbol_names(args.symbols)
     with ExitStack() as stack:

@@ -14,9 +14,8 @@ of `type() is` tests per row, and a precise diagnosis is only worked out once a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
 import orjson
@@ -81,6 +80,30 @@ class Pong:
     """The text `pong`, the venue's answer to our `ping` heartbeat."""
 
 
+class _NoFilter(Mapping[str, Any]):
+    """The filter of a frame that has none: empty, read-only, one shared instance that pickles as itself."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "{}"
+
+    def __reduce__(self) -> str:
+        return "NO_FILTER"
+
+
+NO_FILTER: Final[Mapping[str, Any]] = _NoFilter()
+
+
 class TableFrame(NamedTuple):
     """A data frame of one table.
 
@@ -101,7 +124,7 @@ class TableFrame(NamedTuple):
     action: str
     symbol: str | None
     data: list[dict[str, Any]]
-    filter: Mapping[str, Any] = MappingProxyType({})
+    filter: Mapping[str, Any] = NO_FILTER
 
 
 Frame = Welcome | SubscriptionAck | ErrorReply | Pong | TableFrame
@@ -112,8 +135,6 @@ PONG: Final = Pong()
 _loads = orjson.loads  # bound once: looked up on every frame
 
 
-NO_FILTER: Final[Mapping[str, Any]] = TableFrame._field_defaults["filter"]
-"""The filter of a frame that has none: one shared read-only empty mapping."""
 _new_frame = tuple.__new__
 """Builds a TableFrame from a complete tuple, skipping the Python-level `__new__` NamedTuple generates."""
 

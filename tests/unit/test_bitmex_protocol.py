@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import orjson
@@ -257,10 +259,20 @@ def test_infinite_numbers_are_refused() -> None:
                     '"size":1,"price":1e999}]}')
 
 
-def test_frames_are_immutable_dataclasses() -> None:
+def test_frames_are_immutable_and_picklable() -> None:
     parsed = parse_frame(PARTIAL)
     assert type(parsed) is TableFrame
     assert parsed == TableFrame(parsed.table, parsed.action, parsed.symbol, parsed.data, parsed.filter)
+    unfiltered = parse_frame('{"table":"orderBookL2","action":"update","data":[]}')
+    assert unfiltered == TableFrame("orderBookL2", "update", None, [])
+    assert type(unfiltered) is TableFrame and unfiltered.filter == {} and not unfiltered.filter
+    for frame in (parsed, unfiltered):
+        assert pickle.loads(pickle.dumps(frame)) == frame
+        assert copy.deepcopy(frame) == frame
+    assert pickle.loads(pickle.dumps(unfiltered)).filter is unfiltered.filter  # the one shared empty filter
+    writable: Any = unfiltered.filter
+    with pytest.raises(TypeError):
+        writable["symbol"] = "XBTUSD"
     assert hash(Pong()) == hash(parse_frame("pong"))
     with pytest.raises(AttributeError):
         parsed.symbol = "ETHUSD"  # type: ignore[misc]
