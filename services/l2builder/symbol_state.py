@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 
 from services.common.bitmex import ProtocolError, TableFrame, parse_frame
 from services.common.book import BookInconsistency, L2Book
-from services.common.entries import GAP_ACTION, StreamEntry, parse_stream_id
+from services.common.entries import (
+    GAP_ACTION,
+    EntryError,
+    RawFields,
+    StreamEntry,
+    decode_entry,
+    decode_next,
+    parse_stream_id,
+)
 from services.common.logs import excerpt
 
 StreamKey = tuple[int, int]
@@ -132,14 +140,26 @@ class SymbolState:
 
     # -- feeding ---------------------------------------------------------------------------------
 
+    def feed_raw(self, stream_id: bytes, fields: RawFields, now: float, refilled: bool = False) -> Outcome:
+        """Consume one entry as Redis returns it: `feed` after `decode_entry`, or `feed_malformed` when it
+        cannot be decoded. The next frame of our session, nearly every entry, skips the full decode."""
+        expected = decode_next(stream_id, fields, self.session, self.seq + 1)
+        if expected is not None:
+            sid, frame, recv_us = expected
+            self._next(sid, recv_us)
+            return self._apply(frame, now)
+        try:
+            entry = decode_entry(stream_id, fields)
+        except EntryError as exc:
+            return self.feed_malformed(stream_id.decode(), str(exc), now)
+        return self.feed(entry, now, refilled)
+
     def feed(self, entry: StreamEntry, now: float, refilled: bool = False) -> Outcome:
         """Consume `entry` (the next one read from the stream); see `Outcome` for what it returns."""
         if entry.seq == self.seq + 1 and entry.session == self.session:
-            # The common case, kept short (this runs for every frame): the next seq of our session is newer
-            # than anything consumed, because ingest appends a session's entries in seq order.
-            self.stream_id, self.seq, self.received_us = entry.stream_id, entry.seq, entry.recv_us
-            self.pending_ids.append(entry.stream_id)
-            self.dirty = True
+            # The common case, kept short: the next seq of our session is newer than anything consumed,
+            # because ingest appends a session's entries in seq order.
+            self._next(entry.stream_id, entry.recv_us)
             return self._apply(entry.frame, now) if entry.action != GAP_ACTION else self._gap(entry, now)
         if parse_stream_id(entry.stream_id) <= self.position:
             self.pending_ids.append(entry.stream_id)
@@ -206,6 +226,13 @@ class SymbolState:
         self.next_resync_at = now if kind in URGENT_KINDS else now + self.resync_interval
         self.dirty = True
 
+    def _next(self, stream_id: str, recv_us: int) -> None:
+        """Take the entry that follows the last one consumed in the same session."""
+        self.stream_id, self.received_us = stream_id, recv_us
+        self.seq += 1
+        self.pending_ids.append(stream_id)
+        self.dirty = True
+
     def _take(self, entry: StreamEntry) -> None:
         self.stream_id, self.session, self.seq, self.received_us = (entry.stream_id, entry.session, entry.seq,
                                                                    entry.recv_us)
@@ -218,7 +245,7 @@ class SymbolState:
         self.mark_stale(StaleKind.GAP, f"gap: {entry.reason or 'unspecified'}", now)
         return Outcome.STALE
 
-    def _apply(self, text: str, now: float) -> Outcome:
+    def _apply(self, text: str | bytes, now: float) -> Outcome:
         try:
             frame = parse_frame(text)
             if type(frame) is not TableFrame:

@@ -462,12 +462,7 @@ class L2Builder:
         frames, rows = state.frames_applied, state.rows_applied
         complete = True
         for raw_id, fields in entries:
-            try:
-                entry = decode_entry(raw_id, fields)
-            except EntryError as exc:
-                outcome = state.feed_malformed(raw_id.decode(), str(exc), now)
-            else:
-                outcome = state.feed(entry, now, refilled)
+            outcome = state.feed_raw(raw_id, fields, now, refilled)
             if outcome is Outcome.APPLIED:
                 continue
             if outcome is Outcome.HOLE:

@@ -12,6 +12,7 @@ from services.common.entries import (
     RawFields,
     StreamEntry,
     decode_entry,
+    decode_next,
     encode_entry,
     encode_gap,
     parse_stream_id,
@@ -49,6 +50,28 @@ def test_malformed_wire_entries_are_named(field: str, value: str, message: str) 
     fields[fields.index(field.encode()) + 1] = value.encode("utf-8", "surrogateescape")
     with pytest.raises(EntryError, match=message):
         decode_entry(b"3-0", fields)
+
+
+def test_the_expected_next_frame_is_decoded_lean() -> None:
+    fields = as_wire(encode_entry('{"a":1}', "orderBookL2", "update", "s1", 7, 123))
+    assert decode_next(b"1-1", fields, "s1", 7) == ("1-1", b'{"a":1}', 123)
+    assert decode_entry(b"1-1", fields) == StreamEntry("1-1", '{"a":1}', "orderBookL2", "update", "s1", 7, 123)
+
+
+@pytest.mark.parametrize(("fields", "session", "seq"), [
+    (as_wire(encode_entry("{}", "orderBookL2", "update", "s1", 7, 123)), "s1", 8),  # another seq
+    (as_wire(encode_entry("{}", "orderBookL2", "update", "s1", 7, 123)), "s2", 7),  # another session
+    (as_wire(encode_entry("{}", "orderBookL2", "update", "s1", 7, 123)), None, 7),  # no session yet
+    (as_wire(encode_gap("orderBookL2", "s1", 7, 123, "disconnect")), "s1", 7),  # a gap marker
+    (as_redis(encode_entry("{}", "orderBookL2", "update", "s1", 7, 123)), "s1", 7),  # a dict
+    (as_wire(dict(reversed(encode_entry("{}", "orderBookL2", "update", "s1", 7, 123).items()))), "s1", 7),
+    (as_wire({**encode_entry("{}", "orderBookL2", "update", "s1", 7, 123), "action": "merge"}), "s1", 7),
+    (as_wire({**encode_entry("{}", "orderBookL2", "update", "s1", 7, 123), "seq": "x"}), "s1", 7),
+    (as_wire({**encode_entry("{}", "orderBookL2", "update", "s1", 7, 123), "recv_us": "soon"}), "s1", 7),
+], ids=["seq", "session", "no-session", "gap", "dict", "reordered", "action", "bad-seq", "bad-recv_us"])
+def test_anything_but_the_expected_next_frame_is_left_to_the_full_decode(fields: RawFields, session: str | None,
+                                                                         seq: int) -> None:
+    assert decode_next(b"1-1", fields, session, seq) is None
 
 
 def test_a_field_list_of_odd_length_is_an_entry_error() -> None:
