@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from services.common.entries import RawFields
 from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
+from services.common.redis_client import stream_pairs
 from services.common.redis_wire import Command, RedisWire
 from services.l2builder.scripts import register
 
@@ -81,7 +82,7 @@ class L2Streams:
         keys = [self._key(symbol) for symbol in symbols]
         [reply] = await _call(self._reads, [("XREADGROUP", "GROUP", L2BUILDER_GROUP, self.consumer, "COUNT", count,
                                              "BLOCK", block_ms, "STREAMS", *keys, *[">"] * len(keys))])
-        return [(self._symbol_of[key], entries) for key, entries in reply or ()]
+        return [(self._symbol_of[key], entries) for key, entries in stream_pairs(reply)]
 
     async def read_range(self, symbol: str, after: str | None, until: str, count: int) -> list[RawEntry]:
         """Up to `count` entries with `after` < id <= `until` (`until` may be `+` or `(id` for exclusive)."""
