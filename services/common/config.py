@@ -167,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lease_ttl", "LEASE_TTL", "6", _seconds, "l2builder symbol lease time-to-live in seconds"),
     Setting("consumer_expiry", "CONSUMER_EXPIRY", "60", _seconds,
             "seconds a consumer-group member may stay idle, owning no pending entry, before it is removed"),
-    Setting("health_stale_after", "HEALTH_STALE_AFTER", "30", _seconds,
+    Setting("health_stale_after", "HEALTH_STALE_AFTER", "10", _seconds,
             "seconds disconnected (ingest) or unable to reach a server before /healthz fails"),
 )
 

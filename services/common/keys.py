@@ -12,6 +12,13 @@ TOP10_GROUP = "top10"
 L2BUILDER_GROUP = "l2builder"
 # Resync requests are only useful for seconds; the bound keeps a forgotten control stream small.
 CONTROL_MAXLEN = 10_000
+INGEST_ALIVE_TTL_MS = 3000
+"""Life of an ingest session's liveness key; ingest renews it every INGEST_ALIVE_RENEW seconds while its
+websocket session is healthy, so its absence means the session is gone (ingest killed, its host cut off)."""
+INGEST_ALIVE_RENEW = 1.0
+SESSION_LOST_AFTER = INGEST_ALIVE_TTL_MS / 1000
+"""How long consumers must see a session's liveness key absent before they call the session lost: it covers
+the moment between a new session's first entries and its first liveness write, which travel apart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,10 @@ class Keys:
     @property
     def symbols(self) -> str:
         return f"{self.prefix}:symbols"
+
+    def ingest_alive(self, session: str) -> str:
+        """The liveness key of one ingest session (a string with a short TTL: ingest's instance name)."""
+        return f"{self.prefix}:alive:{session}"
 
     def lease(self, symbol: str) -> str:
         return f"{self.prefix}:lease:{{{symbol}}}"

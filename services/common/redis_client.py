@@ -50,6 +50,29 @@ def connect(url: str, socket_timeout: float, client_name: str | None = None) -> 
     return client
 
 
+EVICTION_SAFE_POLICIES = frozenset({"noeviction"})
+
+
+async def evicting_policy(client: aioredis.Redis) -> str | None:
+    """The server's `maxmemory-policy` when it may evict keys (bookstream requires `noeviction`), else None.
+
+    An evicting server drops streams, leases and epochs under memory pressure: the services detect and
+    recover from such loss, but a user should hear of the setting before it happens. A refused
+    `CONFIG GET` (an ACL without it, a managed Redis) is not a finding: None.
+    """
+    try:
+        reply = await client.config_get("maxmemory-policy")
+    except aioredis.ResponseError:
+        return None
+    raw: dict[Any, Any] = dict(reply)
+    policy = raw.get("maxmemory-policy") or raw.get(b"maxmemory-policy")
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if not policy or policy in EVICTION_SAFE_POLICIES:
+        return None
+    return str(policy)
+
+
 def stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:
     """A raw XREADGROUP reply as (stream key, entries) pairs, whichever protocol version shaped it."""
     if not reply:
