@@ -169,6 +169,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a consumer-group member may stay idle, owning no pending entry, before it is removed"),
     Setting("health_stale_after", "HEALTH_STALE_AFTER", "10", _seconds,
             "seconds disconnected (ingest) or unable to reach a server before /healthz fails"),
+    Setting("timestamp_tolerance", "TIMESTAMP_TOLERANCE", "5", _seconds,
+            "seconds an exchange timestamp may lead its receive time (top10 orders a frame stamped further "
+            "ahead by its receive time, and replaces a stored timestamp further ahead of Redis's clock)"),
 )
 
 SETTINGS_BY_ENV: Mapping[str, Setting] = {setting.env: setting for setting in SETTINGS}
@@ -197,6 +200,7 @@ class Settings:
     lease_ttl: float
     consumer_expiry: float
     health_stale_after: float
+    timestamp_tolerance: float
 
     def describe(self) -> dict[str, Any]:
         """All values with secrets masked, for the start-up log line and `status`."""
