@@ -56,7 +56,9 @@ def snapshot(symbol: str, ts_ms: int, mid: float = 1000.0) -> Snapshot:
 
 
 def snapshot_at(symbol: str, ts_us: int, mid: float = 1000.0) -> Snapshot:
-    """A valid top 10 around `mid` at exchange time `ts_us` (epoch microseconds)."""
+    """A valid top 10 around `mid` at exchange time `ts_us` (epoch microseconds, cut to the milliseconds that
+    BitMEX timestamps carry)."""
+    ts_us -= ts_us % 1000
     bids: list[list[float | int]] = [[mid - 0.5 * (level + 1), 100 + level] for level in range(10)]
     asks: list[list[float | int]] = [[mid + 0.5 * (level + 1), 200 + level] for level in range(10)]
     return Snapshot(symbol, ts_us, bids, asks)
