@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from services.common.config import SYMBOL_PATTERN
 from services.common.entries import RawFields
 from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
 from services.common.redis_client import stream_pairs
@@ -31,6 +32,14 @@ RawEntry = tuple[bytes, RawFields]
 """An entry as the client returns it: id and fields (a flat list from XREADGROUP/XRANGE, see
 services.common.redis_client)."""
 RANGE_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """What XINFO GROUPS says about the `l2builder` group of one stream."""
+
+    lag: int | None
+    last_delivered: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +69,25 @@ class L2Streams:
         self._symbol_of.setdefault(key.encode(), symbol)
         return key
 
-    async def symbols(self) -> set[str]:
-        """The symbols ingest publishes (DESIGN.md: `<p>:symbols`)."""
-        members = cast(set[bytes], await self.redis.smembers(self.keys.symbols))
-        return {member.decode() for member in members}
+    async def symbols(self) -> tuple[set[str], list[bytes]]:
+        """The symbols ingest publishes (DESIGN.md: `<p>:symbols`), and the members that are no symbol name
+        (SYMBOL_PATTERN): those never become a key, a log field or a document."""
+        valid, invalid = set(), []
+        for member in cast(set[bytes], await self.redis.smembers(self.keys.symbols)):
+            name = member.decode(errors="replace")
+            if SYMBOL_PATTERN.fullmatch(name):
+                valid.add(name)
+            else:
+                invalid.append(member)
+        return valid, invalid
+
+    async def alive(self, sessions: list[str]) -> dict[str, bool]:
+        """Whether each ingest session's liveness key exists, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                pipe.exists(self.keys.ingest_alive(session))
+            replies = await pipe.execute()
+        return {session: bool(found) for session, found in zip(sessions, replies, strict=True)}
 
     async def ensure_group(self, symbol: str, start: str | None) -> None:
         """Create the group (and the stream) unless it exists, delivering what comes after `start`.
@@ -112,20 +136,24 @@ class L2Streams:
             if len(pending) < RANGE_PAGE:
                 return total
 
-    async def lags(self, symbols: list[str]) -> dict[str, int | None]:
-        """Per stream, entries not yet delivered to the group (None when Redis cannot tell)."""
+    async def groups(self, symbols: list[str]) -> dict[str, GroupInfo | None]:
+        """Per stream, its group (None when the stream or the group does not exist); a stream whose reply
+        was another error is left out."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for symbol in symbols:
                 pipe.xinfo_groups(self._key(symbol))
             replies = await pipe.execute(raise_on_error=False)
-        lags: dict[str, int | None] = {}
+        found: dict[str, GroupInfo | None] = {}
         for symbol, groups in zip(symbols, replies, strict=True):
             if isinstance(groups, Exception):
+                if isinstance(groups, ResponseError) and "no such key" in str(groups):
+                    found[symbol] = None
                 continue
+            found[symbol] = None
             for group in groups:
                 if group["name"] == L2BUILDER_GROUP.encode():
-                    lags[symbol] = group.get("lag")
-        return lags
+                    found[symbol] = GroupInfo(group.get("lag"), group["last-delivered-id"].decode())
+        return found
 
     async def remove_idle_consumers(self, symbols: list[str], idle: float) -> int:
         """Forget consumers idle for `idle` seconds that hold nothing, so the group lists live readers."""
