@@ -124,6 +124,26 @@ class Ownership:
                                     client=pipe)
             await pipe.execute()
 
+    async def advance(self, leases: list[Lease]) -> list[Lease]:
+        """Move each lease to the next epoch, in place, in one round trip; return those no longer ours.
+
+        A book that changes without a new entry (it turned stale where it stood) needs a version above
+        the one stored at the same position, and the version is (epoch, stream id)."""
+        if not leases:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._raise_epoch(keys=self._lease_keys(lease.symbol),
+                                        args=[self.instance, lease.epoch, lease.epoch + 1], client=pipe)
+            epochs = await pipe.execute()
+        lost = []
+        for lease, epoch in zip(leases, epochs, strict=True):
+            if epoch is None:
+                lost.append(lease)
+            else:
+                lease.epoch = int(epoch)
+        return lost
+
     async def raise_epoch(self, lease: Lease, floor: int) -> bool:
         """Make `lease.epoch` at least `floor`; False when the lease is no longer ours."""
         epoch = await self._raise_epoch(keys=self._lease_keys(lease.symbol),

@@ -48,6 +48,7 @@ class StreamHead:
 
     first: RawEntry | None
     max_deleted_id: str
+    last_generated_id: str
 
 
 class L2Streams:
@@ -114,8 +115,15 @@ class L2Streams:
         return cast(list[RawEntry], await self.redis.xrange(self._key(symbol), min=low, max=until, count=count))
 
     async def last_delivered(self, symbol: str) -> str | None:
-        """The id up to which the group has handed out entries, None when the group does not exist."""
-        for group in await self.redis.xinfo_groups(self._key(symbol)):
+        """The id up to which the group has handed out entries, None when the group (or the stream) does
+        not exist."""
+        try:
+            groups = await self.redis.xinfo_groups(self._key(symbol))
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        for group in groups:
             if group["name"] == L2BUILDER_GROUP.encode():
                 return str(group["last-delivered-id"].decode())
         return None
@@ -123,7 +131,7 @@ class L2Streams:
     async def head(self, symbol: str) -> StreamHead:
         info = await self.redis.xinfo_stream(self._key(symbol))
         max_deleted = info.get("max-deleted-entry-id", b"0-0")
-        return StreamHead(info.get("first-entry"), max_deleted.decode())
+        return StreamHead(info.get("first-entry"), max_deleted.decode(), info["last-generated-id"].decode())
 
     async def ack_covered(self, symbol: str, upto: str) -> int:
         """Acknowledge entries up to `upto` still pending under any consumer: a stored book covers them

@@ -226,6 +226,15 @@ class SymbolState:
         self.mark_stale(StaleKind.TRIMMED, lost, now)
         return False
 
+    def check_stream_end(self, last_generated_id: str, now: float) -> bool:
+        """Check that the stream has reached `position` (XINFO STREAM's last-generated-id); if not, Redis
+        lost the entries the book was built from and whatever followed them: go stale and say False."""
+        if parse_stream_id(last_generated_id) >= self.position:
+            return True
+        self.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: the stream ends at {last_generated_id}, before the"
+                        f" stored position {self.stream_id}", now)
+        return False
+
     def mark_stale(self, kind: StaleKind, reason: str, now: float, keep_levels: bool = False) -> None:
         """Drop the book until the next partial; urgent kinds ask for a resync at once.
 

@@ -308,20 +308,40 @@ class L2Builder:
             if new is None:
                 self._drop(lease.symbol, "Redis lost the lease's epoch and another instance holds it", "lost")
                 continue
-            owned.lease = new
+            owned.lease = new  # a new epoch: the stale book below is written under a new version
             log.warning("lease_retaken", symbol=lease.symbol, epoch=new.epoch, previous=lease.epoch)
-            await self._data_lost(lease.symbol, owned, "the lease's epoch vanished from Redis")
+            state = owned.state
+            if state is None:
+                owned.lost = "the lease's epoch vanished from Redis"
+                continue
+            state.mark_stale(StaleKind.REDIS_LOST, "redis_lost: the lease's epoch vanished from Redis",
+                             time.monotonic())
+            self._note(lease.symbol, state, Outcome.STALE)
+            await self.streams.ensure_group(lease.symbol, state.stream_id)
 
-    async def _data_lost(self, symbol: str, owned: Owned, why: str) -> None:
-        """Redis lost state the book relies on: entries may be gone, so it waits for a partial; its group
-        is recreated at the book's position, so what follows is read and nothing twice."""
-        state = owned.state
-        if state is None:
-            owned.lost = why
-            return
-        state.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: {why}", time.monotonic())
-        self._note(symbol, state, Outcome.STALE)
-        await self.streams.ensure_group(symbol, state.stream_id)
+    async def _stale_in_place(self, marks: dict[str, tuple[StaleKind, str, bool]]) -> list[str]:
+        """Mark books stale where they stand, by symbol (kind, reason, keep_levels); return those marked.
+
+        No entry moved them, and a document's version is (epoch, stream id): each lease first moves to a
+        new epoch, so the stale book is written over the live one stored at the same position.
+        """
+        targets = {symbol: owned for symbol in marks if (owned := self.owned.get(symbol)) is not None
+                   and owned.state is not None}
+        unmoved = await self.ownership.advance([owned.lease for owned in targets.values()])
+        if unmoved:  # the epoch key is gone or another instance holds the lease
+            await self._retake(unmoved)
+            for lease in unmoved:
+                targets.pop(lease.symbol)
+        now = time.monotonic()
+        marked = []
+        for symbol, owned in targets.items():
+            if self.owned.get(symbol) is not owned or owned.state is None:
+                continue
+            kind, reason, keep_levels = marks[symbol]
+            owned.state.mark_stale(kind, reason, now, keep_levels=keep_levels)
+            self._note(symbol, owned.state, Outcome.STALE)
+            marked.append(symbol)
+        return marked
 
     async def _check_liveness(self, now: float) -> None:
         """Mark stale the live books of ingest sessions whose liveness key has been gone too long."""
@@ -329,12 +349,11 @@ class L2Builder:
                 if owned.state is not None and owned.state.live and owned.state.session is not None}
         sessions = sorted({state.session for state in live.values() if state.session is not None})
         lost = self.sessions.observe(await self.streams.alive(sessions) if sessions else {}, now)
-        for symbol, state in live.items():
-            if state.session in lost:
-                absent = self.sessions.absent_for(state.session, now)
-                state.mark_stale(StaleKind.INGEST_LOST, f"ingest_lost: session {state.session} has had no"
-                                 f" liveness key for {absent:.1f} s", now, keep_levels=True)
-                self._note(symbol, state, Outcome.STALE)
+        marks = {symbol: (StaleKind.INGEST_LOST, f"ingest_lost: session {state.session} has had no liveness"
+                          f" key for {self.sessions.absent_for(state.session, now):.1f} s", True)
+                 for symbol, state in live.items() if state.session in lost and state.session is not None}
+        if marks:
+            await self._stale_in_place(marks)
 
     def _expire(self, now: float) -> None:
         """Stop touching symbols whose lease could not be renewed in time, before anyone may take them."""
@@ -405,18 +424,26 @@ class L2Builder:
         """Find the streams whose group Redis lost: gone, or gone back before the book's position (which
         never passes what the group handed out)."""
         symbols = [symbol for symbol, owned in self.owned.items() if owned.ready and owned.state is not None]
+        marks: dict[str, tuple[StaleKind, str, bool]] = {}
         for symbol, group in (await self.streams.groups(symbols)).items():
             owned = self.owned.get(symbol)
             if owned is None or owned.state is None:
                 continue
             if group is None:
-                metrics.REDIS_LOST.labels("group").inc()
-                await self._data_lost(symbol, owned, "its stream or consumer group vanished")
+                marks[symbol] = (StaleKind.REDIS_LOST, "redis_lost: its stream or consumer group vanished", False)
             elif parse_stream_id(group.last_delivered) < owned.state.position:
-                metrics.REDIS_LOST.labels("group").inc()
-                await self._data_lost(symbol, owned, f"its consumer group went back to {group.last_delivered}")
+                marks[symbol] = (StaleKind.REDIS_LOST,
+                                 f"redis_lost: its consumer group went back to {group.last_delivered}", False)
             elif group.lag is not None:
                 metrics.LAG.labels(symbol).set(group.lag + self._unacked_of(symbol, owned.state))
+        if not marks:
+            return
+        metrics.REDIS_LOST.labels("group").inc(len(marks))
+        for symbol in await self._stale_in_place(marks):
+            owned = self.owned.get(symbol)
+            if owned is not None and owned.state is not None:
+                # Recreated at the book's position: what follows is read, and nothing twice.
+                await self.streams.ensure_group(symbol, owned.state.stream_id)
 
     def _update_gauges(self) -> None:
         states = [owned.state for owned in self.owned.values() if owned.state is not None]
@@ -480,6 +507,9 @@ class L2Builder:
                 first = decode_entry(*head.first)
         if not state.check_retained(first_id, first, head.max_deleted_id, now):
             self._note(symbol, state, Outcome.STALE)
+        elif not state.check_stream_end(head.last_generated_id, now):
+            metrics.REDIS_LOST.labels("stream").inc()
+            self._note(symbol, state, Outcome.STALE)
         if state.stream_id is not None:
             await self.streams.ack_covered(symbol, state.stream_id)
         owned.state = state
@@ -491,7 +521,10 @@ class L2Builder:
         state = owned.state
         assert state is not None
         until = await self.streams.last_delivered(symbol)
-        if until is None:
+        if until is None:  # ensured when the document was loaded: Redis lost it since
+            metrics.REDIS_LOST.labels("group").inc()
+            await self._stale_in_place({symbol: (StaleKind.REDIS_LOST,
+                                                 "redis_lost: its stream or consumer group vanished", False)})
             await self.streams.ensure_group(symbol, state.stream_id)
             return True
         end = parse_stream_id(until)
@@ -525,7 +558,7 @@ class L2Builder:
                     batch = await ahead
                 except RedisError as exc:
                     ahead = None
-                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                         log.warning("group_missing")
                         try:
                             await self._check_groups()

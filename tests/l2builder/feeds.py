@@ -178,21 +178,21 @@ class Liveness(threading.Thread):
         super().__init__(daemon=True)
         self.client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
         self.key = Keys(prefix).ingest_alive(session)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.renewals = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 self.client.set(self.key, "test-ingest", px=INGEST_ALIVE_TTL_MS)
                 self.renewals += 1
-                self._stop.wait(INGEST_ALIVE_RENEW)
+                self._stopping.wait(INGEST_ALIVE_RENEW)
         except BaseException as exc:
             self.error = exc
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(10)
         if self.error is not None:
             raise self.error

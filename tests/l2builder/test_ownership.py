@@ -39,6 +39,9 @@ def test_leases_fence_and_hand_over(redis_url: str, key_prefix: str) -> None:
             assert await client.get(keys.epoch("XBTUSD")) == b"10"
             assert await one.raise_epoch(restarted, 3) and restarted.epoch == 10
             assert not await two.raise_epoch(taken, 20)
+            assert await one.advance([restarted]) == [] and restarted.epoch == 11
+            assert await one.advance([again]) == [again]  # no longer the lease's epoch: not ours
+            assert await client.get(keys.epoch("XBTUSD")) == b"11" and await one.renew([restarted]) == Renewal()
         finally:
             await client.aclose()
 

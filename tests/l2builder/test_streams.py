@@ -29,6 +29,7 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             await owner.ensure_group("XBTUSD", ids[1])  # a recreated group starts after the stored position
             await owner.ensure_group("XBTUSD", None)  # and is never reset once it exists
             assert await owner.last_delivered("XBTUSD") == ids[1]
+            assert await owner.last_delivered("NOSTREAM") is None
             [(symbol, delivered)] = await dead.read_new(["XBTUSD"], count=3, block_ms=10)
             assert symbol == "XBTUSD" and [entry_id.decode() for entry_id, _ in delivered] == ids[2:5]
             assert await owner.last_delivered("XBTUSD") == ids[4]
@@ -40,6 +41,7 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             assert (await client.xpending(stream, L2BUILDER_GROUP))["pending"] == 1
             head = await owner.head("XBTUSD")
             assert head.first is not None and head.first[0].decode() == ids[0] and head.max_deleted_id == "0-0"
+            assert head.last_generated_id == ids[5]
             await client.xdel(stream, ids[5])
             assert (await owner.head("XBTUSD")).max_deleted_id == ids[5]
 

@@ -210,6 +210,14 @@ def test_retained_history_is_checked_by_seq() -> None:
     assert not fresh.check_retained("1000-7", entry(7, "update", seq=7), "0-0", now=0)
 
 
+def test_a_stream_that_ends_before_the_position_lost_the_book() -> None:
+    state = live_state()
+    assert state.check_stream_end("1000-1", now=0) and state.check_stream_end("2000-0", now=0) and state.live
+    assert not state.check_stream_end("0-0", now=0)  # recreated empty after FLUSHALL
+    assert state.stale_kind is StaleKind.REDIS_LOST and (state.reason or "").startswith("redis_lost: the stream")
+    assert levels(state) == ([], []) and state.resync_due(0)
+
+
 def test_a_flush_ticket_hands_out_the_ids_and_takes_them_back_on_failure() -> None:
     state = live_state()
     ticket = state.take_flush()
