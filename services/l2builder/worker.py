@@ -297,7 +297,6 @@ class L2Builder:
     async def _retake(self, leases: list[Lease]) -> None:
         """Redis lost the epoch keys of these leases: take them again above the epochs already written
         under, and mark their books stale, since the streams may have lost entries too."""
-        metrics.REDIS_LOST.labels("epoch").inc(len(leases))
         floors = {lease.symbol: lease.epoch + 1 for lease in leases}
         taken = {lease.symbol: lease for lease in await self.ownership.acquire(sorted(floors), floors)}
         for lease in leases:
@@ -309,6 +308,7 @@ class L2Builder:
                 self._drop(lease.symbol, "Redis lost the lease's epoch and another instance holds it", "lost")
                 continue
             owned.lease = new  # a new epoch: the stale book below is written under a new version
+            metrics.REDIS_LOST.labels("epoch").inc()
             log.warning("lease_retaken", symbol=lease.symbol, epoch=new.epoch, previous=lease.epoch)
             state = owned.state
             if state is None:

@@ -140,6 +140,33 @@ def test_flushall_mid_run_makes_the_books_stale_then_live_again_with_fresh_parti
         alive.stop()
 
 
+def test_a_stream_lost_by_redis_makes_only_its_book_stale(
+        run_service: RunService, service_env: dict[str, str], redis_url: str, mongo_url: str, key_prefix: str,
+        mongo_database: str) -> None:
+    """One stream evicted (or deleted) while its lease and epoch stay: the book is stale where it stands,
+    under a new epoch so the stale document replaces the live one; the other book is untouched."""
+    books = Books(mongo_url, mongo_database)
+    feed = Feed(redis_url, key_prefix)
+    feed.frames([partial("GONE"), partial("KEPT"), update("GONE", 21)])
+    builder = run_service("l2builder", env={**service_env, "INSTANCE_NAME": "builder-gone"}, name="builder")
+    wait_settled(feed, books)
+    epoch = book(books, "GONE")["epoch"]
+
+    feed.client.delete(feed.keys.l2_stream("GONE"))
+    wait_until(lambda: status(books, "GONE")[0] == "stale", 10, "the book of the lost stream stale")
+    assert status(books, "GONE")[1] == "redis_lost: its stream or consumer group vanished"
+    assert book(books, "GONE")["epoch"] > epoch and status(books, "KEPT") == ("live", "")
+    wait_until(lambda: any(request["symbol"] == "GONE" for request in feed.control_requests()), 10,
+               "a resync request for GONE")
+
+    feed.frames([partial("GONE", size=66), update("KEPT", 5)])
+    wait_settled(feed, books)
+    assert status(books, "GONE") == ("live", "") and status(books, "KEPT") == ("live", "")
+    assert {key: book(books, "GONE")[key] for key in ("bids", "asks")} == levels(66)
+    assert book(books, "KEPT")["bids"] == [[100.0, 5, 2]]
+    assert builder.metric("bookstream_l2builder_redis_lost_total", 'what="group"') >= 1
+
+
 def test_hostile_symbol_names_are_ignored_and_counted(
         run_service: RunService, service_env: dict[str, str], redis_url: str, mongo_url: str, key_prefix: str,
         mongo_database: str) -> None:
