@@ -169,6 +169,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a consumer-group member may stay idle, owning no pending entry, before it is removed"),
     Setting("health_stale_after", "HEALTH_STALE_AFTER", "10", _seconds,
             "seconds disconnected (ingest) or unable to reach a server before /healthz fails"),
+    Setting("retry_after_max", "RETRY_AFTER_MAX", "300", _seconds,
+            "longest wait, in seconds, ingest grants a venue's HTTP 429 Retry-After or rate-limit error frame"),
 )
 
 SETTINGS_BY_ENV: Mapping[str, Setting] = {setting.env: setting for setting in SETTINGS}
@@ -197,6 +199,7 @@ class Settings:
     lease_ttl: float
     consumer_expiry: float
     health_stale_after: float
+    retry_after_max: float
 
     def describe(self) -> dict[str, Any]:
         """All values with secrets masked, for the start-up log line and `status`."""
