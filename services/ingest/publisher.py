@@ -249,19 +249,23 @@ class Publisher:
         if not self._wire.connected:
             await self._wire.connect()
             await self._load_script()
-            client_id = self._wire.client_id
-            if self.fence == "unknown" and client_id is not None:
-                await self._probe_fence(client_id)
+            if self.fence == "unknown":
+                await self._probe_fence(self._wire.client_id)
 
-    async def _probe_fence(self, client_id: int) -> None:
-        """Find out once whether CLIENT KILL is allowed: SKIPME makes killing this very connection a no-op."""
-        [reply] = await self._wire.call([("CLIENT", "KILL", "ID", client_id, "SKIPME", "yes")])
-        if isinstance(reply, ResponseError):
-            self.fence = "refused"
-            self._log.warning("exactly_once_fence_refused", error=str(reply),
-                              consequence="after a failed batch, entries may land twice")
+    async def _probe_fence(self, client_id: int | None) -> None:
+        """Find out once whether the fence can run: it needs CLIENT ID (refused, the wire has no id) and
+        CLIENT KILL, tried here with SKIPME, which makes killing this very connection a no-op."""
+        if client_id is None:
+            error = "CLIENT ID refused"
         else:
-            self.fence = "available"
+            [reply] = await self._wire.call([("CLIENT", "KILL", "ID", client_id, "SKIPME", "yes")])
+            if not isinstance(reply, ResponseError):
+                self.fence = "available"
+                return
+            error = str(reply)
+        self.fence = "refused"
+        self._log.warning("exactly_once_fence_refused", error=error,
+                          consequence="after a failed batch, entries may land twice")
 
     async def _load_script(self) -> None:
         [reply] = await self._wire.call([("SCRIPT", "LOAD", SCRIPT)])
