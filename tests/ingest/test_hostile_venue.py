@@ -271,6 +271,7 @@ def test_a_fence_refused_by_the_acl_is_said_once_at_start_up(
         wait_until(lambda: health_detail(ingest)["exactly_once_fence"] == "refused", 10, "the fence refused")
         assert ingest.logs().count("event=exactly_once_fence_refused") == 1
         assert password not in ingest.logs()
+        assert ingest.terminate() == 0  # before the user goes: that closes its connections
     finally:
         admin.acl_deluser(user)
         admin.close()
