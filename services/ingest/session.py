@@ -94,6 +94,8 @@ class Session:
         self.errors: dict[str, str] = {}
         self._unanswered: list[tuple[dict[str, Any], list[str]]] = []
         self._subscribed_symbols = frozenset(self.symbols)
+        self._gapped: set[str] = set()
+        """Streams whose latest entry is a gap marker: another malformed frame there adds nothing."""
         self.foreign: list[str] = []
         """Symbols of frames not published because no subscription names them; the caller empties it."""
 
@@ -133,6 +135,8 @@ class Session:
         stream of each subscribed symbol it names, or on every L2 stream subscribed when it names none
         (a frame cut short may hide rows of symbols its visible part does not show, unless its filter
         names the one symbol of the whole frame). Named symbols that are not subscribed are `foreign`.
+        A stream whose latest entry is a gap already gets none: a flood of garbage is one marker per
+        stream until data flows there again, not one per frame.
         """
         on_l2, named = malformed_target(raw, self.l2_table)
         if not on_l2:
@@ -142,7 +146,8 @@ class Session:
             self.foreign += [symbol for symbol in sorted(named) if symbol not in self._subscribed_symbols]
         else:
             symbols = self._l2_symbols()
-        return [self._gap(self.l2_table, symbol, MALFORMED_GAP_REASON, recv_us, received_ns) for symbol in symbols]
+        return [self._gap(self.l2_table, symbol, MALFORMED_GAP_REASON, recv_us, received_ns) for symbol in symbols
+                if self._stream(self.l2_table, symbol) not in self._gapped]
 
     def on_ack(self, ack: SubscriptionAck, recv_us: int, received_ns: int) -> Reaction:
         """Settle the topic an ack names; the unsubscribe half of a resubscription sends the subscribe half."""
@@ -220,12 +225,15 @@ class Session:
         stream = self._stream(table, symbol)
         seq = self._seq.get(stream, 0) + 1
         self._seq[stream] = seq
+        if self._gapped:
+            self._gapped.discard(stream)
         return Entry(stream, symbol, encode_entry(text, table, action, self.id, seq, recv_us), received_ns)
 
     def _gap(self, table: str, symbol: str, reason: str, recv_us: int, received_ns: int) -> Entry:
         stream = self._stream(table, symbol)
         seq = self._seq.get(stream, 0) + 1
         self._seq[stream] = seq
+        self._gapped.add(stream)
         return Entry(stream, symbol, encode_gap(table, self.id, seq, recv_us, reason), received_ns)
 
     def _stream(self, table: str, symbol: str) -> str:

@@ -88,23 +88,25 @@ def test_a_malformed_l2_frame_becomes_a_gap_marker_between_its_neighbours(
     venue.send(l2_frame("XBTUSD", "update", [(2, "Buy", 30, 100.0)]),  # A
                float_size,  # B: XBTUSD's, by its filter and rows
                l2_frame("XBTUSD", "update", [(2, "Buy", 31, 100.0)]),  # C
-               lowercase_side, unknown_action,  # ETHUSD's
+               lowercase_side,  # ETHUSD's
+               l2_frame("ETHUSD", "update", [(2, "Buy", 32, 100.0)]),
                cut_short,  # names a symbol in its visible part only: it may have held others, every stream
                ob10_frame("XBTUSD")[:40],  # another table: counted, no L2 gap
-               b"\xff\xfe not text",  # unreadable: every stream
-               l2_frame("ETHUSD", "update", [(2, "Buy", 32, 100.0)]))
-    wait_until(lambda: len(l2(redis_url, key_prefix, "ETHUSD")) == 6, 10, "ETHUSD's last update")
+               unknown_action, b"\xff\xfe not text",  # right after a gap: nothing more to say there
+               l2_frame("ETHUSD", "update", [(2, "Buy", 33, 100.0)]))
+    wait_until(lambda: len(l2(redis_url, key_prefix, "ETHUSD")) == 5, 10, "ETHUSD's last update")
 
     [xbt] = sessions_of(l2(redis_url, key_prefix, "XBTUSD"))
-    assert actions(xbt) == ["partial", "update", "gap:malformed", "update", "gap:malformed", "gap:malformed"]
+    assert actions(xbt) == ["partial", "update", "gap:malformed", "update", "gap:malformed"]
     assert [orjson.loads(entry.frame)["data"][0]["size"] for entry in (xbt[1], xbt[3])] == [30, 31]
     [eth] = sessions_of(l2(redis_url, key_prefix, "ETHUSD"))
-    assert actions(eth) == ["partial", "gap:malformed", "gap:malformed", "gap:malformed", "gap:malformed", "update"]
+    assert actions(eth) == ["partial", "gap:malformed", "update", "gap:malformed", "update"]
     assert ingest.metric("bookstream_ingest_malformed_frames_total") == 6
-    assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="malformed"') == 7
+    assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="malformed"') == 4
     logged = [line for line in ingest.logs().splitlines() if "event=malformed_frame" in line]
     assert len(logged) == 5, "rate-limited to a burst of five lines"
     assert "symbols=XBTUSD" in logged[0] and "gap_markers=1" in logged[0]
+    assert "gap_markers=0" in logged[-1]
 
 
 def test_a_malformed_frame_makes_the_mongodb_book_stale_until_a_fresh_partial(

@@ -217,7 +217,10 @@ def test_malformed_gaps_go_to_the_named_symbol_else_to_every_l2_stream_not_rejec
     [named] = s.malformed_gaps(b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","size":1.5}]}', 3, 4)
     assert (named.stream, named.fields["seq"], named.fields["reason"], named.fields["action"]) == (
         "p:l2:{A}", "2", "malformed", GAP_ACTION)
-    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{A}", "p:l2:{C}"]
+    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{C}"], "A has its gap already"
+    assert s.malformed_gaps(b"garbage", 3, 4) == []
+    route(s, l2_text("A"))
+    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{A}"]
     assert s.malformed_gaps(b'{"table":"orderBook10","action":"update","data":5}', 3, 4) == []
     assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"Z"}]}', 3, 4) == []
     assert s.foreign == ["Z"]
