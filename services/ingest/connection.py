@@ -89,6 +89,8 @@ class Feed:
         self._quiet_since = time.monotonic()
         self._malformed_log, self._unsubscribed_log = Throttle(), Throttle()
         self._url = mask_url(settings.ws_url)
+        self.connected = asyncio.Event()
+        """Set when a session connects, so its liveness key is written at once, not at the next tick."""
         for state in TopicState:
             metrics.TOPICS.labels(state.value).set_function(self._topic_counter(state))
 
@@ -203,6 +205,7 @@ class Feed:
         metrics.CONNECTIONS.inc()
         metrics.CONNECTED.set(1)
         self._log.info("connected", session=session.id, url=self._url)
+        self.connected.set()
         reader = asyncio.create_task(self._read(ws, session))
         watchdog = asyncio.create_task(self._watch(ws, session))
         stopped = asyncio.create_task(stop.wait())

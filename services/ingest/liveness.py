@@ -1,6 +1,7 @@
 """ingest's heartbeat in Redis: the session's liveness key, the symbol set, and proof Redis kept what it took.
 
-Once per `INGEST_ALIVE_RENEW`, on the control connection (the publisher's batches never queue behind it):
+Once per `INGEST_ALIVE_RENEW`, and at once when a session connects, on the control connection (the
+publisher's batches never queue behind it):
 
 - the liveness key of the current session is set again with its short TTL, as long as the session is
   healthy; consumers treat its absence as "no ingest" (killed, cut off, or its venue silent);
@@ -15,6 +16,7 @@ Once per `INGEST_ALIVE_RENEW`, on the control connection (the publisher's batche
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -99,7 +101,10 @@ class Heartbeat:
                 self._status.failed(exc)
             else:
                 self._status.succeeded()
-            await asyncio.sleep(max(0.0, INGEST_ALIVE_RENEW - (time.monotonic() - started)))
+            connected = self._feed.connected
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connected.wait(), max(0.0, INGEST_ALIVE_RENEW - (time.monotonic() - started)))
+            connected.clear()
 
     def describe(self) -> dict[str, Any]:
         if self.renewed is None:
