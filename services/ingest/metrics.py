@@ -107,7 +107,7 @@ PAUSED_SECONDS: Final = Counter("bookstream_ingest_read_paused_seconds_total",
 DROPPED: Final = Counter("bookstream_ingest_dropped_entries_total",
                          "Entries given up without reaching Redis, by reason (each one logged)", ["reason"])
 REDIS_UP: Final = Gauge("bookstream_ingest_redis_up",
-                        "1 when Redis answered the last operation (publish, control), else 0", ["operation"])
+                        "1 when Redis answered the last operation (publish, control, heartbeat), else 0", ["operation"])
 REDIS_ERRORS: Final = Counter("bookstream_ingest_redis_errors_total", "Failed Redis operations, by operation",
                               ["operation"])
 REDIS_LOST: Final = Counter("bookstream_ingest_redis_lost_total",

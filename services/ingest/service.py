@@ -60,6 +60,7 @@ class IngestService:
                                                      socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
         self._redis = Redis(connection_pool=self._control_pool)
         self._publish_status, self._control_status = RedisStatus("publish", log), RedisStatus("control", log)
+        self._heartbeat_status = RedisStatus("heartbeat", log)
         publish_wire = RedisWire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
                                  REDIS_CONNECT_TIMEOUT)
         self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,
@@ -70,7 +71,7 @@ class IngestService:
         self.control = ControlReader(self._redis, keys, settings.symbols, self.feed, settings.resubscribe_interval,
                                      self._control_status, log)
         self.heartbeat = Heartbeat(self._redis, keys, settings.instance_name, self.feed, self.publisher,
-                                   self._control_status, log)
+                                   self._heartbeat_status, log)
 
     async def main(self, stop: asyncio.Event) -> int:
         self._log.info("ingest_starting", symbols=len(self._settings.symbols), l2_table=self._settings.l2_table,
@@ -123,7 +124,7 @@ class IngestService:
         if subscription_problem is not None:
             problems.append(subscription_problem)
         redis: dict[str, Any] = {}
-        for status in (self._publish_status, self._control_status):
+        for status in (self._publish_status, self._control_status, self._heartbeat_status):
             redis[status.operation] = {"up": status.up, "for_s": round(time.monotonic() - status.since, 3),
                                        "error": status.error}
             if status.up is False:
