@@ -132,7 +132,7 @@ class Session:
         """Gap markers (reason `malformed`) for a frame that could not be parsed or routed.
 
         None when the frame is plainly not L2 data (another table, a broken reply); else a gap on the L2
-        stream of each subscribed symbol it names, or on every L2 stream subscribed when it names none
+        stream of each symbol it names whose L2 topic was not rejected, or on all of them when it names none
         (a frame cut short may hide rows of symbols its visible part does not show, unless its filter
         names the one symbol of the whole frame). Named symbols that are not subscribed are `foreign`.
         A stream whose latest entry is a gap already gets none: a flood of garbage is one marker per
@@ -141,11 +141,10 @@ class Session:
         on_l2, named = malformed_target(raw, self.l2_table)
         if not on_l2:
             return []
+        symbols = self._l2_symbols()
         if named:
-            symbols = [symbol for symbol in sorted(named) if symbol in self._subscribed_symbols]
+            symbols = [symbol for symbol in symbols if symbol in named]
             self.foreign += [symbol for symbol in sorted(named) if symbol not in self._subscribed_symbols]
-        else:
-            symbols = self._l2_symbols()
         return [self._gap(self.l2_table, symbol, MALFORMED_GAP_REASON, recv_us, received_ns) for symbol in symbols
                 if self._stream(self.l2_table, symbol) not in self._gapped]
 

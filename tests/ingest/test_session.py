@@ -223,4 +223,5 @@ def test_malformed_gaps_go_to_the_named_symbol_else_to_every_l2_stream_not_rejec
     assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{A}"]
     assert s.malformed_gaps(b'{"table":"orderBook10","action":"update","data":5}', 3, 4) == []
     assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"Z"}]}', 3, 4) == []
+    assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"B"}]}', 3, 4) == []
     assert s.foreign == ["Z"]
