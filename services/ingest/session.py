@@ -131,7 +131,7 @@ class Session:
     def malformed_gaps(self, raw: bytes, recv_us: int, received_ns: int) -> list[Entry]:
         """Gap markers (reason `malformed`) for a frame that could not be parsed or routed.
 
-        None when the frame is plainly not L2 data (another table, a broken reply); else a gap on the L2
+        Nothing when the frame is plainly not L2 data (another table, a broken reply); else a gap on the L2
         stream of each symbol it names whose L2 topic was not rejected, or on all of them when it names none
         (a frame cut short may hide rows of symbols its visible part does not show, unless its filter
         names the one symbol of the whole frame). Named symbols that are not subscribed are `foreign`.
