@@ -172,6 +172,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timestamp_tolerance", "TIMESTAMP_TOLERANCE", "5", _seconds,
             "seconds an exchange timestamp may lead its receive time (top10 orders a frame stamped further "
             "ahead by its receive time, and replaces a stored timestamp further ahead of Redis's clock)"),
+    Setting("retry_after_max", "RETRY_AFTER_MAX", "300", _seconds,
+            "longest wait, in seconds, ingest grants a venue's HTTP 429 Retry-After or rate-limit error frame"),
 )
 
 SETTINGS_BY_ENV: Mapping[str, Setting] = {setting.env: setting for setting in SETTINGS}
@@ -201,6 +203,7 @@ class Settings:
     consumer_expiry: float
     health_stale_after: float
     timestamp_tolerance: float
+    retry_after_max: float
 
     def describe(self) -> dict[str, Any]:
         """All values with secrets masked, for the start-up log line and `status`."""
