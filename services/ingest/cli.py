@@ -15,7 +15,7 @@ TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, "ingest")
     group = parser.add_argument_group("ingest")
     group.add_argument("--record", metavar="FILE", type=Path,
                        help="also write every received frame to FILE in the capture format (appended to)")

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.common.backoff import Backoff
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
+from services.common.health import safe_error
 from services.common.keys import Keys
 from services.common.logs import EventLog
 from services.common.redis_client import connect
@@ -616,7 +617,7 @@ class L2Builder:
         metrics.REDIS_ERRORS.labels(op).inc()
         if self._redis_down_since is None:
             self._redis_down_since = time.monotonic()
-            log.warning("redis_unreachable", op=op, error=repr(exc))
+            log.warning("redis_unreachable", op=op, error=safe_error(exc))
 
     def _mongo_ok(self) -> None:
         self.mongo_ok_at = time.monotonic()
@@ -628,4 +629,4 @@ class L2Builder:
         metrics.FLUSH_ERRORS.inc()
         if self._mongo_down_since is None:
             self._mongo_down_since = time.monotonic()
-            log.warning("mongo_unreachable", error=repr(exc))
+            log.warning("mongo_unreachable", error=safe_error(exc))

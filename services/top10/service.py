@@ -23,6 +23,7 @@ from redis.typing import KeyT, StreamIdT
 
 from services.common.backoff import Backoff
 from services.common.config import SYMBOL_PATTERN, Settings
+from services.common.health import safe_error
 from services.common.keys import TOP10_GROUP, Keys
 from services.common.logs import EventLog
 from services.common.redis_client import connect, stream_pairs
@@ -344,7 +345,7 @@ class Top10Service:
 
     async def _redis_failed(self, operation: str, exc: BaseException, backoff: Backoff) -> None:
         metrics.REDIS_ERRORS.labels(operation).inc()
-        self._last_error = f"{operation}: {_describe(exc)}"
+        self._last_error = f"{operation}: {safe_error(exc)}"
         if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
             # A stream or its group was deleted (or Redis restarted empty): join everything again.
             self._symbols = {}
