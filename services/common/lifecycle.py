@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,7 +26,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def listen_error(setting: str, host: str, port: int, exc: OSError, remedy: str) -> str:
     """The one-line configuration error of a server that cannot listen: in use, not an address of this host..."""
-    return f"{setting}={port}: cannot listen on {host}:{port} ({exc.strerror or type(exc).__name__}); {remedy}"
+    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__  # asyncio's strerror repeats the address
+    return f"{setting}={port}: cannot listen on {host}:{port} ({reason}); {remedy}"
 
 
 def run_service(name: str, settings: Settings, main: ServiceMain, check: HealthCheck) -> int:
