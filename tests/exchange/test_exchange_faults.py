@@ -229,3 +229,20 @@ def test_the_exchange_and_its_metrics_listen_on_loopback_unless_told(tmp_path: P
             assert not reachable("127.0.0.2", metrics_port)  # METRICS_HOST defaults to 127.0.0.1
         finally:
             exchange.terminate()
+
+
+def test_a_hostile_client_cannot_forge_or_colour_log_lines(run_service: RunService) -> None:
+    port = free_port()
+    exchange = run_service("exchange", "--sim", "--port", str(port), "--symbols", "XBTUSD", "--rate", "50")
+    forged = "%0D%0Ats%3D1%20level%3Derror%20event%3Dforged%1B%5B2K%00"
+
+    async def scenario() -> None:
+        async with open_client(port, f"orderBookL2:XBTUSD{forged}") as ws:
+            assert "info" in await recv_json(ws)
+
+    asyncio.run(scenario())
+    exchange.wait_log("event=client_connected")
+    logged = exchange.logs()
+    assert not any(line.startswith("ts=1 ") for line in logged.splitlines())
+    assert "\x1b" not in logged and "\x00" not in logged and "\r" not in logged
+    assert 'subscribe="orderBookL2:XBTUSD\\r\\nts=1 level=error event=forged\\x1b[2K\\x00"' in logged
