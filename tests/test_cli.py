@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.cli import SUBCOMMANDS
 from services.common.config import SERVICE_SETTINGS, SETTINGS
 from tests.conftest import RunService
-from tests.harness import base_env, bookstream_argv, free_port
+from tests.harness import ServiceProcess, base_env, bookstream_argv, free_port, wait_until
 
 
 def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -119,3 +123,25 @@ def test_a_mongodb_password_with_a_raw_reserved_character_is_a_configuration_err
     assert len(lines) == 1
     assert lines[0].startswith("bookstream l2builder: configuration error: MONGO_CONNECTION_STRING=")
     assert "zz" not in result.stderr and "w0rd" not in result.stderr
+
+
+def test_healthz_bodies_show_no_host_and_no_credential(run_service: RunService, tmp_path: Path) -> None:
+    redis_url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0?password=hunter3"
+    ws_url = f"ws://127.0.0.1:{free_port()}/realtime?api-expires=1&api-key=hunter4&api-signature=hunter5"
+    env = base_env(REDIS_URL=redis_url, BITMEX_WS_URL=ws_url, HEALTH_STALE_AFTER="0.5", XDG_RUNTIME_DIR=str(tmp_path))
+    top10 = run_service("top10", env=env, healthy=False)
+    ingest = run_service("ingest", env=env, healthy=False)
+
+    def failed_with_an_error(service: ServiceProcess, field: Callable[[dict[str, Any]], str]) -> bool:
+        status, body = service.health()
+        return status == 503 and bool(field(json.loads(body)))
+
+    wait_until(lambda: failed_with_an_error(top10, lambda body: str(body["last_error"])), 30, "top10 unhealthy")
+    wait_until(lambda: failed_with_an_error(ingest, lambda body: str(body["redis"]["control"]["error"])), 30,
+               "ingest unhealthy")
+    for service in (top10, ingest):
+        body = service.health()[1].decode()
+        assert "ConnectionError" in body, body
+        for secret in ("hunter", "127.0.0.1"):
+            assert secret not in body.replace(f"{ws_url.split('?')[0]}?", ""), body
+    assert "api-key=***" in ingest.health()[1].decode()
