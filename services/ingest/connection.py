@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from services.common.bitmex import ErrorReply, Pong, ProtocolError, SubscriptionAck, TableFrame, Welcome, parse_frame
 from services.common.config import Settings, mask_url
+from services.common.health import safe_error
 from services.common.keys import Keys
 from services.common.logs import EventLog, excerpt
 from services.ingest import metrics
@@ -151,7 +152,7 @@ class Feed:
             self._log.warning("connect_refused", status=status)
             return f"http_{status}", self._backoff.next_delay()
         except (OSError, TimeoutError, WebSocketException) as exc:
-            self._log.warning("connect_failed", error=f"{type(exc).__name__}: {exc}")
+            self._log.warning("connect_failed", error=safe_error(exc))
             return "connect_failed", self._backoff.next_delay()
         if ws is None:
             return "stop", 0.0

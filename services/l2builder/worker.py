@@ -334,7 +334,7 @@ class L2Builder:
                     return
                 metrics.HOLES_REFILLED.inc()  # a hole in what was read ahead: catch up once more
             except (RedisError, PyMongoError) as exc:
-                log.warning("restore_retry", symbol=symbol, error=repr(exc))
+                log.warning("restore_retry", symbol=symbol, error=safe_error(exc))
                 await asyncio.sleep(backoff.next_delay())
 
     async def _load(self, symbol: str, owned: Owned, document: Document | None) -> None:
