@@ -230,7 +230,7 @@ def test_status_tells_a_quiet_market_from_a_lost_ingest(client: redis.Redis, ser
 
     def lost() -> list[dict[str, object]]:
         document = orjson.loads(status("--json", env=service_env).stdout)
-        return [p for p in document["problems"] if p["kind"] in ("ingest_lost", "stream_idle")]
+        return [p for p in document["problems"] if p["kind"] == "ingest_lost"]
 
     document = orjson.loads(status("--json", env=service_env).stdout)
     assert document["symbols"][0]["l2"]["last_session_alive"] is True
