@@ -53,7 +53,7 @@ import pymongo
 import pymongo.errors
 import redis
 
-from services.common.config import SYMBOL_PATTERN, mask_url
+from services.common.config import SYMBOL_PATTERN, mask_url, redact
 from services.common.keys import TOP10_GROUP, Keys
 from services.common.redis_client import connect, evicting_policy
 from services.l2builder.store import COLLECTION as BOOKS_COLLECTION
@@ -311,7 +311,7 @@ class Collector:
             ignored += ignored_in_redis
         except redis.RedisError as exc:
             redis_endpoint = RedisEndpoint(mask_url(self._redis_url), False,
-                                           f"{type(exc).__name__}: {_first_clause(exc)}")
+                                           f"{type(exc).__name__}: {redact(_first_clause(exc), self._redis_url)}")
             symbols = tuple(SymbolStatus(sym, None, None, Owner(None, None, None), None, book)
                             for sym, book in sorted(books.items()))
             instances = Instances((), (), ())
@@ -342,7 +342,8 @@ class Collector:
         try:
             documents = list(self._mongo_client()[self._database][BOOKS_COLLECTION].aggregate(pipeline))
         except pymongo.errors.PyMongoError as exc:
-            return {}, MongoEndpoint(url, self._database, False, f"{type(exc).__name__}: {_first_clause(exc)}"), 0
+            error = f"{type(exc).__name__}: {redact(_first_clause(exc), self._mongo_url)}"
+            return {}, MongoEndpoint(url, self._database, False, error), 0
         names, ignored = _valid_symbols(str(doc["_id"]) for doc in documents)
         books = {str(doc["_id"]): Book(
             status=_text_or_none(doc.get("status")), reason=_text_or_none(doc.get("reason")),
