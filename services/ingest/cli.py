@@ -20,7 +20,7 @@ EXIT_CODES = (f"exit codes: 0 stopped cleanly; 1 an internal task died; 2 config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXIT_CODES
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, "ingest")
     group = parser.add_argument_group("ingest")
     group.add_argument("--record", metavar="FILE", type=Path,
                        help="also write every received frame to FILE in the capture format (appended to)")

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from services.common.bitmex import ErrorReply, Pong, ProtocolError, SubscriptionAck, TableFrame, Welcome, parse_frame
 from services.common.config import Settings, mask_url
+from services.common.health import safe_error
 from services.common.keys import Keys
 from services.common.logs import EventLog, excerpt
 from services.ingest import metrics
@@ -179,8 +180,7 @@ class Feed:
             self._log.warning("connect_refused", status=status, url=self._url)
             return f"http_{status}", self._backoff.next_delay()
         except (OSError, TimeoutError, WebSocketException) as exc:
-            error = f"{type(exc).__name__}: {exc}".replace(self._settings.ws_url, self._url)
-            self._log.warning("connect_failed", url=self._url, error=error)
+            self._log.warning("connect_failed", url=self._url, error=safe_error(exc))
             return "connect_failed", self._backoff.next_delay()
         if ws is None:
             return "stop", 0.0

@@ -36,6 +36,7 @@ from typing import Any, Final
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from services.common.entries import GAP_ACTION
+from services.common.health import safe_error
 from services.common.logs import EventLog
 from services.common.redis_wire import Command, RedisWire
 from services.ingest import metrics
@@ -73,7 +74,7 @@ class RedisStatus:
 
     def failed(self, error: BaseException) -> None:
         metrics.REDIS_ERRORS.labels(self.operation).inc()
-        self.error = f"{type(error).__name__}: {error}"
+        self.error = safe_error(error)
         if self.up is not False:
             self._log.error("redis_unavailable", operation=self.operation, error=self.error)
             self.up, self.since = False, time.monotonic()

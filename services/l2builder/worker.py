@@ -37,6 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.common.backoff import Backoff
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
+from services.common.health import safe_error
 from services.common.keys import SESSION_LOST_AFTER, Keys
 from services.common.logs import EventLog, excerpt
 from services.common.redis_client import connect, evicting_policy
@@ -481,7 +482,7 @@ class L2Builder:
                     return
                 metrics.HOLES_REFILLED.inc()  # a hole in what was read ahead: catch up once more
             except (RedisError, PyMongoError) as exc:
-                log.warning("restore_retry", symbol=symbol, error=repr(exc))
+                log.warning("restore_retry", symbol=symbol, error=safe_error(exc))
                 await asyncio.sleep(backoff.next_delay())
 
     async def _load(self, symbol: str, owned: Owned, document: Document | None) -> None:
@@ -786,7 +787,7 @@ class L2Builder:
         metrics.REDIS_ERRORS.labels(op).inc()
         if self._redis_down_since is None:
             self._redis_down_since = time.monotonic()
-            log.warning("redis_unreachable", op=op, error=repr(exc))
+            log.warning("redis_unreachable", op=op, error=safe_error(exc))
 
     def _mongo_ok(self) -> None:
         self.mongo_ok_at = time.monotonic()
@@ -798,4 +799,4 @@ class L2Builder:
         metrics.FLUSH_ERRORS.inc()
         if self._mongo_down_since is None:
             self._mongo_down_since = time.monotonic()
-            log.warning("mongo_unreachable", error=repr(exc))
+            log.warning("mongo_unreachable", error=safe_error(exc))

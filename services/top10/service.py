@@ -27,6 +27,7 @@ from redis.typing import KeyT, StreamIdT
 
 from services.common.backoff import Backoff
 from services.common.config import SYMBOL_PATTERN, Settings
+from services.common.health import safe_error
 from services.common.keys import SESSION_LOST_AFTER, TOP10_GROUP, Keys
 from services.common.logs import EventLog, excerpt
 from services.common.redis_client import connect, evicting_policy, stream_pairs
@@ -378,7 +379,7 @@ class Top10Service:
             joined = await group.join(self._redis, streams)
         except (RedisError, OSError) as exc:
             # The failing operation is retried after its backoff, and fails again into this.
-            log.warning("group_recreate_failed", operation=operation, error=_describe(exc))
+            log.warning("group_recreate_failed", operation=operation, error=safe_error(exc))
             return
         if joined.refused:
             refused = {symbol for symbol, stream in self._symbols.items() if stream in joined.refused}
@@ -501,7 +502,7 @@ class Top10Service:
                 left = await group.leave(self._redis, streams, self._consumer)
             log.info("group_left", consumer=self._consumer, streams=left)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("group_leave_failed", consumer=self._consumer, error=_describe(exc))
+            log.warning("group_leave_failed", consumer=self._consumer, error=safe_error(exc))
 
     # Redis availability
 
@@ -513,9 +514,9 @@ class Top10Service:
 
     async def _redis_failed(self, operation: str, exc: BaseException, backoff: Backoff) -> None:
         metrics.REDIS_ERRORS.labels(operation).inc()
-        self._last_error = f"{operation}: {_describe(exc)}"
+        self._last_error = f"{operation}: {safe_error(exc)}"
         delay = backoff.next_delay()
-        log.warning("redis_error", operation=operation, error=_describe(exc), failures=backoff.failures,
+        log.warning("redis_error", operation=operation, error=safe_error(exc), failures=backoff.failures,
                     retry_in_s=round(delay, 3))
         if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
             # A stream or its group was deleted (FLUSHALL, a failover to a replica behind, eviction).
@@ -534,7 +535,3 @@ def _report_trimmed(trimmed: list[tuple[str, str]]) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
