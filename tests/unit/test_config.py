@@ -175,3 +175,9 @@ def test_servers_listen_on_loopback_and_a_port_per_service_by_default() -> None:
     assert ports == {"exchange": 9100, "ingest": 9101, "top10": 9102, "l2builder": 9103}
     assert load_settings(parse([], "ingest"), environ={}).metrics_host == "127.0.0.1"
     assert load_settings(parse([], "ingest"), environ={"METRICS_PORT": "9300"}).metrics_port == 9300
+
+
+def test_every_setting_is_read_by_some_subcommand() -> None:
+    """A setting no subcommand lists keeps its default everywhere: it would be documented but dead."""
+    used = {field for fields in SERVICE_SETTINGS.values() for field in fields}
+    assert {setting.field for setting in SETTINGS} - used == set()
