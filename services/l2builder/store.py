@@ -73,13 +73,12 @@ def version_filter(symbol: str, version: str) -> Document:
 
 
 def book_document(state: SymbolState, epoch: int, now: dt.datetime) -> Document:
-    """The whole document for `state` as written by the owner of `epoch`; a stale state keeps its last
-    levels (see `SymbolState.mark_stale`)."""
+    """The document for `state` as written by the owner of `epoch`, but for its `_id`; a stale state keeps
+    its last levels (see `SymbolState.mark_stale`)."""
     book = state.book if state.book.has_partial or state.last_book is None else state.last_book
     levels = book.to_document()
     received = state.received_us
     return {
-        "_id": state.symbol,
         "bids": levels["bids"],
         "asks": levels["asks"],
         "timestamp": levels["timestamp"],
@@ -303,8 +302,8 @@ class BookStore:
         if not documents:
             return result
         symbols = list(documents)
-        operations = [ReplaceOne(version_filter(symbol, documents[symbol]["version"]), documents[symbol],
-                                 upsert=True) for symbol in symbols]
+        operations = [ReplaceOne(version_filter(symbol, documents[symbol]["version"]),
+                                 {"_id": symbol, **documents[symbol]}, upsert=True) for symbol in symbols]
         errors: list[dict[str, Any]] = []
         try:
             await self.collection.bulk_write(operations, ordered=False)
