@@ -243,8 +243,8 @@ def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[
         elif symbol in result.superseded:
             decision = FlushDecision(FlushAction.DROP, detail=f"stored version {result.superseded[symbol]}")
         elif symbol in result.too_large:
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.TOO_LARGE, TOO_LARGE,
-                                     f"{result.too_large[symbol]} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit")
+            detail = f"{result.too_large[symbol]} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit"
+            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.TOO_LARGE, f"{TOO_LARGE}: {detail}", detail)
         elif symbol in result.unwritable:
             problem = result.unwritable[symbol]
             decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE,
