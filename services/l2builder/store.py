@@ -1,20 +1,23 @@
 """MongoDB book documents: how a state is written and read back, and the monotonic filtered upsert.
 
 One document per symbol (DESIGN.md, MongoDB contract). Every write replaces the whole document:
-`ReplaceOne(version_filter(sym, v), {"_id": sym, ...}, upsert=True)` where `v` encodes (epoch, stream id) as
-one string that sorts like the tuple. If the stored version is lower the filter matches and the document is
-replaced; if it is equal or higher the filter matches nothing, the upsert tries to insert a second `_id`
-and fails with 11000. So a retry, a replay or a zombie owner with an older epoch can never move a book
-backwards. A stored `version` that is missing or not a string was written by someone else: the filter
-counts it as older than any real one, so the owner takes such a document over instead of failing on it
-for ever.
+`ReplaceOne({"_id": sym, "version": {"$lt": v}}, {"_id": sym, ...}, upsert=True)` where `v` encodes
+(epoch, stream id) as one string that sorts like the tuple. If the stored version is lower the filter
+matches and the document is replaced; if it is equal or higher the filter matches nothing, the upsert
+tries to insert a second `_id` and fails with 11000. So a retry, a replay or a zombie owner with an older
+epoch can never move a book backwards.
+
+A stored `version` that is missing or not a string was written by someone else, and counts as older than
+any real one: the 11000 it causes is followed at once by the same write with `takeover_filter`, so the
+owner takes such a document over instead of failing on it for ever.
 
 A replacement, not `$set`: nx-27017 stores a datetime set by an update on an existing document as text,
 while a replacement (which carries `_id`, or nx-27017's upsert would invent one) keeps real BSON dates on
 both servers.
 
 An 11000 is ambiguous on its own: it is also what a retried write gets when its first attempt did land.
-`write` reads the stored versions back to tell "already written" from "a newer owner wrote".
+`write` reads the stored versions back to tell "already written" from "a newer owner wrote" (and from a
+foreign document).
 
 pymongo encodes a whole batch before sending it, and a real MongoDB refuses a document over 16 MiB, so one
 book that cannot be stored (too large, or an integer beyond 64 bits) would fail every write for ever:
@@ -62,11 +65,17 @@ def version_key(epoch: int, stream_id: str | None) -> str:
 
 
 def version_filter(symbol: str, version: str) -> Document:
-    """Matches the document of `symbol` if its version is older than `version`, or foreign.
+    """Matches the document of `symbol` if it holds a version older than `version`."""
+    return {"_id": symbol, "version": {"$lt": version}}
 
-    Standard operators only, so the filter means the same on MongoDB and nx-27017: `$lt` on a string
-    compares strings only on MongoDB (type bracketing), `$nor`+`$type` matches a missing or non-string
-    version, and the array clause covers an array of strings, which `$type: "string"` matches on MongoDB.
+
+def takeover_filter(symbol: str, version: str) -> Document:
+    """Matches the document of `symbol` if its version is older than `version` or not one of ours.
+
+    Standard operators only, with the same meaning on MongoDB and nx-27017: `$lt` with a string compares
+    strings only on MongoDB (type bracketing), `$nor`+`$type` matches a missing or non-string version, and
+    the array clause covers an array of strings, which `$type: "string"` matches on MongoDB. nx-27017 runs
+    it by scanning the collection, so it is only used after `version_filter` found a foreign document.
     """
     return {"_id": symbol, "$or": [{"version": {"$lt": version}}, {"$nor": [{"version": {"$type": "string"}}]},
                                    {"version": {"$type": "array"}}]}
@@ -297,12 +306,14 @@ class BookStore:
         result.unwritable.update(unwritable)
         return result
 
-    async def _write(self, documents: dict[str, Document]) -> WriteResult:
+    async def _write(self, documents: dict[str, Document], takeover: bool = False) -> WriteResult:
+        """The bulk write itself; `takeover` writes with `takeover_filter` (documents found foreign)."""
         result = WriteResult()
         if not documents:
             return result
         symbols = list(documents)
-        operations = [ReplaceOne(version_filter(symbol, documents[symbol]["version"]),
+        make_filter = takeover_filter if takeover else version_filter
+        operations = [ReplaceOne(make_filter(symbol, documents[symbol]["version"]),
                                  {"_id": symbol, **documents[symbol]}, upsert=True) for symbol in symbols]
         errors: list[dict[str, Any]] = []
         try:
@@ -317,16 +328,23 @@ class BookStore:
         for symbol, error in rejected.items():
             if error.get("code") != DUPLICATE_KEY:
                 result.failed[symbol] = str(error.get("errmsg", error))
-        if duplicates:
-            stored = {doc["_id"]: doc.get("version") async for doc in
-                      self.collection.find({"_id": {"$in": duplicates}}, {"version": 1})}
-            for symbol in duplicates:
-                version = stored.get(symbol)
-                if version == documents[symbol]["version"]:
-                    result.written.append(symbol)
-                elif isinstance(version, str) and version > documents[symbol]["version"]:
-                    result.superseded[symbol] = version
-                else:
-                    result.failed[symbol] = f"duplicate key with stored version {version!r}"
+        if not duplicates:
+            return result
+        stored = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": duplicates}}, {"version": 1})}
+        foreign = {}
+        for symbol in duplicates:
+            version = stored.get(symbol, {}).get("version")
+            if version == documents[symbol]["version"]:
+                result.written.append(symbol)
+            elif isinstance(version, str) and version > documents[symbol]["version"]:
+                result.superseded[symbol] = version
+            elif symbol in stored and not isinstance(version, str) and not takeover:
+                foreign[symbol] = documents[symbol]
+            else:
+                result.failed[symbol] = f"duplicate key with stored version {version!r}"
+        if foreign:
+            taken = await self._write(foreign, takeover=True)
+            result.written += taken.written
+            result.superseded.update(taken.superseded)
+            result.failed.update(taken.failed)
         return result
-

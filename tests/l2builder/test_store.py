@@ -201,7 +201,8 @@ def test_a_book_bson_cannot_hold_is_set_aside_and_the_others_are_written(mongo_u
 def test_foreign_documents_are_taken_over_and_newer_versions_are_not(mongo_url: str, mongo_database: str) -> None:
     """A `version` missing or of another type counts as older than any real one, on MongoDB and nx-27017."""
     foreign: dict[str, Any] = {"MISSING": {}, "INT": {"version": 5}, "NULL": {"version": None},
-                               "OBJECT": {"version": {"epoch": 9}}, "STRINGS": {"version": ["~"]},
+                               "OBJECT": {"version": {"epoch": 9}}, "NUMBERS": {"version": [1, 2]},
+                               "STRINGS": {"version": ["~"]}, "DATE": {"version": NOW}, "EMPTY": {"version": ""},
                                "NEWER": {"version": "~"}, "OLDER": {"version": version_key(1, "5-0")}}
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
     collection = client[mongo_database]["orderbooks"]
