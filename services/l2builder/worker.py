@@ -595,9 +595,10 @@ class L2Builder:
             metrics.FLUSH_ERRORS.inc()
             log.error("flush_failed", error=repr(exc))
 
-    async def _ack(self) -> bool:
+    async def _ack(self) -> None:
+        """XACK the backlog; what Redis refused stays in it for the next flush."""
         if not self.ack_backlog:
-            return True
+            return
         backlog, self.ack_backlog = self.ack_backlog, {}
         try:
             await self.streams.ack(backlog)
@@ -605,10 +606,9 @@ class L2Builder:
             for symbol, ids in backlog.items():
                 self.ack_backlog[symbol] = ids + self.ack_backlog.get(symbol, [])
             self._redis_failed("ack", exc)
-            return False
+            return
         self._redis_ok()
         metrics.ACKED.inc(sum(len(ids) for ids in backlog.values()))
-        return True
 
     def _settled(self, symbol: str, owned: Owned) -> bool:
         """Everything read from the symbol is durable and acknowledged."""
