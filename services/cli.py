@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -27,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, ModuleType | None]:
     parser = argparse.ArgumentParser(
         prog="bookstream", description="BitMEX order books into Redis and MongoDB, durably and at scale.")
+    parser.add_argument("--version", action="version",
+                        version=f"bookstream {importlib.metadata.version('bookstream')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     module = None

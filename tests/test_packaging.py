@@ -129,6 +129,16 @@ def test_live_venue_is_one_variable() -> None:
     assert interpolate(ingest_env["BITMEX_WS_URL"]) == "ws://exchange:8080/realtime"
 
 
+def test_compose_serves_metrics_and_the_venue_to_other_containers() -> None:
+    # A bare process listens on loopback only; in compose, Prometheus and ingest reach them from elsewhere.
+    services = load_compose()["services"]
+    for name, service in services.items():
+        if is_bookstream(service):
+            assert service["environment"]["METRICS_HOST"] == "0.0.0.0", name
+    command = services["exchange"]["command"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+
+
 def test_dockerfile() -> None:
     lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.lstrip().startswith("#")]

@@ -8,13 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from services.common.logs import escape_controls
+
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+ERROR_TEXT_LIMIT = 160
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z][\w.-]*)(?::\d{1,5})(?!\w)"
+                        r"|\b\d{1,3}(?:\.\d{1,3}){3}\b")
+# pymongo appends its configured timeouts and the whole topology description (every host) to the first clause.
+_DRIVER_TAILS = (" (configured timeouts", ", Timeout:", ", Topology Description:")
+
+
+def safe_error(exc: BaseException) -> str:
+    """A short description of `exc` fit for /healthz and log lines: its class and the gist of its first line.
+
+    Error texts name hosts, ports and whole URLs (credentials included); those become `<url>` and `<host>`,
+    control characters are escaped, and the text is cut to a line.
+    """
+    text = (str(exc).strip().splitlines() or [""])[0]
+    for tail in _DRIVER_TAILS:
+        text = text.split(tail, 1)[0]
+    text = _HOST_PORT.sub("<host>", _URL.sub("<url>", text))
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[:ERROR_TEXT_LIMIT] + "..."
+    return escape_controls(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 class HealthServer:
@@ -45,7 +70,7 @@ class HealthServer:
             try:
                 healthy, detail = self._check()
             except Exception as exc:  # a broken check is itself a reason to report unhealthy, not to hang up
-                healthy, detail = False, {"error": f"health check failed: {exc!r}"}
+                healthy, detail = False, {"error": f"health check failed: {safe_error(exc)}"}
             body = orjson.dumps({"healthy": healthy, **detail}, default=str)
             return (200 if healthy else 503), "application/json", body
         if path == "/metrics":

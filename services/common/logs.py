@@ -8,13 +8,25 @@ import time
 from typing import Any
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/-+@{}[],")
+# Characters that move a terminal's cursor, start an escape sequence, split a line for a log shipper or
+# reorder text on screen: C0, DEL, C1, the bidirectional marks and controls, the line and paragraph separators.
+_CONTROLS = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F),
+             *range(0x2066, 0x206A))
+_ESCAPES = ({code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _CONTROLS}
+            | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_QUOTED = _ESCAPES | {ord("\\"): "\\\\", ord('"'): '\\"'}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape (`\\n`, `\\x1b`, `\\u2028`): one inert line."""
+    return text.translate(_ESCAPES)
 
 
 def _quote(value: object) -> str:
     text = str(value)
     if text and all(char in _SAFE for char in text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + text.translate(_QUOTED) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -25,7 +37,8 @@ class LogfmtFormatter(logging.Formatter):
         parts = [f"ts={stamp}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
                  f"service={record.name.removeprefix('bookstream.')}", f"event={_quote(record.getMessage())}"]
         fields: dict[str, Any] = getattr(record, "fields", {})
-        parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
+        # Keys are quoted too: a caller may pass names it did not choose (query parameters, say).
+        parts.extend(f"{_quote(key)}={_quote(value)}" for key, value in fields.items())
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
         return " ".join(parts)

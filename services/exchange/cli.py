@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sim", action="store_true", help="serve a seeded synthetic market")
     source.add_argument("--replay", metavar="FILE", type=Path, help="serve a capture (<epoch seconds> <frame>)")
-    parser.add_argument("--host", default="0.0.0.0", help="listening address [default 0.0.0.0]")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="listening address, 0.0.0.0 for every interface [default 127.0.0.1]")
     parser.add_argument("--port", type=_integer(0, 65535), default=8080, help="listening port [default 8080]")
     parser.add_argument("--client-queue-bytes", type=_integer(1), default=DEFAULT_MAX_QUEUE_BYTES, metavar="BYTES",
                         help="a client with more deltas than this waiting to be sent is disconnected as too "
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--stall-for", type=_number(0), default=10.0, metavar="SECONDS", help="[10]")
     faults.add_argument("--error-after", type=_integer(0), default=0, metavar="N",
                         help="send an error frame after N frames")
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, "exchange")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.common.logs import EventLog
+from services.common.config import ConfigError
+from services.common.lifecycle import listen_error
+from services.common.logs import EventLog, excerpt
 from services.exchange import messages
 from services.exchange.client import Client
 from services.exchange.faults import INJECTED_ERROR, FaultPlan, RejectGate
@@ -36,6 +38,10 @@ ORDER_BOOK_PATH: Final = "/api/v1/orderBook/L2"
 FAULTS_PREFIX: Final = "/_faults/"
 DEFAULT_REST_DEPTH: Final = 25
 CLOSE_TIMEOUT: Final = 2.0
+MAX_REST_DEPTH: Final = 100_000
+MAX_FAULT_COUNT: Final = 1000
+"""Malformed frames per client, or connection attempts to reject, that one fault request may ask for."""
+MAX_FAULT_SECONDS: Final = 300.0
 
 CLIENTS = Gauge("bookstream_exchange_clients", "Connected websocket clients")
 CONNECTIONS = Counter("bookstream_exchange_connections", "Websocket connections accepted")
@@ -89,9 +95,13 @@ class ExchangeServer:
 
     async def serve(self, host: str, port: int, stop: asyncio.Event, describe: Mapping[str, Any]) -> int:
         """Serve until `stop` is set; the start-up line gives the URL and whatever `describe` holds."""
-        # No compression: a frame is serialized once for every client, deflate would redo work per client.
-        async with serve(self._connection, host, port, process_request=self._http, compression=None,
-                         close_timeout=CLOSE_TIMEOUT) as server:
+        try:
+            # No compression: a frame is serialized once for every client, deflate would redo work per client.
+            server = await serve(self._connection, host, port, process_request=self._http, compression=None,
+                                 close_timeout=CLOSE_TIMEOUT)
+        except OSError as exc:
+            raise ConfigError(listen_error("--port", host, port, exc, "choose another --port (or --host)")) from None
+        async with server:
             self.port = int(next(iter(server.sockets)).getsockname()[1])
             shown_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
             self._log.info("listening", url=f"ws://{shown_host}:{self.port}{REALTIME_PATH}", **describe)
@@ -193,51 +203,66 @@ class ExchangeServer:
         symbol = query.get("symbol")
         if not symbol:
             raise HttpError(400, "'symbol' is required")
-        depth = _number(query, "depth", DEFAULT_REST_DEPTH)
-        body = self.feed.rest_book(symbol, int(depth) or None)
+        depth = _integer(query, "depth", DEFAULT_REST_DEPTH, 0, MAX_REST_DEPTH)
+        body = self.feed.rest_book(symbol, depth or None)
         if body is None:
             raise HttpError(404, "this feed keeps no order book")
         return _json(connection, 200, body)
 
     def _fault(self, name: str, query: dict[str, str]) -> dict[str, Any]:
-        """Apply a fault to the server or to every connected client now; the reply says what was done."""
+        """Apply a fault to the server or to every connected client now; the reply says what was done.
+
+        Every count and duration is bounded: the endpoints are for drills, not for growing the server's
+        memory or hanging it.
+        """
         clients = list(self.clients)
+        applied: dict[str, Any] = {}
         if name == "drop":
             for client in clients:
                 client.drop("drop requested")
         elif name == "reject":
-            count = int(_number(query, "count", 1))
-            retry_after = _number(query, "retry_after", self.rejects.retry_after)
+            count = _integer(query, "count", 1, 1, MAX_FAULT_COUNT)
+            retry_after = _seconds(query, "retry_after", self.rejects.retry_after, MAX_FAULT_SECONDS)
             self.rejects.arm(count, retry_after)
+            self._log.info("fault_requested", fault=name, count=count, retry_after=retry_after)
             return {"fault": name, "rejecting": self.rejects.remaining}
         elif name == "malformed":
-            count = int(_number(query, "count", 1))
+            applied["count"] = count = _integer(query, "count", 1, 1, MAX_FAULT_COUNT)
             for client in clients:
                 for _ in range(count):
                     client.inject(client.faults.malformed())
         elif name == "stall":
-            seconds = _number(query, "seconds", 5.0)
+            applied["seconds"] = seconds = _seconds(query, "seconds", 5.0, MAX_FAULT_SECONDS)
             for client in clients:
                 client.stall_now(seconds)
         elif name == "error":
             for client in clients:
                 client.inject(INJECTED_ERROR)
         else:
-            raise HttpError(404, f"unknown fault {name!r} (drop, reject, malformed, stall, error)")
-        self._log.info("fault_requested", fault=name, clients=len(clients), **query)
+            raise HttpError(404, f"unknown fault {excerpt(name, 40)!r} (drop, reject, malformed, stall, error)")
+        self._log.info("fault_requested", fault=name, clients=len(clients), **applied)
         return {"fault": name, "clients": len(clients)}
 
 
-def _number(query: dict[str, str], name: str, default: float) -> float:
+def _integer(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdecimal() or len(raw) > len(str(high)) or not low <= int(raw) <= high:
+        raise HttpError(400, f"{name!r} must be an integer from {low} to {high}, got {excerpt(raw, 20)!r}")
+    return int(raw)
+
+
+def _seconds(query: dict[str, str], name: str, default: float, high: float) -> float:
     raw = query.get(name)
     if raw is None:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise HttpError(400, f"{name!r} is not a number: {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise HttpError(400, f"{name!r} must be a finite number >= 0, got {raw!r}")
+        value = math.nan
+    if not 0 <= value <= high:  # also refuses nan
+        raise HttpError(400, f"{name!r} must be a number of seconds from 0 to {high:g}, got {excerpt(raw, 20)!r}")
     return value
 
 

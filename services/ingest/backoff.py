@@ -3,7 +3,8 @@
 Jitter spreads the reconnects of many clients cut off by the same outage, so they don't hit the venue
 in lockstep. A 429 is the venue's connection rate limit speaking: its `Retry-After` is obeyed (never
 undercut, jitter only adds), and without one the wait starts from a much higher floor, because retrying
-at the normal pace is exactly what earns more 429s.
+at the normal pace is exactly what earns more 429s. A venue's wait is obeyed only up to RETRY_AFTER_MAX:
+a hostile or broken venue asking for 10^12 s must not park ingest for ever.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ class ReconnectBackoff(Backoff):
                  rng: Callable[[], float] = random.random) -> None:
         super().__init__(base, cap, rng)
 
-    def rate_limited(self, retry_after: float | None) -> float:
-        """The delay after an HTTP 429 (or a 429 error frame) with the venue's `Retry-After`, if any."""
+    def rate_limited(self, retry_after: float | None, cap: float = RATE_LIMITED_MAX_DELAY) -> float:
+        """The delay after an HTTP 429 (or a 429 error frame) with the venue's `Retry-After`, if any; never
+        more than `cap` (RETRY_AFTER_MAX), whatever the venue asks for."""
         if retry_after is not None:
             self.failures += 1
-            return retry_after * (1 + self._rng() * RETRY_AFTER_JITTER)
+            return min(cap, retry_after * (1 + self._rng() * RETRY_AFTER_JITTER))
         ceiling = min(RATE_LIMITED_MAX_DELAY, max(RATE_LIMITED_MIN_DELAY, self.base * 2.0 ** (self.failures + 3)))
         self.failures += 1
-        return ceiling / 2 + self._rng() * ceiling / 2
+        return min(cap, ceiling / 2 + self._rng() * ceiling / 2)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

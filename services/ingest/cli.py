@@ -9,13 +9,18 @@ from pathlib import Path
 from services.common.bitmex import L2_TABLES, ORDERBOOK10_TABLE
 from services.common.config import ConfigError, add_settings_arguments, load_settings
 from services.common.lifecycle import run_service
-from services.ingest.service import IngestOptions, IngestService
+from services.ingest.service import EXIT_ENTRIES_LOST, IngestOptions, IngestService
 
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
+EXIT_CODES = (f"exit codes: 0 stopped cleanly; 1 an internal task died; 2 configuration error; "
+              f"{EXIT_ENTRIES_LOST} stopped with entries lost (Redis did not take them before the drain timeout)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_settings_arguments(parser)
+    parser.epilog = EXIT_CODES
+    add_settings_arguments(parser, "ingest")
     group = parser.add_argument_group("ingest")
     group.add_argument("--record", metavar="FILE", type=Path,
                        help="also write every received frame to FILE in the capture format (appended to)")

@@ -8,7 +8,12 @@ is off, because BitMEX speaks the text `ping`/`pong`, not protocol pings.
 
 Every way a session can end (closed by the venue, network failure, silence, stop) leads to the same
 place: gap markers after the session's last frame on every subscribed symbol's L2 stream, then a
-jittered, capped, exponential backoff before the next attempt (the venue's `Retry-After` after a 429).
+jittered, capped, exponential backoff before the next attempt (the venue's `Retry-After` after a 429, up
+to RETRY_AFTER_MAX).
+
+Hostile input never passes silently: a frame that cannot be parsed leaves a `malformed` gap marker where
+it may have carried L2 data, a frame for a symbol that was not subscribed is not published, and both are
+counted and logged, the log rate-limited. The websocket URL is printed only through `mask_url`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from services.common.bitmex import ErrorReply, Pong, ProtocolError, SubscriptionAck, TableFrame, Welcome, parse_frame
 from services.common.config import Settings, mask_url
+from services.common.health import safe_error
 from services.common.keys import Keys
 from services.common.logs import EventLog, excerpt
 from services.ingest import metrics
@@ -32,6 +38,7 @@ from services.ingest.backoff import ReconnectBackoff, parse_retry_after
 from services.ingest.publisher import Publisher
 from services.ingest.recorder import Recorder
 from services.ingest.session import Reaction, Session, TopicState
+from services.ingest.throttle import Throttle
 
 PING_AFTER: Final = 5.0
 PONG_TIMEOUT: Final = 5.0
@@ -80,6 +87,11 @@ class Feed:
         self._paused = False
         self._rate_limited = False
         self._retry_after: float | None = None
+        self._quiet_since = time.monotonic()
+        self._malformed_log, self._unsubscribed_log = Throttle(), Throttle()
+        self._url = mask_url(settings.ws_url)
+        self.connected = asyncio.Event()
+        """Set when a session connects, so its liveness key is written at once, not at the next tick."""
         for state in TopicState:
             metrics.TOPICS.labels(state.value).set_function(self._topic_counter(state))
 
@@ -116,10 +128,25 @@ class Feed:
         self._log.info("resubscribe_sent", session=session.id, symbol=symbol)
         return "sent"
 
+    def healthy_session(self) -> Session | None:
+        """The current session while it is healthy: connected, and the venue not silent beyond the
+        ping/pong window (the moment the watchdog gives up on it)."""
+        session = self.session
+        if session is None or self.state is not LinkState.CONNECTED:
+            return None
+        return None if venue_silent(self._quiet_since, time.monotonic()) else session
+
+    def subscription_problem(self) -> tuple[str | None, list[str]]:
+        """(why /healthz must fail, rejected topics) of the current session; see `subscription_verdict`."""
+        session = self.session
+        if session is None:
+            return None, []
+        return subscription_verdict(session.topics)
+
     def describe(self) -> dict[str, Any]:
         """Connection detail for /healthz."""
         now = time.monotonic()
-        detail: dict[str, Any] = {"state": self.state.value, "url": mask_url(self._settings.ws_url)}
+        detail: dict[str, Any] = {"state": self.state.value, "url": self._url}
         if self.disconnected_since is not None:
             detail["disconnected_s"] = round(now - self.disconnected_since, 3)
             detail["last_disconnect"] = self.last_disconnect
@@ -146,19 +173,24 @@ class Feed:
             status = exc.response.status_code
             if status == 429:
                 retry_after = parse_retry_after(exc.response.headers.get("Retry-After"), time.time())
-                self._log.warning("connect_rate_limited", status=status, retry_after=retry_after)
-                return "rate_limited", self._backoff.rate_limited(retry_after)
-            self._log.warning("connect_refused", status=status)
+                delay = self._backoff.rate_limited(retry_after, self._settings.retry_after_max)
+                self._log.warning("connect_rate_limited", status=status, retry_after=retry_after,
+                                  retry_after_max=self._settings.retry_after_max, delay_s=round(delay, 3))
+                return "rate_limited", delay
+            self._log.warning("connect_refused", status=status, url=self._url)
             return f"http_{status}", self._backoff.next_delay()
         except (OSError, TimeoutError, WebSocketException) as exc:
-            self._log.warning("connect_failed", error=f"{type(exc).__name__}: {exc}")
+            self._log.warning("connect_failed", url=self._url, error=safe_error(exc))
             return "connect_failed", self._backoff.next_delay()
         if ws is None:
             return "stop", 0.0
         self._rate_limited, self._retry_after = False, None
         healthy, reason = await self._session(ws, stop)
         if self._rate_limited:
-            return "rate_limited", self._backoff.rate_limited(self._retry_after)
+            delay = self._backoff.rate_limited(self._retry_after, self._settings.retry_after_max)
+            self._log.warning("session_rate_limited", retry_after=self._retry_after,
+                              retry_after_max=self._settings.retry_after_max, delay_s=round(delay, 3))
+            return "rate_limited", delay
         if healthy:
             self._backoff.reset()
         return reason, self._backoff.next_delay()
@@ -167,11 +199,13 @@ class Feed:
         """Run one session to its end; (whether it delivered data, why it ended)."""
         session = Session(uuid.uuid4().hex[:12], self._keys, self._settings.l2_table, self._settings.symbols,
                           self._extra_tables)
+        self._quiet_since = time.monotonic()
         self.session, self._ws, self.state, self.disconnected_since = session, ws, LinkState.CONNECTED, None
         self.rejected = {}
         metrics.CONNECTIONS.inc()
         metrics.CONNECTED.set(1)
-        self._log.info("connected", session=session.id, url=mask_url(self._settings.ws_url))
+        self._log.info("connected", session=session.id, url=self._url)
+        self.connected.set()
         reader = asyncio.create_task(self._read(ws, session))
         watchdog = asyncio.create_task(self._watch(ws, session))
         stopped = asyncio.create_task(stop.wait())
@@ -224,7 +258,7 @@ class Feed:
                 try:
                     text = raw.decode()
                 except UnicodeDecodeError:
-                    self._malformed(session, "invalid UTF-8", raw)
+                    self._malformed(session, "invalid UTF-8", raw, recv_ns // 1000, received_ns)
                     continue
                 if recorder is not None:
                     if recorder.write(recv_ns / 1e9, text):
@@ -234,15 +268,17 @@ class Feed:
                 try:
                     frame = parse_frame(raw)
                 except ProtocolError as exc:
-                    self._malformed(session, exc.reason, raw)
+                    self._malformed(session, exc.reason, raw, recv_ns // 1000, received_ns)
                     continue
                 if isinstance(frame, TableFrame):
                     tally(frame.table, frame.action, len(raw))
                     try:
                         entries = session.route(frame, text, recv_ns // 1000, received_ns)
                     except ProtocolError as exc:
-                        self._malformed(session, exc.reason, raw)
+                        self._malformed(session, exc.reason, raw, recv_ns // 1000, received_ns)
                         continue
+                    if session.foreign:
+                        self._unsubscribed(session)
                     if entries:
                         publisher.append(entries)
                         if frame.symbol is None:
@@ -274,7 +310,9 @@ class Feed:
             if frame.status == 429:
                 retry_after = frame.meta.get("retryAfter")
                 self._rate_limited = True
-                self._retry_after = float(retry_after) if isinstance(retry_after, int | float) else None
+                self._retry_after = (max(0.0, float(retry_after))
+                                     if isinstance(retry_after, int | float) and not isinstance(retry_after, bool)
+                                     else None)
             reaction = session.on_error(frame)
         elif isinstance(frame, Welcome):
             metrics.MESSAGES.labels("welcome").inc()
@@ -317,9 +355,29 @@ class Feed:
             metrics.PAUSED_SECONDS.inc(paused)
             self._log.info("reading_resumed", session=session.id, paused_s=round(paused, 3))
 
-    def _malformed(self, session: Session, reason: str, raw: bytes) -> None:
+    def _malformed(self, session: Session, reason: str, raw: bytes, recv_us: int, received_ns: int) -> None:
+        """Count and (rate-limited) log a frame that cannot be parsed; mark the L2 streams it may belong to."""
         metrics.MALFORMED.inc()
-        self._log.warning("malformed_frame", session=session.id, error=reason, excerpt=excerpt(raw))
+        gaps = session.malformed_gaps(raw, recv_us, received_ns)
+        if gaps:
+            self._publisher.append(gaps)
+            metrics.GAPS.labels("malformed").inc(len(gaps))
+        held = self._malformed_log.admit(time.monotonic())
+        if held is not None:
+            self._log.warning("malformed_frame", session=session.id, error=reason, excerpt=excerpt(raw),
+                              gap_markers=len(gaps), symbols=",".join(gap.symbol for gap in gaps),
+                              not_logged_before=held)
+        if session.foreign:
+            self._unsubscribed(session)
+
+    def _unsubscribed(self, session: Session) -> None:
+        """Count and (rate-limited) log the frame parts of symbols no subscription names."""
+        metrics.UNSUBSCRIBED.inc(len(session.foreign))
+        held = self._unsubscribed_log.admit(time.monotonic())
+        if held is not None:
+            self._log.warning("unsubscribed_symbol", session=session.id, symbol=excerpt(session.foreign[0], 40),
+                              parts=len(session.foreign), not_logged_before=held)
+        session.foreign.clear()
 
     async def _watch(self, ws: ClientConnection, session: Session) -> str:
         """Ping after silence; return (ending the session) when even the ping goes unanswered.
@@ -335,6 +393,7 @@ class Feed:
                 now = time.monotonic()
                 if self._received != seen or self._paused:
                     seen, quiet_since, pinged_at = self._received, now, None
+                    self._quiet_since = now
                 elif pinged_at is None and now - quiet_since >= PING_AFTER:
                     metrics.PINGS.inc()
                     await ws.send("ping")
@@ -355,6 +414,23 @@ class Feed:
             return 0 if session is None else len(session.topics_in(state))
 
         return count
+
+
+def venue_silent(quiet_since: float, now: float) -> bool:
+    """True once the venue has said nothing, not even `pong`, for the whole ping/pong window."""
+    return now - quiet_since >= PING_AFTER + PONG_TIMEOUT
+
+
+def subscription_verdict(topics: dict[str, TopicState]) -> tuple[str | None, list[str]]:
+    """(problem, rejected topics) of a session's subscriptions.
+
+    Once the venue has answered every topic, none subscribed is a problem (ingest delivers nothing);
+    some rejected is a degraded state, reported without failing /healthz.
+    """
+    rejected = sorted(topic for topic, state in topics.items() if state is TopicState.REJECTED)
+    if topics and len(rejected) == len(topics):
+        return f"no topic subscribed: the venue rejected all {len(topics)}", rejected
+    return None, rejected
 
 
 async def _until(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:

@@ -74,7 +74,9 @@ REGISTRY.register(FRAMES)
 MESSAGES: Final = Counter("bookstream_ingest_messages_total",
                           "Non-table messages received (welcome, subscribe, unsubscribe, error, pong)", ["kind"])
 MALFORMED: Final = Counter("bookstream_ingest_malformed_frames_total",
-                           "Frames that could not be parsed or routed, skipped")
+                           "Frames that could not be parsed or routed (each possibly L2 one left as a gap marker)")
+UNSUBSCRIBED: Final = Counter("bookstream_ingest_unsubscribed_frames_total",
+                              "Frame parts naming a symbol ingest did not subscribe, not published")
 SPLIT: Final = Counter("bookstream_ingest_split_frames_total",
                        "Frames mixing symbols, split into one re-serialized entry per symbol")
 PUBLISHED: Final = Counter("bookstream_ingest_entries_published_total",
@@ -105,7 +107,10 @@ PAUSED_SECONDS: Final = Counter("bookstream_ingest_read_paused_seconds_total",
 DROPPED: Final = Counter("bookstream_ingest_dropped_entries_total",
                          "Entries given up without reaching Redis, by reason (each one logged)", ["reason"])
 REDIS_UP: Final = Gauge("bookstream_ingest_redis_up",
-                        "1 when Redis answered the last operation (publish, control), else 0", ["operation"])
+                        "1 when Redis answered the last operation (publish, control, heartbeat), else 0", ["operation"])
 REDIS_ERRORS: Final = Counter("bookstream_ingest_redis_errors_total", "Failed Redis operations, by operation",
                               ["operation"])
+REDIS_LOST: Final = Counter("bookstream_ingest_redis_lost_total",
+                            "State Redis lost and ingest restored: symbols re-added, streams found short",
+                            ["what"])
 RECORDED: Final = Counter("bookstream_ingest_recorded_frames_total", "Frames written to the --record capture")

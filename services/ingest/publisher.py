@@ -18,7 +18,9 @@ costs this process a third of what redis-py's connection did) never retries on i
 replaying a batch that Redis may already have applied would duplicate entries. After a failure whose
 outcome is unknown (a timeout, or the connection died mid-call) the old connection is killed, so that a
 batch still sitting in it cannot land later, then each stream's last entry is read back and the entries
-it proves were appended are removed first: every entry lands exactly once.
+it proves were appended are removed first: every entry lands exactly once. That kill is the fence; where an
+ACL refuses CLIENT KILL, the first connection finds out and says so (log and /healthz), because the check
+is then only as good as the old connection's death by timeout.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, Final
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from services.common.entries import GAP_ACTION
+from services.common.health import safe_error
 from services.common.logs import EventLog
 from services.common.redis_wire import Command, RedisWire
 from services.ingest import metrics
@@ -71,7 +74,7 @@ class RedisStatus:
 
     def failed(self, error: BaseException) -> None:
         metrics.REDIS_ERRORS.labels(self.operation).inc()
-        self.error = f"{type(error).__name__}: {error}"
+        self.error = safe_error(error)
         if self.up is not False:
             self._log.error("redis_unavailable", operation=self.operation, error=self.error)
             self.up, self.since = False, time.monotonic()
@@ -104,6 +107,10 @@ class Publisher:
         self._announced: set[str] = set()
         self._sha = ""
         self._unconfirmed_on: int | None = None
+        self.appended: dict[str, int] = {}
+        """Entries Redis acknowledged per stream since start: what the heartbeat holds Redis to."""
+        self.fence = "unknown"
+        """Whether Redis lets this connection run the exactly-once fence: unknown, available or refused."""
         metrics.BUFFER.set_function(lambda: len(self._buffer))
         metrics.BUFFER_CAPACITY.set(capacity)
 
@@ -141,7 +148,7 @@ class Publisher:
         if count:
             streams = sorted({entry.stream for entry in self._buffer})
             self._log.error("entries_dropped", reason=reason, entries=count, streams=len(streams),
-                            first_stream=streams[0])
+                            first_stream=streams[0], redis_error=self._status.error)
             metrics.DROPPED.labels(reason).inc(count)
             self._buffer.clear()
         return count
@@ -174,6 +181,18 @@ class Publisher:
 
     def close_connection(self) -> None:
         self._wire.close()
+
+    def unconfirmed_by_stream(self) -> dict[str, int]:
+        """Entries sent to Redis and not yet acknowledged (at most one batch), per stream."""
+        counts: dict[str, int] = {}
+        for entry in islice(self._buffer, self._unconfirmed):
+            counts[entry.stream] = counts.get(entry.stream, 0) + 1
+        return counts
+
+    @property
+    def announced(self) -> frozenset[str]:
+        """The symbols added to the symbol set by this publisher (forgotten after a Redis error)."""
+        return frozenset(self._announced)
 
     async def _publish_batch(self) -> None:
         batch = self._take_batch()
@@ -231,6 +250,23 @@ class Publisher:
         if not self._wire.connected:
             await self._wire.connect()
             await self._load_script()
+            if self.fence == "unknown":
+                await self._probe_fence(self._wire.client_id)
+
+    async def _probe_fence(self, client_id: int | None) -> None:
+        """Find out once whether the fence can run: it needs CLIENT ID (refused, the wire has no id) and
+        CLIENT KILL, tried here with SKIPME, which makes killing this very connection a no-op."""
+        if client_id is None:
+            error = "CLIENT ID refused"
+        else:
+            [reply] = await self._wire.call([("CLIENT", "KILL", "ID", client_id, "SKIPME", "yes")])
+            if not isinstance(reply, ResponseError):
+                self.fence = "available"
+                return
+            error = str(reply)
+        self.fence = "refused"
+        self._log.warning("exactly_once_fence_refused", error=error,
+                          consequence="after a failed batch, entries may land twice")
 
     async def _load_script(self) -> None:
         [reply] = await self._wire.call([("SCRIPT", "LOAD", SCRIPT)])
@@ -264,9 +300,11 @@ class Publisher:
 
     def _account(self, appended: list[Entry], done_ns: int) -> None:
         observe = metrics.LATENCY.observe_ns
+        counts = self.appended
         gaps = 0
         for entry in appended:
             observe(done_ns - entry.received_ns)
+            counts[entry.stream] = counts.get(entry.stream, 0) + 1
             if entry.fields["action"] == GAP_ACTION:
                 gaps += 1
         metrics.PUBLISHED.labels("frame").inc(len(appended) - gaps)
@@ -287,7 +325,7 @@ class Publisher:
         await self._connect()
         # The batch may still sit unread in the old connection's socket and run later; killing that
         # connection first settles it (run already, or never will), so the tails read next are final.
-        # Where CLIENT KILL is not allowed its error is ignored, and the check is as good as it can be.
+        # Where CLIENT KILL is refused (said once, by `_probe_fence`) the check is as good as it can be.
         fence: list[Command] = [] if self._unconfirmed_on is None else [("CLIENT", "KILL", "ID", self._unconfirmed_on)]
         replies = await self._wire.call(fence + [("XREVRANGE", stream, "+", "-", "COUNT", 1) for stream in streams])
         reached: dict[str, int] = {}

@@ -1,9 +1,10 @@
 """ingest assembled: the feed, the publisher and the control reader, run until stopped, plus /healthz.
 
 On stop the feed closes its session (gap markers included), then the publisher gets `DRAIN_TIMEOUT`
-seconds to append everything still buffered; what Redis could not take by then is reported as dropped.
-If the publisher or the control reader ever dies of a bug, the process stops with exit code 1 rather
-than carrying on half-alive: an orchestrator restarts a dead process, not a silently stuck one.
+seconds to append everything still buffered; what Redis could not take by then is lost, which is an error
+and exit code `EXIT_ENTRIES_LOST`. If the publisher, the control reader or the heartbeat ever dies of a
+bug, the process stops with exit code 1 rather than carrying on half-alive: an orchestrator restarts a
+dead process, not a silently stuck one.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from services.common.logs import EventLog
 from services.common.redis_wire import RedisWire
 from services.ingest.connection import Feed
 from services.ingest.control import ControlReader
+from services.ingest.liveness import Heartbeat
 from services.ingest.publisher import CALL_TIMEOUT, Publisher, RedisStatus
 from services.ingest.recorder import Recorder
 
 DRAIN_TIMEOUT: Final = 5.0
 REDIS_SOCKET_TIMEOUT: Final = 5.0
 REDIS_CONNECT_TIMEOUT: Final = 2.0
+EXIT_ENTRIES_LOST: Final = 3
+"""Exit code of a stop that had to give up entries Redis never took (documented in `bookstream ingest --help`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class IngestService:
                                                      socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
         self._redis = Redis(connection_pool=self._control_pool)
         self._publish_status, self._control_status = RedisStatus("publish", log), RedisStatus("control", log)
+        self._heartbeat_status = RedisStatus("heartbeat", log)
         publish_wire = RedisWire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
                                  REDIS_CONNECT_TIMEOUT)
         self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,
@@ -65,6 +70,8 @@ class IngestService:
         self.feed = Feed(settings, self.publisher, self.recorder, options.extra_tables, log)
         self.control = ControlReader(self._redis, keys, settings.symbols, self.feed, settings.resubscribe_interval,
                                      self._control_status, log)
+        self.heartbeat = Heartbeat(self._redis, keys, settings.instance_name, self.feed, self.publisher,
+                                   self._heartbeat_status, log)
 
     async def main(self, stop: asyncio.Event) -> int:
         self._log.info("ingest_starting", symbols=len(self._settings.symbols), l2_table=self._settings.l2_table,
@@ -72,23 +79,32 @@ class IngestService:
                        record=self.recorder.path if self.recorder else None)
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")
         controlling = asyncio.create_task(self.control.run(), name="control")
+        beating = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
         feeding = asyncio.create_task(self.feed.run(stop), name="feed")
         code = 0
         try:
-            await asyncio.wait((publishing, controlling, feeding), return_when=asyncio.FIRST_COMPLETED)
-            for task in (publishing, controlling):
+            await asyncio.wait((publishing, controlling, beating, feeding), return_when=asyncio.FIRST_COMPLETED)
+            for task in (publishing, controlling, beating):
                 if task.done():
                     self._log.error("task_died", task=task.get_name(), error=repr(task.exception()))
                     code = 1
             stop.set()
             await feeding
         finally:
+            # The liveness key stops being renewed here and expires by itself; the stop's gap markers are
+            # what tells consumers, at once, that the session ended.
             controlling.cancel()
+            beating.cancel()
             self.publisher.close()
             await asyncio.wait((publishing,), timeout=DRAIN_TIMEOUT)
             publishing.cancel()
-            self.publisher.drop_all("stop")  # whatever Redis could not take in time, logged and counted
-            await asyncio.gather(publishing, controlling, return_exceptions=True)
+            dropped = self.publisher.drop_all("stop")  # whatever Redis could not take in time, logged and counted
+            if dropped and not code:
+                code = EXIT_ENTRIES_LOST
+                self._log.error("stopped_with_loss", entries=dropped, exit_code=code,
+                                why="Redis did not take them within the drain timeout",
+                                drain_timeout_s=DRAIN_TIMEOUT)
+            await asyncio.gather(publishing, controlling, beating, return_exceptions=True)
             self.publisher.close_connection()
             await self._redis.aclose()
             await self._control_pool.disconnect()
@@ -97,19 +113,30 @@ class IngestService:
         return code
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Unhealthy when disconnected longer than HEALTH_STALE_AFTER, or when Redis is not answering."""
+        """Unhealthy when disconnected longer than HEALTH_STALE_AFTER, when the venue rejected every topic,
+        or when Redis is not answering; `degraded` lists the rejected topics of a session that has others."""
         problems: list[str] = []
         since = self.feed.disconnected_since
         if since is not None and time.monotonic() - since > self._settings.health_stale_after:
             problems.append(f"websocket disconnected for {time.monotonic() - since:.0f} s "
                             f"(HEALTH_STALE_AFTER={self._settings.health_stale_after:g})")
+        subscription_problem, rejected = self.feed.subscription_problem()
+        if subscription_problem is not None:
+            problems.append(subscription_problem)
         redis: dict[str, Any] = {}
-        for status in (self._publish_status, self._control_status):
+        for status in (self._publish_status, self._control_status, self._heartbeat_status):
             redis[status.operation] = {"up": status.up, "for_s": round(time.monotonic() - status.since, 3),
                                        "error": status.error}
             if status.up is False:
                 problems.append(f"redis unavailable ({status.operation}): {status.error}")
-        detail = {"problems": problems, "connection": self.feed.describe(), "redis": redis,
-                  "buffer": {"entries": len(self.publisher), "capacity": self.publisher.capacity,
-                             "full": self.publisher.full}}
+        detail: dict[str, Any] = {
+            "problems": problems, "connection": self.feed.describe(), "redis": redis,
+            "buffer": {"entries": len(self.publisher), "capacity": self.publisher.capacity,
+                       "full": self.publisher.full},
+            "liveness": self.heartbeat.describe(), "exactly_once_fence": self.publisher.fence}
+        if rejected and subscription_problem is None:
+            detail["degraded"] = rejected
+        if self.heartbeat.eviction.policy is not None:
+            detail["redis_policy_warning"] = (f"maxmemory-policy {self.heartbeat.eviction.policy} may evict "
+                                              "streams and keys; bookstream requires noeviction")
         return not problems, detail

@@ -9,11 +9,17 @@ The venue answers each topic of a request separately and in order (an ack naming
 that echoes the whole request), so an error is charged to the topic it names, else to the request's first
 topic still unanswered. A topic the venue rejects is kept out of the way of the others: it is reported,
 and every other topic proceeds.
+
+Every topic is requested per symbol, so a frame is published only for a symbol of the subscription; any
+other is set aside in `foreign` for the connection loop to count and log. A frame that cannot be parsed is
+never simply skipped: when it may belong to the L2 table, `malformed_gaps` turns it into a gap marker on the
+L2 stream of the symbol it names, or on every subscribed L2 stream when it names none that can be trusted.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,6 +39,11 @@ from services.common.keys import Keys
 
 SUBSCRIBE_ARGS_LIMIT: Final = 20
 """BitMEX refuses a request with more topics than this."""
+MALFORMED_GAP_REASON: Final = "malformed"
+REPLY_KEYS: Final = frozenset({"error", "subscribe", "unsubscribe", "info", "success"})
+"""Keys that make a JSON object without `table` a (broken) reply to a request rather than table data."""
+_CUT_TABLE = re.compile(rb'\A\s*\{\s*"table"\s*:\s*"([^"\\]*)"')
+_CUT_FILTER_SYMBOL = re.compile(rb'"filter"\s*:\s*\{\s*"symbol"\s*:\s*"([^"\\]{1,64})"')
 
 
 class TopicState(enum.StrEnum):
@@ -82,6 +93,11 @@ class Session:
         self.topics: dict[str, TopicState] = {}
         self.errors: dict[str, str] = {}
         self._unanswered: list[tuple[dict[str, Any], list[str]]] = []
+        self._subscribed_symbols = frozenset(self.symbols)
+        self._gapped: set[str] = set()
+        """Streams whose latest entry is a gap marker: another malformed frame there adds nothing."""
+        self.foreign: list[str] = []
+        """Symbols of frames not published because no subscription names them; the caller empties it."""
 
     def subscribe_requests(self) -> list[str]:
         """The subscribe requests for every topic, at most `SUBSCRIBE_ARGS_LIMIT` topics each."""
@@ -96,15 +112,41 @@ class Session:
         that is not published. Raises ProtocolError when the frame names no symbol at all."""
         if frame.table not in self._stream_of:
             return []
-        if frame.symbol is not None:
-            return [self._entry(frame.table, frame.symbol, frame.action, text, recv_us, received_ns)]
+        symbol = frame.symbol
+        if symbol is not None:
+            if symbol in self._subscribed_symbols:
+                return [self._entry(frame.table, symbol, frame.action, text, recv_us, received_ns)]
+            self.foreign.append(symbol)
+            return []
         parts = split_by_symbol(frame)
         if any(part.symbol is None for part in parts):
             raise ProtocolError(f"{frame.table} {frame.action} frame names no symbol", text)
+        self.foreign += [part.symbol for part in parts
+                         if part.symbol is not None and part.symbol not in self._subscribed_symbols]
         message = orjson.loads(text)
         return [self._entry(frame.table, part.symbol, frame.action,
                             orjson.dumps({**message, "data": part.data}).decode(), recv_us, received_ns)
-                for part in parts if part.symbol is not None]
+                for part in parts if part.symbol is not None and part.symbol in self._subscribed_symbols]
+
+    def malformed_gaps(self, raw: bytes, recv_us: int, received_ns: int) -> list[Entry]:
+        """Gap markers (reason `malformed`) for a frame that could not be parsed or routed.
+
+        Nothing when the frame is plainly not L2 data (another table, a broken reply); else a gap on the L2
+        stream of each symbol it names whose L2 topic was not rejected, or on all of them when it names none
+        (a frame cut short may hide rows of symbols its visible part does not show, unless its filter
+        names the one symbol of the whole frame). Named symbols that are not subscribed are `foreign`.
+        A stream whose latest entry is a gap already gets none: a flood of garbage is one marker per
+        stream until data flows there again, not one per frame.
+        """
+        on_l2, named = malformed_target(raw, self.l2_table)
+        if not on_l2:
+            return []
+        symbols = self._l2_symbols()
+        if named:
+            symbols = [symbol for symbol in symbols if symbol in named]
+            self.foreign += [symbol for symbol in sorted(named) if symbol not in self._subscribed_symbols]
+        return [self._gap(self.l2_table, symbol, MALFORMED_GAP_REASON, recv_us, received_ns) for symbol in symbols
+                if self._stream(self.l2_table, symbol) not in self._gapped]
 
     def on_ack(self, ack: SubscriptionAck, recv_us: int, received_ns: int) -> Reaction:
         """Settle the topic an ack names; the unsubscribe half of a resubscription sends the subscribe half."""
@@ -161,10 +203,7 @@ class Session:
 
     def disconnect_gaps(self, reason: str, recv_us: int, received_ns: int) -> list[Entry]:
         """A gap marker for the L2 stream of every symbol subscribed (or heard from) in this session."""
-        symbols = [symbol for symbol in self.symbols
-                   if self.topics.get(f"{self.l2_table}:{symbol}") is not TopicState.REJECTED]
-        symbols += [symbol for table, symbol in self._streams if table == self.l2_table and symbol not in symbols]
-        return [self._gap(self.l2_table, symbol, reason, recv_us, received_ns) for symbol in symbols]
+        return [self._gap(self.l2_table, symbol, reason, recv_us, received_ns) for symbol in self._l2_symbols()]
 
     @property
     def delivered(self) -> bool:
@@ -174,16 +213,26 @@ class Session:
     def topics_in(self, state: TopicState) -> list[str]:
         return [topic for topic, current in self.topics.items() if current is state]
 
+    def _l2_symbols(self) -> list[str]:
+        """Symbols whose L2 topic was not rejected, plus any whose L2 stream this session wrote to."""
+        symbols = [symbol for symbol in self.symbols
+                   if self.topics.get(f"{self.l2_table}:{symbol}") is not TopicState.REJECTED]
+        symbols += [symbol for table, symbol in self._streams if table == self.l2_table and symbol not in symbols]
+        return symbols
+
     def _entry(self, table: str, symbol: str, action: str, text: str, recv_us: int, received_ns: int) -> Entry:
         stream = self._stream(table, symbol)
         seq = self._seq.get(stream, 0) + 1
         self._seq[stream] = seq
+        if self._gapped:
+            self._gapped.discard(stream)
         return Entry(stream, symbol, encode_entry(text, table, action, self.id, seq, recv_us), received_ns)
 
     def _gap(self, table: str, symbol: str, reason: str, recv_us: int, received_ns: int) -> Entry:
         stream = self._stream(table, symbol)
         seq = self._seq.get(stream, 0) + 1
         self._seq[stream] = seq
+        self._gapped.add(stream)
         return Entry(stream, symbol, encode_gap(table, self.id, seq, recv_us, reason), received_ns)
 
     def _stream(self, table: str, symbol: str) -> str:
@@ -226,3 +275,36 @@ class Session:
 
 def _table_stream(keys: Keys, table: str) -> Callable[[str], str]:
     return lambda symbol: keys.table_stream(table, symbol)
+
+
+def malformed_target(raw: bytes, l2_table: str) -> tuple[bool, frozenset[str]]:
+    """Whether an unparsable frame may be L2 data of `l2_table`, and the symbols it names (empty: unknown).
+
+    Only what the frame shows for certain counts: a frame that is not even a JSON object may be anything,
+    an L2 update included; a JSON object names its table and, through its filter and rows, its symbols.
+    """
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        message = None
+    if type(message) is not dict:
+        cut_table = _CUT_TABLE.match(raw)
+        if cut_table is not None and cut_table.group(1).decode("utf-8", "replace") != l2_table:
+            return False, frozenset()
+        filter_symbol = _CUT_FILTER_SYMBOL.search(raw)
+        named = frozenset() if filter_symbol is None else frozenset({filter_symbol.group(1).decode("utf-8", "replace")})
+        return True, named
+    if "table" not in message:
+        return not REPLY_KEYS.intersection(message), frozenset()
+    table = message["table"]
+    if type(table) is str and table != l2_table:
+        return False, frozenset()
+    frame_filter = message.get("filter")
+    filter_symbol = frame_filter.get("symbol") if type(frame_filter) is dict else None
+    rows = message.get("data")
+    row_symbols = [row.get("symbol") if type(row) is dict else None for row in rows] if type(rows) is list else [None]
+    if type(filter_symbol) is str:
+        return True, frozenset({filter_symbol, *(symbol for symbol in row_symbols if type(symbol) is str)})
+    if not row_symbols or not all(type(symbol) is str for symbol in row_symbols):
+        return True, frozenset()
+    return True, frozenset(symbol for symbol in row_symbols if type(symbol) is str)

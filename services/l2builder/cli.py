@@ -10,7 +10,7 @@ from services.l2builder.worker import L2Builder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, "l2builder")
 
 
 def run(args: argparse.Namespace) -> int:

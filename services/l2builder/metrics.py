@@ -31,3 +31,9 @@ WRITE_CONFLICTS = Counter("bookstream_l2builder_write_conflicts_total",
 ACKED = Counter("bookstream_l2builder_acked_entries_total", "entries acknowledged after their book was durable")
 REDIS_ERRORS = Counter("bookstream_l2builder_redis_errors_total", "failed Redis round trips, by operation",
                        ["op"])
+INVALID_SYMBOLS = Counter("bookstream_l2builder_invalid_symbols_total",
+                          "members of the symbols set that are no valid symbol name, ignored (each counted once)")
+REDIS_LOST = Counter("bookstream_l2builder_redis_lost_total",
+                     "Redis state l2builder relied on found lost (its books then go stale), by what", ["what"])
+READ_PAUSED = Gauge("bookstream_l2builder_read_paused_symbols",
+                    "owned symbols not read because their own unacknowledged entries reached the bound")

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from services.common.config import SYMBOL_PATTERN
 from services.common.entries import RawFields
 from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
 from services.common.redis_client import stream_pairs
@@ -34,11 +35,20 @@ RANGE_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """What XINFO GROUPS says about the `l2builder` group of one stream."""
+
+    lag: int | None
+    last_delivered: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamHead:
     """What XINFO STREAM says about the oldest retained entry and about deletions."""
 
     first: RawEntry | None
     max_deleted_id: str
+    last_generated_id: str
 
 
 class L2Streams:
@@ -60,10 +70,25 @@ class L2Streams:
         self._symbol_of.setdefault(key.encode(), symbol)
         return key
 
-    async def symbols(self) -> set[str]:
-        """The symbols ingest publishes (DESIGN.md: `<p>:symbols`)."""
-        members = cast(set[bytes], await self.redis.smembers(self.keys.symbols))
-        return {member.decode() for member in members}
+    async def symbols(self) -> tuple[set[str], list[bytes]]:
+        """The symbols ingest publishes (DESIGN.md: `<p>:symbols`), and the members that are no symbol name
+        (SYMBOL_PATTERN): those never become a key, a log field or a document."""
+        valid, invalid = set(), []
+        for member in cast(set[bytes], await self.redis.smembers(self.keys.symbols)):
+            name = member.decode(errors="replace")
+            if SYMBOL_PATTERN.fullmatch(name):
+                valid.add(name)
+            else:
+                invalid.append(member)
+        return valid, invalid
+
+    async def alive(self, sessions: list[str]) -> dict[str, bool]:
+        """Whether each ingest session's liveness key exists, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                pipe.exists(self.keys.ingest_alive(session))
+            replies = await pipe.execute()
+        return {session: bool(found) for session, found in zip(sessions, replies, strict=True)}
 
     async def ensure_group(self, symbol: str, start: str | None) -> None:
         """Create the group (and the stream) unless it exists, delivering what comes after `start`.
@@ -90,8 +115,15 @@ class L2Streams:
         return cast(list[RawEntry], await self.redis.xrange(self._key(symbol), min=low, max=until, count=count))
 
     async def last_delivered(self, symbol: str) -> str | None:
-        """The id up to which the group has handed out entries, None when the group does not exist."""
-        for group in await self.redis.xinfo_groups(self._key(symbol)):
+        """The id up to which the group has handed out entries, None when the group (or the stream) does
+        not exist."""
+        try:
+            groups = await self.redis.xinfo_groups(self._key(symbol))
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        for group in groups:
             if group["name"] == L2BUILDER_GROUP.encode():
                 return str(group["last-delivered-id"].decode())
         return None
@@ -99,7 +131,7 @@ class L2Streams:
     async def head(self, symbol: str) -> StreamHead:
         info = await self.redis.xinfo_stream(self._key(symbol))
         max_deleted = info.get("max-deleted-entry-id", b"0-0")
-        return StreamHead(info.get("first-entry"), max_deleted.decode())
+        return StreamHead(info.get("first-entry"), max_deleted.decode(), info["last-generated-id"].decode())
 
     async def ack_covered(self, symbol: str, upto: str) -> int:
         """Acknowledge entries up to `upto` still pending under any consumer: a stored book covers them
@@ -112,20 +144,24 @@ class L2Streams:
             if len(pending) < RANGE_PAGE:
                 return total
 
-    async def lags(self, symbols: list[str]) -> dict[str, int | None]:
-        """Per stream, entries not yet delivered to the group (None when Redis cannot tell)."""
+    async def groups(self, symbols: list[str]) -> dict[str, GroupInfo | None]:
+        """Per stream, its group (None when the stream or the group does not exist); a stream whose reply
+        was another error is left out."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for symbol in symbols:
                 pipe.xinfo_groups(self._key(symbol))
             replies = await pipe.execute(raise_on_error=False)
-        lags: dict[str, int | None] = {}
+        found: dict[str, GroupInfo | None] = {}
         for symbol, groups in zip(symbols, replies, strict=True):
             if isinstance(groups, Exception):
+                if isinstance(groups, ResponseError) and "no such key" in str(groups):
+                    found[symbol] = None
                 continue
+            found[symbol] = None
             for group in groups:
                 if group["name"] == L2BUILDER_GROUP.encode():
-                    lags[symbol] = group.get("lag")
-        return lags
+                    found[symbol] = GroupInfo(group.get("lag"), group["last-delivered-id"].decode())
+        return found
 
     async def remove_idle_consumers(self, symbols: list[str], idle: float) -> int:
         """Forget consumers idle for `idle` seconds that hold nothing, so the group lists live readers."""

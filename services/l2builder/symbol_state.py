@@ -63,10 +63,14 @@ class StaleKind(enum.StrEnum):
     TOO_LARGE = "too_large"
     """The book outgrew MongoDB's document size limit; not urgent, since a new partial may rebuild the same book."""
     RESTORED = "restored"
+    INGEST_LOST = "ingest_lost"
+    """The liveness key of the book's session expired: ingest died or lost the venue without a gap marker."""
+    REDIS_LOST = "redis_lost"
+    """Redis lost state the book relied on (its stream, group, lease or epoch): entries may be gone."""
 
 
 URGENT_KINDS = frozenset({StaleKind.HOLE, StaleKind.MALFORMED, StaleKind.INCONSISTENT, StaleKind.TRIMMED,
-                          StaleKind.INVALID_DOCUMENT})
+                          StaleKind.INVALID_DOCUMENT, StaleKind.INGEST_LOST, StaleKind.REDIS_LOST})
 UNSTORABLE_KINDS = frozenset({StaleKind.UNWRITABLE, StaleKind.TOO_LARGE})
 """Kinds whose levels are what cannot be stored: their stale document keeps no levels."""
 
@@ -190,6 +194,9 @@ class SymbolState:
                 self.mark_stale(StaleKind.SESSION, f"new ingest session {entry.session}, waiting for its partial",
                                 now)
                 return Outcome.STALE
+        if not self.live and self.book.has_partial and entry.action != "partial":
+            # Levels kept by a stale book (`keep_levels`) follow only the next seqs of their own session.
+            self.book = L2Book(self.symbol)
         self._take(entry)
         return self._apply(entry.frame, now) if entry.action != GAP_ACTION else self._gap(entry, now)
 
@@ -227,18 +234,29 @@ class SymbolState:
         self.mark_stale(StaleKind.TRIMMED, lost, now)
         return False
 
-    def mark_stale(self, kind: StaleKind, reason: str, now: float) -> None:
-        """Stop applying to the book until the next partial; urgent kinds ask for a resync at once.
+    def check_stream_end(self, last_generated_id: str, now: float) -> bool:
+        """Check that the stream has reached `position` (XINFO STREAM's last-generated-id); if not, Redis
+        lost the entries the book was built from and whatever followed them: go stale and say False."""
+        if parse_stream_id(last_generated_id) >= self.position:
+            return True
+        self.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: the stream ends at {last_generated_id}, before the"
+                        f" stored position {self.stream_id}", now)
+        return False
+
+    def mark_stale(self, kind: StaleKind, reason: str, now: float, keep_levels: bool = False) -> None:
+        """Stop trusting the book until the next partial; urgent kinds ask for a resync at once.
 
         The last exact levels stay in the document (a stale book says it cannot be trusted, but shows
         where the market was), unless they are what cannot be stored; a book that contradicted a frame
-        has already emptied itself.
+        has already emptied itself. `keep_levels` goes further and keeps applying to the book, for a book
+        that was exact when its source went silent: its session's next entries, if any come, still fit.
         """
         if self.live and self.book.has_partial:
             self.last_book = self.book
         if kind in UNSTORABLE_KINDS:
             self.last_book = None
-        self.book = L2Book(self.symbol)
+        if not keep_levels:
+            self.book = L2Book(self.symbol)
         self.live, self.stale_kind, self.reason = False, kind, reason
         self.next_resync_at = now if kind in URGENT_KINDS else now + self.resync_interval
         self.dirty = True

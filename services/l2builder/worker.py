@@ -3,8 +3,8 @@
 Three loops share one event loop and the per-symbol states, so no locks are needed:
 
 - ownership, every tick: heartbeat, renew leases, compute the symbols this instance should own by
-  rendezvous hashing, acquire those (then restore them) and hand off those that must move, ask ingest for
-  partials for stale books, sample lag;
+  rendezvous hashing, acquire those (then restore them) and hand off those that must move, check the
+  liveness keys of the sessions of the live books, ask ingest for partials for stale books, sample lag;
 - reader: XREADGROUP over the owned, caught-up streams; each entry goes to its `SymbolState`;
 - flusher, every FLUSH_INTERVAL: one unordered bulk write of every changed book, then XACK what it covered;
   a symbol whose write failed is retried alone after its own backoff, never holding up the others.
@@ -14,6 +14,11 @@ made durable (a previous owner's pending entries); a seq hole in what the group 
 same way. An entry is acknowledged only after the write covering it succeeded; when a lease cannot be
 renewed in time the symbol is dropped at once and its unwritten work is left for the next owner, who
 replays it from the stream. Outages of Redis or MongoDB only pause things: the loops retry with backoff.
+
+Redis may also come back without the state it held (FLUSHALL, eviction, a failover to a replica behind):
+an epoch key missing or lower than a held lease's, a stream or group gone, a group that went back before
+a book's position. The books concerned go stale (`redis_lost`) and ask for partials; a lease whose epoch
+vanished is taken again with an epoch above the one it had, so fencing never goes backwards.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 import datetime as dt
 import gc
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +38,12 @@ from redis.exceptions import RedisError, ResponseError
 from services.common.backoff import Backoff
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
-from services.common.keys import Keys
-from services.common.logs import EventLog
-from services.common.redis_client import connect
+from services.common.health import safe_error
+from services.common.keys import SESSION_LOST_AFTER, Keys
+from services.common.logs import EventLog, excerpt
+from services.common.redis_client import connect, evicting_policy
 from services.l2builder import metrics
+from services.l2builder.liveness import SessionWatch
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.store import (
@@ -50,7 +57,7 @@ from services.l2builder.store import (
     restore_state,
 )
 from services.l2builder.streams import L2Streams, RawEntry
-from services.l2builder.symbol_state import FlushTicket, Outcome, Status, SymbolState
+from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind, Status, SymbolState
 
 log = EventLog("l2builder")
 
@@ -68,14 +75,21 @@ REDIS_SOCKET_TIMEOUT = 5.0
 """Longer than READ_BLOCK_MS, or every idle read would time out; short enough to notice a hung server."""
 RANGE_COUNT = 1000
 """Entries per XRANGE page while catching up."""
-MAX_UNACKED = 250_000
-"""Entries read but not yet durable after which reading pauses (MongoDB slow or down)."""
+MAX_UNACKED_PER_SYMBOL = 100_000
+"""Entries of one symbol read but not yet durable after which that symbol is no longer read (its writes
+fail, or MongoDB is slow or down); the others read on."""
 INSPECT_EVERY = 2.0
 MONGO_PING_EVERY = 2.0
 """How long MongoDB may go unused before a ping (at most a third of HEALTH_STALE_AFTER), so an idle
 but healthy server never makes /healthz fail."""
 SHUTDOWN_FLUSH_SECONDS = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+POLICY_CHECK_EVERY = 30.0
+"""How often Redis's maxmemory-policy is checked: an evicting policy loses leases and streams."""
+INVALID_LOG_EVERY = 10.0
+"""Least time between two log lines about invalid members of the symbols set (anyone may add some)."""
+INVALID_REMEMBERED = 10_000
+"""Invalid names remembered so each is counted once; beyond that the memory starts afresh."""
 GC_GEN0_THRESHOLD = 50_000
 """Every entry allocates a few short-lived containers and almost no cycles; collecting the youngest
 generation every 50,000 allocations instead of 700 saves about 12% of the CPU (bench.l2builder)."""
@@ -96,6 +110,16 @@ class Owned:
     deferred: list[list[RawEntry]] = field(default_factory=list, repr=False)
     retry_at: float = 0.0
     write_backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_FIRST, BACKOFF_MAX), repr=False)
+    lost: str | None = None
+    """Redis lost state of the symbol before its document was loaded: the restored book must not be live."""
+
+
+def split_by_backlog(unacked: Mapping[str, int], bound: int) -> tuple[list[str], list[str]]:
+    """The symbols to read and those to leave unread because their own unacknowledged entries reached
+    `bound`: one symbol whose writes fail never stops the others."""
+    read = [symbol for symbol, count in unacked.items() if count < bound]
+    paused = [symbol for symbol, count in unacked.items() if count >= bound]
+    return read, paused
 
 
 class L2Builder:
@@ -116,6 +140,13 @@ class L2Builder:
         self._draining = False
         self._drain = asyncio.Event()
         self._wake_reader = asyncio.Event()
+        self.sessions = SessionWatch(SESSION_LOST_AFTER)
+        self.redis_policy_warning: str | None = None
+        self._policy_checked_at = -POLICY_CHECK_EVERY
+        self._invalid_seen: set[bytes] = set()
+        self._invalid_logged_at = -INVALID_LOG_EVERY
+        self.invalid_symbols = 0
+        self.read_paused: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -186,9 +217,13 @@ class L2Builder:
             "stale": sum(not state.live for state in states),
             "restoring": len(self.owned) - len(states),
             "unacked": self._unacked(),
+            "read_paused": len(self.read_paused),
+            "invalid_symbols": self.invalid_symbols,
             "redis_ok_seconds_ago": round(redis_age, 3),
             "mongo_ok_seconds_ago": round(mongo_age, 3),
         }
+        if self.redis_policy_warning is not None:
+            detail["redis_policy_warning"] = self.redis_policy_warning
         return redis_age < limit and mongo_age < limit, detail
 
     async def _pause(self, seconds: float) -> None:
@@ -207,9 +242,13 @@ class L2Builder:
     async def _tick(self) -> None:
         now = time.monotonic()
         try:
-            members = await self.ownership.heartbeat()
-            symbols = await self.streams.symbols()
-            await self._renew(now)
+            members, rejoined = await self.ownership.heartbeat()
+            if rejoined and self.members:
+                # Our membership expired (a long pause) or Redis lost it: check every lease now.
+                metrics.REDIS_LOST.labels("membership").inc()
+                log.warning("membership_lost", owned=len(self.owned))
+            symbols = await self._symbols(now)
+            await self._renew(now, everything=rejoined)
         except RedisError as exc:
             self._redis_failed("ownership", exc)
             self._expire(time.monotonic())
@@ -227,20 +266,109 @@ class L2Builder:
             owned.releasing = moving
         try:
             await self._acquire(sorted(desired - self.owned.keys()))
+            await self._check_liveness(time.monotonic())
             await self._request_resyncs(time.monotonic())
             if now - self._inspected_at >= INSPECT_EVERY:
                 self._inspected_at = now
                 await self._inspect_streams()
+            if now - self._policy_checked_at >= POLICY_CHECK_EVERY:
+                self._policy_checked_at = now
+                await self._check_policy()
         except RedisError as exc:
             self._redis_failed("ownership", exc)
         self._update_gauges()
 
-    async def _renew(self, now: float) -> None:
-        due = self.ownership.due([owned.lease for owned in self.owned.values()], now)
-        for lease in await self.ownership.renew(due):
+    async def _symbols(self, now: float) -> set[str]:
+        """The valid names of the symbols set; the others are counted once each and logged now and then."""
+        symbols, invalid = await self.streams.symbols()
+        self.invalid_symbols = len(invalid)
+        new = [member for member in invalid if member not in self._invalid_seen]
+        if new:
+            if len(self._invalid_seen) + len(new) > INVALID_REMEMBERED:
+                self._invalid_seen.clear()
+            self._invalid_seen.update(new)
+            metrics.INVALID_SYMBOLS.inc(len(new))
+        if invalid and now - self._invalid_logged_at >= INVALID_LOG_EVERY:
+            self._invalid_logged_at = now
+            log.warning("invalid_symbols", count=len(invalid), example=excerpt(repr(min(invalid)), 80))
+        return symbols
+
+    async def _check_policy(self) -> None:
+        policy = await evicting_policy(self.redis)
+        if policy != self.redis_policy_warning and policy is not None:
+            log.warning("redis_evicting", policy=policy)
+        self.redis_policy_warning = policy
+
+    async def _renew(self, now: float, everything: bool = False) -> None:
+        leases = [owned.lease for owned in self.owned.values()]
+        renewal = await self.ownership.renew(leases if everything else self.ownership.due(leases, now))
+        for lease in renewal.lost:
             owned = self.owned.get(lease.symbol)
             if owned is not None and owned.lease is lease:
                 self._drop(lease.symbol, "lease taken over or expired", "lost")
+        if renewal.vanished:
+            await self._retake(renewal.vanished)
+
+    async def _retake(self, leases: list[Lease]) -> None:
+        """Redis lost the epoch keys of these leases: take them again above the epochs already written
+        under, and mark their books stale, since the streams may have lost entries too."""
+        floors = {lease.symbol: lease.epoch + 1 for lease in leases}
+        taken = {lease.symbol: lease for lease in await self.ownership.acquire(sorted(floors), floors)}
+        for lease in leases:
+            owned = self.owned.get(lease.symbol)
+            if owned is None or owned.lease is not lease:
+                continue
+            new = taken.get(lease.symbol)
+            if new is None:
+                self._drop(lease.symbol, "Redis lost the lease's epoch and another instance holds it", "lost")
+                continue
+            owned.lease = new  # a new epoch: the stale book below is written under a new version
+            metrics.REDIS_LOST.labels("epoch").inc()
+            log.warning("lease_retaken", symbol=lease.symbol, epoch=new.epoch, previous=lease.epoch)
+            state = owned.state
+            if state is None:
+                owned.lost = "the lease's epoch vanished from Redis"
+                continue
+            state.mark_stale(StaleKind.REDIS_LOST, "redis_lost: the lease's epoch vanished from Redis",
+                             time.monotonic())
+            self._note(lease.symbol, state, Outcome.STALE)
+            await self.streams.ensure_group(lease.symbol, state.stream_id)
+
+    async def _stale_in_place(self, marks: dict[str, tuple[StaleKind, str, bool]]) -> list[str]:
+        """Mark books stale where they stand, by symbol (kind, reason, keep_levels); return those marked.
+
+        No entry moved them, and a document's version is (epoch, stream id): each lease first moves to a
+        new epoch, so the stale book is written over the live one stored at the same position.
+        """
+        targets = {symbol: owned for symbol in marks if (owned := self.owned.get(symbol)) is not None
+                   and owned.state is not None}
+        unmoved = await self.ownership.advance([owned.lease for owned in targets.values()])
+        if unmoved:  # the epoch key is gone or another instance holds the lease
+            await self._retake(unmoved)
+            for lease in unmoved:
+                targets.pop(lease.symbol)
+        now = time.monotonic()
+        marked = []
+        for symbol, owned in targets.items():
+            if self.owned.get(symbol) is not owned or owned.state is None:
+                continue
+            kind, reason, keep_levels = marks[symbol]
+            owned.state.mark_stale(kind, reason, now, keep_levels=keep_levels)
+            self._note(symbol, owned.state, Outcome.STALE)
+            marked.append(symbol)
+        return marked
+
+    async def _check_liveness(self, now: float) -> None:
+        """Mark stale the live books of ingest sessions whose liveness key has been gone too long."""
+        live = {symbol: owned.state for symbol, owned in self.owned.items()
+                if owned.state is not None and owned.state.live and owned.state.session is not None}
+        sessions = sorted({state.session for state in live.values() if state.session is not None})
+        lost = self.sessions.observe(await self.streams.alive(sessions) if sessions else {}, now)
+        marks = {symbol: (StaleKind.INGEST_LOST, f"ingest_lost: session {state.session} has had no liveness"
+                          f" key for {self.sessions.absent_for(state.session, now):.1f} s", True)
+                 for symbol, state in live.items() if state.session in lost and state.session is not None}
+        if marks:
+            await self._stale_in_place(marks)
 
     def _expire(self, now: float) -> None:
         """Stop touching symbols whose lease could not be renewed in time, before anyone may take them."""
@@ -300,16 +428,37 @@ class L2Builder:
             log.info("resync_requested", symbol=symbol, reason=state.reason)
 
     async def _inspect_streams(self) -> None:
-        """Sample the lag of every owned stream and tidy its group of consumers long gone."""
+        """Check the group of every owned stream, sample its lag and tidy it of consumers long gone."""
+        await self._check_groups()
         symbols = [symbol for symbol, owned in self.owned.items() if owned.state is not None]
         removed = await self.streams.remove_idle_consumers(symbols, self.settings.consumer_expiry)
         if removed:
             log.info("consumers_removed", count=removed)
-        for symbol, lag in (await self.streams.lags(symbols)).items():
+
+    async def _check_groups(self) -> None:
+        """Find the streams whose group Redis lost: gone, or gone back before the book's position (which
+        never passes what the group handed out)."""
+        symbols = [symbol for symbol, owned in self.owned.items() if owned.ready and owned.state is not None]
+        marks: dict[str, tuple[StaleKind, str, bool]] = {}
+        for symbol, group in (await self.streams.groups(symbols)).items():
             owned = self.owned.get(symbol)
-            if lag is not None and owned is not None and owned.state is not None:
-                unacked = len(owned.state.pending_ids) + len(self.ack_backlog.get(symbol, ()))
-                metrics.LAG.labels(symbol).set(lag + unacked)
+            if owned is None or owned.state is None:
+                continue
+            if group is None:
+                marks[symbol] = (StaleKind.REDIS_LOST, "redis_lost: its stream or consumer group vanished", False)
+            elif parse_stream_id(group.last_delivered) < owned.state.position:
+                marks[symbol] = (StaleKind.REDIS_LOST,
+                                 f"redis_lost: its consumer group went back to {group.last_delivered}", False)
+            elif group.lag is not None:
+                metrics.LAG.labels(symbol).set(group.lag + self._unacked_of(symbol, owned.state))
+        if not marks:
+            return
+        metrics.REDIS_LOST.labels("group").inc(len(marks))
+        for symbol in await self._stale_in_place(marks):
+            owned = self.owned.get(symbol)
+            if owned is not None and owned.state is not None:
+                # Recreated at the book's position: what follows is read, and nothing twice.
+                await self.streams.ensure_group(symbol, owned.state.stream_id)
 
     def _update_gauges(self) -> None:
         states = [owned.state for owned in self.owned.values() if owned.state is not None]
@@ -347,7 +496,7 @@ class L2Builder:
                     return
                 metrics.HOLES_REFILLED.inc()  # a hole in what was read ahead: catch up once more
             except (RedisError, PyMongoError) as exc:
-                log.warning("restore_retry", symbol=symbol, error=repr(exc))
+                log.warning("restore_retry", symbol=symbol, error=safe_error(exc))
                 await asyncio.sleep(backoff.next_delay())
 
     async def _load(self, symbol: str, owned: Owned, document: Document | None) -> None:
@@ -360,6 +509,10 @@ class L2Builder:
                 return
         now = time.monotonic()
         state = restore_state(symbol, document, self.settings.resubscribe_interval, now)
+        if owned.lost is not None:
+            state.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: {owned.lost}", now)
+            self._note(symbol, state, Outcome.STALE)
+            owned.lost = None
         await self.streams.ensure_group(symbol, state.stream_id)
         head = await self.streams.head(symbol)
         first_id, first = None, None
@@ -368,6 +521,9 @@ class L2Builder:
             with contextlib.suppress(EntryError):
                 first = decode_entry(*head.first)
         if not state.check_retained(first_id, first, head.max_deleted_id, now):
+            self._note(symbol, state, Outcome.STALE)
+        elif not state.check_stream_end(head.last_generated_id, now):
+            metrics.REDIS_LOST.labels("stream").inc()
             self._note(symbol, state, Outcome.STALE)
         if state.stream_id is not None:
             await self.streams.ack_covered(symbol, state.stream_id)
@@ -380,7 +536,10 @@ class L2Builder:
         state = owned.state
         assert state is not None
         until = await self.streams.last_delivered(symbol)
-        if until is None:
+        if until is None:  # ensured when the document was loaded: Redis lost it since
+            metrics.REDIS_LOST.labels("group").inc()
+            await self._stale_in_place({symbol: (StaleKind.REDIS_LOST,
+                                                 "redis_lost: its stream or consumer group vanished", False)})
             await self.streams.ensure_group(symbol, state.stream_id)
             return True
         end = parse_stream_id(until)
@@ -414,8 +573,13 @@ class L2Builder:
                     batch = await ahead
                 except RedisError as exc:
                     ahead = None
-                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                        await self._recreate_groups()
+                    if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                        log.warning("group_missing")
+                        try:
+                            await self._check_groups()
+                        except RedisError as error:
+                            self._redis_failed("read", error)
+                            await self._pause(backoff.next_delay())
                         continue
                     self._redis_failed("read", exc)
                     self._catch_up_after_failed_read()
@@ -443,18 +607,22 @@ class L2Builder:
                 owned.restore = self._spawn(self._restore(symbol, owned), symbol)
 
     def _read_ahead(self) -> ReadTask | None:
-        symbols = [symbol for symbol, owned in self.owned.items() if owned.ready and not owned.releasing]
-        if not symbols or self._unacked() >= MAX_UNACKED:
+        unacked = {symbol: self._unacked_of(symbol, owned.state) for symbol, owned in self.owned.items()
+                   if owned.ready and not owned.releasing and owned.state is not None}
+        symbols, paused = split_by_backlog(unacked, MAX_UNACKED_PER_SYMBOL)
+        if paused or self.read_paused:
+            self._note_paused(set(paused), unacked)
+        if not symbols:
             return None
         return asyncio.create_task(self.streams.read_new(symbols, READ_COUNT, READ_BLOCK_MS))
 
-    async def _recreate_groups(self) -> None:
-        """The group vanished (Redis lost its data): recreate it; positions come from MongoDB anyway."""
-        log.warning("group_missing")
-        with contextlib.suppress(RedisError):
-            for symbol, owned in list(self.owned.items()):
-                if owned.state is not None:
-                    await self.streams.ensure_group(symbol, owned.state.stream_id)
+    def _note_paused(self, paused: set[str], unacked: dict[str, int]) -> None:
+        for symbol in sorted(paused - self.read_paused):
+            log.warning("read_paused", symbol=symbol, unacked=unacked[symbol])
+        for symbol in sorted(self.read_paused - paused):
+            log.info("read_resumed", symbol=symbol, unacked=unacked.get(symbol, 0))
+        self.read_paused = paused
+        metrics.READ_PAUSED.set(len(paused))
 
     def _apply(self, symbol: str, entries: list[RawEntry]) -> None:
         owned = self.owned.get(symbol)
@@ -503,6 +671,9 @@ class L2Builder:
     def _unacked(self) -> int:
         pending = sum(len(owned.state.pending_ids) for owned in self.owned.values() if owned.state is not None)
         return pending + sum(len(ids) for ids in self.ack_backlog.values())
+
+    def _unacked_of(self, symbol: str, state: SymbolState) -> int:
+        return len(state.pending_ids) + len(self.ack_backlog.get(symbol, ()))
 
     # -- persisting ------------------------------------------------------------------------------
 
@@ -643,7 +814,7 @@ class L2Builder:
         metrics.REDIS_ERRORS.labels(op).inc()
         if self._redis_down_since is None:
             self._redis_down_since = time.monotonic()
-            log.warning("redis_unreachable", op=op, error=repr(exc))
+            log.warning("redis_unreachable", op=op, error=safe_error(exc))
 
     def _mongo_ok(self) -> None:
         self.mongo_ok_at = time.monotonic()
@@ -655,4 +826,4 @@ class L2Builder:
         metrics.FLUSH_ERRORS.inc()
         if self._mongo_down_since is None:
             self._mongo_down_since = time.monotonic()
-            log.warning("mongo_unreachable", error=repr(exc))
+            log.warning("mongo_unreachable", error=safe_error(exc))

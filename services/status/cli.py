@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refresh every SECONDS (default 2) until Ctrl-C; lag growth is judged between samples")
     parser.add_argument("--lag-high", type=int, default=Thresholds().lag_high, metavar="ENTRIES",
                         help="report a group with at least this many entries left to read (default %(default)s)")
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, "status")
 
 
 def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> tuple[Settings, str]:

@@ -23,7 +23,8 @@ class Thresholds:
     """Limits beyond which something is reported; the defaults suit the shipped settings."""
 
     stale_after_s: float = 30.0
-    """Newest stream entry, book or top10 key older than this (while newer data exists) is reported."""
+    """Newest entry of a stream whose ingest session is gone, book or top10 key older than this (while newer
+    data exists) is reported."""
     lag_high: int = 1000
     """Entries a group may have left to read before it is reported, growing or not."""
     lag_growing_min: int = 100
@@ -64,6 +65,14 @@ def find_problems(current: Snapshot, previous: Snapshot | None, limits: Threshol
         found.append(Problem("redis_unreachable", ERROR, None, "redis", f"{current.redis.url}: {current.redis.error}"))
     if not current.mongo.ok:
         found.append(Problem("mongo_unreachable", ERROR, None, "mongo", f"{current.mongo.url}: {current.mongo.error}"))
+    if current.redis.evicting_policy is not None:
+        found.append(Problem("redis_evicting", WARNING, None, "redis",
+                             f"maxmemory-policy is {current.redis.evicting_policy}: under memory pressure Redis "
+                             "drops streams, leases and epochs (bookstream requires noeviction)"))
+    if current.ignored_names:
+        found.append(Problem("invalid_symbol", WARNING, None, "redis",
+                             f"{current.ignored_names} names in Redis or MongoDB are not symbols "
+                             "([A-Za-z0-9_.-]{1,32}) and were ignored"))
     before = {status.symbol: status for status in previous.symbols} if previous else {}
     for status in current.symbols:
         found.extend(_symbol_problems(status, before.get(status.symbol), current.mongo.ok, limits))
@@ -82,9 +91,14 @@ def _symbol_problems(status: SymbolStatus, previous: SymbolStatus | None, mongo_
             ("ob10", status.ob10, previous.ob10 if previous else None, TOP10_GROUP)):
         if stream is None:
             continue
-        if stream.last_age_s is not None and stream.last_age_s > limits.stale_after_s:
-            yield Problem("stream_idle", WARNING, sym, subject,
-                          f"{stream.key}: newest entry is {stream.last_age_s:.0f}s old (is ingest running?)")
+        # A quiet market is no fault: only a stream whose last session is gone and that went quiet is.
+        if (not stream.last_session_alive and stream.last_age_s is not None
+                and stream.last_age_s > limits.stale_after_s):
+            whose = (f"its session {stream.last_session} is no longer alive" if stream.last_session
+                     else "it names no ingest session")
+            yield Problem("ingest_lost", ERROR, sym, subject,
+                          f"{stream.key}: newest entry is {stream.last_age_s:.0f}s old and {whose} "
+                          "(is ingest running?)")
         if stream.length and stream.group(expected_group) is None:
             yield Problem("no_group", WARNING, sym, f"{subject}:group",
                           f"{stream.key} has no group {expected_group!r} (has {expected_group} ever run?)")

@@ -1,12 +1,16 @@
 """The terminal view of a snapshot: one rich table row per symbol, live instances, problems in colour.
 
 A cell turns red (error) or yellow (warning) when a problem is about it, so the eye finds the trouble
-before reading the list below the table.
+before reading the list below the table. Whatever came from Redis or MongoDB (instance and consumer names,
+sessions, reasons) may hold terminal escapes: every text is escaped before it reaches the terminal, and
+none is read as rich markup.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any, TypeVar
 
 from rich import box
 from rich.console import Group as Lines
@@ -15,11 +19,26 @@ from rich.table import Table
 from rich.text import Text
 
 from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.common.logs import escape_controls
 from services.status.problems import ERROR
 from services.status.snapshot import Problem, Snapshot, Stream, SymbolStatus
 
 MISSING = "-"
 SEVERITY_STYLE = {ERROR: "bold red", "warning": "yellow"}
+T = TypeVar("T")
+
+
+def printable(value: T) -> T:
+    """`value` (a snapshot, or any part of one) with control characters escaped in every text it holds."""
+    cleaned: Any = value
+    if isinstance(value, str):
+        cleaned = escape_controls(value)
+    elif isinstance(value, tuple):
+        cleaned = tuple(printable(item) for item in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cleaned = dataclasses.replace(value, **{field.name: printable(getattr(value, field.name))
+                                                for field in dataclasses.fields(value)})
+    return cleaned  # type: ignore[no-any-return]
 
 
 def age(seconds: float | None) -> str:
@@ -143,11 +162,12 @@ def problems(snapshot: Snapshot) -> RenderableType:
     grid.add_column()
     for problem in sorted(snapshot.problems, key=lambda p: p.severity != ERROR):
         grid.add_row(Text(problem.severity, style=SEVERITY_STYLE.get(problem.severity, "")),
-                     problem.symbol or "*", problem.kind, problem.detail)
+                     Text(problem.symbol or "*"), Text(problem.kind), Text(problem.detail))
     return grid
 
 
 def render_status(snapshot: Snapshot) -> RenderableType:
+    snapshot = printable(snapshot)
     if snapshot.symbols:
         body: RenderableType = symbols_table(snapshot)
     elif snapshot.redis.ok:

@@ -6,7 +6,8 @@ the order written here, tuples as arrays, None as null. Schema `bookstream.statu
     {"schema": "bookstream.status/1", "taken_at_us": int,      # local clock, epoch microseconds
      "source": "settings" | "dev",                              # "dev": found through `bookstream dev`'s state file
      "key_prefix": str,
-     "redis": {"url": str (password masked), "ok": bool, "error": str|null},
+     "redis": {"url": str (password masked), "ok": bool, "error": str|null,
+               "evicting_policy": str|null},                   # maxmemory-policy when it may evict, else null
      "mongo": {"url": str (password masked), "database": str, "ok": bool, "error": str|null},
      "symbols": [{
         "symbol": str,
@@ -21,14 +22,16 @@ the order written here, tuples as arrays, None as null. Schema `bookstream.statu
      "instances": {"ingest": [session], "top10": [consumer], "l2builder": [member]},
      "problems": [{"kind": str, "severity": "error"|"warning", "symbol": str|null,
                    "subject": "redis"|"mongo"|"l2"|"ob10"|"l2:group"|"ob10:group"|"owner"|"book"|"top10",
-                   "detail": str}]}
+                   "detail": str}],
+     "ignored_names": int}                                      # symbol names outside SYMBOL_PATTERN, not shown
 
     Stream = {"key": str, "length": int, "entries_added": int, "first_id": str|null, "last_id": str|null,
               "last_age_s": float|null,                         # age of the newest entry, by the Redis clock
               "last_session": str|null, "rate_per_s": float|null,   # entries/s since the previous sample
               "groups": [{"name": str, "pending": int, "lag": int|null, "entries_read": int|null,
                           "last_delivered_id": str,
-                          "consumers": [{"name": str, "pending": int, "idle_s": float}]}]}
+                          "consumers": [{"name": str, "pending": int, "idle_s": float}]}],
+              "last_session_alive": bool|null}                  # the liveness key of last_session exists
 
 Fields are only ever added to this schema, never renamed or removed, without changing the version.
 Ages are seconds: of stream entries and top10 keys by the Redis clock (which wrote them), of books by this
@@ -37,7 +40,9 @@ host's clock against `updated_at`. `lag` is Redis 7's XINFO GROUPS lag (null whe
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -48,8 +53,9 @@ import pymongo
 import pymongo.errors
 import redis
 
-from services.common.config import mask_url
+from services.common.config import SYMBOL_PATTERN, mask_url, redact
 from services.common.keys import TOP10_GROUP, Keys
+from services.common.redis_client import connect, evicting_policy
 from services.l2builder.store import COLLECTION as BOOKS_COLLECTION
 
 SCHEMA = "bookstream.status/1"
@@ -87,6 +93,7 @@ class Stream:
     last_session: str | None
     rate_per_s: float | None
     groups: tuple[Group, ...]
+    last_session_alive: bool | None = None
 
     def group(self, name: str) -> Group | None:
         return next((group for group in self.groups if group.name == name), None)
@@ -140,6 +147,7 @@ class RedisEndpoint:
     url: str
     ok: bool
     error: str | None
+    evicting_policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +160,8 @@ class MongoEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class Instances:
-    """Who is alive: ingest sessions that wrote lately, top10 consumers that read lately, l2builder members."""
+    """Who is alive: ingest sessions that wrote lately or keep their liveness key, top10 consumers that read
+    lately, l2builder members."""
 
     ingest: tuple[str, ...]
     top10: tuple[str, ...]
@@ -181,6 +190,7 @@ class Snapshot:
     symbols: tuple[SymbolStatus, ...]
     instances: Instances
     problems: tuple[Problem, ...]
+    ignored_names: int = 0
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -275,31 +285,53 @@ class Collector:
                                            client_name="bookstream-status")
         self._summary = self._redis.register_script(
             files(__package__).joinpath("stream_summary.lua").read_text(encoding="utf-8"))
-        self._mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            mongo_url, serverSelectionTimeoutMS=1500, connectTimeoutMS=1500, socketTimeoutMS=3000,
-            tz_aware=True, appname="bookstream-status")
+        self._mongo: pymongo.MongoClient[dict[str, Any]] | None = None
 
     def close(self) -> None:
         self._redis.close()
-        self._mongo.close()
+        if self._mongo is not None:
+            self._mongo.close()
+
+    def _mongo_client(self) -> pymongo.MongoClient[dict[str, Any]]:
+        # Made on first use, inside the error handling: a `mongodb+srv://` name is resolved right here, and a
+        # name that does not resolve is a finding to report, not a traceback.
+        if self._mongo is None:
+            self._mongo = pymongo.MongoClient(
+                self._mongo_url, serverSelectionTimeoutMS=1500, connectTimeoutMS=1500, socketTimeoutMS=3000,
+                tz_aware=True, appname="bookstream-status")
+        return self._mongo
 
     def collect(self) -> Snapshot:
         """Read everything once; derived fields (`rate_per_s`, `problems`) are left for `problems.analyze`."""
         now_s = time.time()
-        books, mongo = self._read_books(now_s)
+        books, mongo, ignored = self._read_books(now_s)
         try:
-            symbols, instances = self._read_redis(books)
-            redis_endpoint = RedisEndpoint(mask_url(self._redis_url), True, None)
+            symbols, instances, ignored_in_redis = self._read_redis(books)
+            redis_endpoint = RedisEndpoint(mask_url(self._redis_url), True, None, self._evicting_policy())
+            ignored += ignored_in_redis
         except redis.RedisError as exc:
             redis_endpoint = RedisEndpoint(mask_url(self._redis_url), False,
-                                           f"{type(exc).__name__}: {_first_clause(exc)}")
+                                           f"{type(exc).__name__}: {redact(_first_clause(exc), self._redis_url)}")
             symbols = tuple(SymbolStatus(sym, None, None, Owner(None, None, None), None, book)
                             for sym, book in sorted(books.items()))
             instances = Instances((), (), ())
         return Snapshot(SCHEMA, int(now_s * 1e6), self.source, self.keys.prefix, redis_endpoint, mongo,
-                        symbols, instances, ())
+                        symbols, instances, (), ignored)
 
-    def _read_books(self, now_s: float) -> tuple[dict[str, Book], MongoEndpoint]:
+    def _evicting_policy(self) -> str | None:
+        async def check() -> str | None:
+            client = connect(self._redis_url, socket_timeout=3, client_name="bookstream-status")
+            try:
+                return await evicting_policy(client)
+            finally:
+                await client.aclose()
+
+        try:
+            return asyncio.run(check())
+        except (redis.RedisError, OSError):  # the reads just succeeded: Redis going away now is for the next sample
+            return None
+
+    def _read_books(self, now_s: float) -> tuple[dict[str, Book], MongoEndpoint, int]:
         pipeline: list[dict[str, Any]] = [{"$project": {
             "status": 1, "reason": 1, "updated_at": 1, "timestamp": 1, "stream_id": 1, "session": 1, "seq": 1,
             "epoch": 1, "version": 1,
@@ -308,9 +340,11 @@ class Collector:
             "best_bid": {"$arrayElemAt": ["$bids", 0]}, "best_ask": {"$arrayElemAt": ["$asks", 0]}}}]
         url = mask_url(self._mongo_url)
         try:
-            documents = list(self._mongo[self._database][BOOKS_COLLECTION].aggregate(pipeline))
+            documents = list(self._mongo_client()[self._database][BOOKS_COLLECTION].aggregate(pipeline))
         except pymongo.errors.PyMongoError as exc:
-            return {}, MongoEndpoint(url, self._database, False, f"{type(exc).__name__}: {_first_clause(exc)}")
+            error = f"{type(exc).__name__}: {redact(_first_clause(exc), self._mongo_url)}"
+            return {}, MongoEndpoint(url, self._database, False, error), 0
+        names, ignored = _valid_symbols(str(doc["_id"]) for doc in documents)
         books = {str(doc["_id"]): Book(
             status=_text_or_none(doc.get("status")), reason=_text_or_none(doc.get("reason")),
             age_s=_age(now_s, epoch_seconds(doc.get("updated_at"))), timestamp=_text_or_none(doc.get("timestamp")),
@@ -318,21 +352,31 @@ class Collector:
             best_bid=_level(doc.get("best_bid")), best_ask=_level(doc.get("best_ask")),
             stream_id=_text_or_none(doc.get("stream_id")), session=_text_or_none(doc.get("session")),
             seq=_int_or_none(doc.get("seq")), epoch=_int_or_none(doc.get("epoch")),
-            version=_text_or_none(doc.get("version"))) for doc in documents}
-        return books, MongoEndpoint(url, self._database, True, None)
+            version=_text_or_none(doc.get("version"))) for doc in documents if str(doc["_id"]) in names}
+        return books, MongoEndpoint(url, self._database, True, None), ignored
 
-    def _discover_symbols(self) -> set[str]:
-        found = {_decoded(member) for member in self._redis.smembers(self.keys.symbols)}
+    def _discover_symbols(self) -> tuple[set[str], int]:
+        """The symbols named in Redis, and how many names were not symbols (anyone may write keys there)."""
+        found = [_decoded(member) for member in self._redis.smembers(self.keys.symbols)]
         for kind in ("l2", "ob10"):
             for key in self._redis.scan_iter(match=f"{self.keys.prefix}:{kind}:*", _type="stream", count=1000):
                 try:
-                    found.add(self.keys.symbol_of(_decoded(key)))
+                    found.append(self.keys.symbol_of(_decoded(key)))
                 except ValueError:
                     continue
-        return found
+        return _valid_symbols(found)
 
-    def _read_redis(self, books: dict[str, Book]) -> tuple[tuple[SymbolStatus, ...], Instances]:
-        names = sorted(self._discover_symbols() | set(books) | set(self.symbols))
+    def _alive(self, sessions: set[str]) -> set[str]:
+        """The ingest sessions among `sessions` whose liveness key exists."""
+        ordered = sorted(sessions)
+        pipe = self._redis.pipeline(transaction=False)
+        for session in ordered:
+            pipe.exists(self.keys.ingest_alive(session))
+        return {session for session, found in zip(ordered, pipe.execute(), strict=True) if found}
+
+    def _read_redis(self, books: dict[str, Book]) -> tuple[tuple[SymbolStatus, ...], Instances, int]:
+        discovered, ignored = self._discover_symbols()
+        names = sorted(discovered | set(books) | set(self.symbols))
         keys = self.keys
         pipe = self._redis.pipeline(transaction=False)
         pipe.time()
@@ -353,19 +397,22 @@ class Collector:
 
         per_symbol = [results[2 + i * PER_SYMBOL: 2 + (i + 1) * PER_SYMBOL] for i in range(len(names))]
         consumers = self._read_consumers(names, per_symbol)
+        alive = self._alive({summary[4] for results in per_symbol for summary in (_ok(results[0]), _ok(results[2]))
+                             if summary and summary[4]})
         symbols = []
         for sym, (l2_info, l2_groups, ob10_info, ob10_groups, lease, epoch, pttl, top10) in zip(
                 names, per_symbol, strict=True):
             ttl = _ok(pttl)
             symbols.append(SymbolStatus(
                 symbol=sym,
-                l2=_stream(keys.l2_stream(sym), _ok(l2_info), _ok(l2_groups), consumers, redis_now_ms),
-                ob10=_stream(keys.ob10_stream(sym), _ok(ob10_info), _ok(ob10_groups), consumers, redis_now_ms),
+                l2=_stream(keys.l2_stream(sym), _ok(l2_info), _ok(l2_groups), consumers, alive, redis_now_ms),
+                ob10=_stream(keys.ob10_stream(sym), _ok(ob10_info), _ok(ob10_groups), consumers, alive,
+                             redis_now_ms),
                 owner=Owner(_ok(lease), _int_or_none(_ok(epoch)),
                             ttl / 1000 if isinstance(ttl, int) and ttl >= 0 and _ok(lease) else None),
                 top10=_top10(_ok(top10), redis_now_ms / 1000),
                 book=books.get(sym)))
-        return tuple(symbols), self._instances(symbols, members)
+        return tuple(symbols), self._instances(symbols, members, alive), ignored
 
     def _read_consumers(self, names: list[str], per_symbol: list[list[Any]]) -> dict[tuple[str, str], list[Any]]:
         wanted: list[tuple[str, str]] = []
@@ -379,8 +426,8 @@ class Collector:
             pipe.xinfo_consumers(stream, group)
         return {pair: _ok(found) or [] for pair, found in zip(wanted, pipe.execute(raise_on_error=False), strict=True)}
 
-    def _instances(self, symbols: list[SymbolStatus], members: tuple[str, ...]) -> Instances:
-        sessions: set[str] = set()
+    def _instances(self, symbols: list[SymbolStatus], members: tuple[str, ...], alive: set[str]) -> Instances:
+        sessions = set(alive)
         readers: set[str] = set()
         for status in symbols:
             for stream in (status.l2, status.ob10):
@@ -392,8 +439,17 @@ class Collector:
         return Instances(tuple(sorted(sessions)), tuple(sorted(readers)), tuple(sorted(members)))
 
 
+def _valid_symbols(names: Iterable[str]) -> tuple[set[str], int]:
+    """The names that are symbols (SYMBOL_PATTERN) and the count of the others, which are never shown."""
+    valid: set[str] = set()
+    ignored: set[str] = set()
+    for name in names:
+        (valid if SYMBOL_PATTERN.fullmatch(name) else ignored).add(name)
+    return valid, len(ignored)
+
+
 def _stream(key: str, summary: list[Any] | None, groups: list[dict[str, Any]] | None,
-            consumers: dict[tuple[str, str], list[Any]], redis_now_ms: int) -> Stream | None:
+            consumers: dict[tuple[str, str], list[Any]], alive: set[str], redis_now_ms: int) -> Stream | None:
     if summary is None:
         return None
     length, entries_added, first_id, last_id, last_session = summary
@@ -406,7 +462,8 @@ def _stream(key: str, summary: list[Any] | None, groups: list[dict[str, Any]] | 
             entries_read=_int_or_none(group.get("entries-read")), last_delivered_id=group["last-delivered-id"],
             consumers=tuple(Consumer(c["name"], int(c["pending"]), round(int(c["idle"]) / 1000, 3))
                             for c in consumers.get((key, group["name"]), ())))
-            for group in sorted(groups or (), key=lambda g: str(g["name"]))))
+            for group in sorted(groups or (), key=lambda g: str(g["name"]))),
+        last_session_alive=None if last_session is None else last_session in alive)
 
 
 def _top10(fields: list[str | None] | None, now_s: float) -> Top10 | None:

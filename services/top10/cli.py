@@ -10,7 +10,7 @@ from services.top10.service import Top10Service
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, "top10")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,18 +20,32 @@ CLAIM_COUNT = 200
 """Entries per stream per XAUTOCLAIM call; Redis scans at most ten times as many pending entries."""
 
 
-async def join(redis: Redis, streams: Sequence[str]) -> dict[str, str]:
+@dataclass
+class Joined:
+    """The outcome of joining streams: the groups that had to be created, the streams that cannot be joined."""
+
+    created: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """Stream -> the reason (e.g. WRONGTYPE: something else holds the name)."""
+
+
+async def join(redis: Redis, streams: Sequence[str]) -> Joined:
     """Create the group on each stream from id 0, so entries written before we came are not lost.
 
-    Returns the streams that cannot be joined, with the reason (e.g. WRONGTYPE: something else holds the
-    name). A group that exists already is joined, whoever created it.
+    A group that exists already is joined, whoever created it. Of several instances creating the same
+    group at once, exactly one sees it created.
     """
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.xgroup_create(stream, TOP10_GROUP, id="0", mkstream=True)
         results = await pipe.execute(raise_on_error=False)
-    return {stream: str(result) for stream, result in zip(streams, results, strict=True)
-            if isinstance(result, ResponseError) and not str(result).startswith("BUSYGROUP")}
+    joined = Joined()
+    for stream, result in zip(streams, results, strict=True):
+        if not isinstance(result, ResponseError):
+            joined.created.append(stream)
+        elif not str(result).startswith("BUSYGROUP"):
+            joined.refused[stream] = str(result)
+    return joined
 
 
 @dataclass

@@ -48,3 +48,25 @@ BATCH_ENTRIES = Histogram(
 STREAMS = Gauge(
     "bookstream_top10_streams",
     "ob10 streams this instance consumes")
+FUTURE_TIMESTAMPS = Counter(
+    "bookstream_top10_future_timestamps",
+    "valid snapshots whose exchange time led their receive time by more than TIMESTAMP_TOLERANCE (ordered "
+    "by receive time instead, so they cannot hold a key against the snapshots after them)")
+INVALID_NAMES = Counter(
+    "bookstream_top10_invalid_names",
+    "names read from Redis that fail validation and are ignored: symbol_set (a member of the symbol set, "
+    "counted once per name), stream_key (a stream in a reply), key_session (the session field of a top10 key)",
+    ["source"])
+SESSIONS_LOST = Counter(
+    "bookstream_top10_sessions_lost",
+    "ingest sessions whose liveness key stayed absent for SESSION_LOST_AFTER while top10 keys named them")
+STALE_MARKS = Counter(
+    "bookstream_top10_stale_marks",
+    "top10 keys this instance marked stale (each key once per lost session, whichever instance gets there "
+    "first)",
+    ["reason"])
+REDIS_STATE_LOST = Counter(
+    "bookstream_top10_redis_state_lost",
+    "Redis state top10 relied on and found gone, then rebuilt: group (the top10 group of a stream it "
+    "consumed, recreated from id 0)",
+    ["what"])

@@ -3,7 +3,7 @@
 redis-py's `register_script` objects send SCRIPT EXISTS before every pipeline that uses them: one more
 round trip per batch, on the path whose latency we measure. Redis forgets scripts only when it restarts
 or is told to (SCRIPT FLUSH), so `run_pipelined` sends bare EVALSHAs and, on NOSCRIPT, loads the script
-and sends the whole batch again. That is safe because both scripts are idempotent.
+and sends the whole batch again. That is safe because every script is idempotent.
 """
 
 from __future__ import annotations
@@ -37,18 +37,34 @@ class LuaScript:
 
 STORE_TOP10 = LuaScript.from_package("store_top10.lua")
 REMOVE_CONSUMER = LuaScript.from_package("remove_consumer.lua")
+MARK_STALE = LuaScript.from_package("mark_stale.lua")
+
+LIVE, STALE = "live", "stale"
+INGEST_LOST = "ingest_lost"
 
 ScriptCall = tuple[Sequence[str | bytes], Sequence[bytes | str | int | float]]
 
 
-def store_top10_call(key: str, write: Top10Write) -> ScriptCall:
-    """The keys and arguments of `store_top10.lua` for one write to the hash (and channel) `key`."""
+def store_top10_call(key: str, write: Top10Write, tolerance_us: int, session_lost: bool = False) -> ScriptCall:
+    """The keys and arguments of `store_top10.lua` for one write to the hash (and channel) `key`.
+
+    A snapshot of a session known to be lost is still the newest there is, but nothing says the market has
+    not moved since: it is written `stale`.
+    """
     snapshot = write.snapshot
     ts_us, id_ms, id_seq = write.order
+    status, reason = (STALE, INGEST_LOST) if session_lost else (LIVE, "")
     message = orjson.dumps({"symbol": write.symbol, "bids": snapshot.bids, "asks": snapshot.asks,
-                            "timestamp": snapshot.timestamp, "stream_id": write.stream_id})
+                            "timestamp": snapshot.timestamp, "stream_id": write.stream_id,
+                            "status": status, "reason": reason})
     return [key], [ts_us, id_ms, id_seq, write.stream_id, orjson.dumps(snapshot.bids), orjson.dumps(snapshot.asks),
-                   snapshot.timestamp, write.recv_us, message]
+                   snapshot.timestamp, write.recv_us, message, write.session, status, reason, tolerance_us]
+
+
+def mark_stale_call(key: str, symbol: str, session: str, reason: str) -> ScriptCall:
+    """The keys and arguments of `mark_stale.lua`: mark `key` stale if it still holds a snapshot of `session`."""
+    message = orjson.dumps({"symbol": symbol, "status": STALE, "reason": reason, "session": session})
+    return [key], [session, reason, message]
 
 
 async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:

@@ -5,9 +5,13 @@ the newest snapshot of each symbol through the compare-and-set script, and ackno
 writes succeeded. The housekeeping loop joins the streams of newly seen symbols, claims entries that dead
 consumers left pending, and removes members long gone. Any instance may process any entry: the script, not
 the order of processing, decides what a key holds, so instances can be added, killed or restarted at will.
+The liveness loop marks `stale` the keys whose ingest session is gone (see liveness.py); every instance
+does it for every key, which the marking script makes harmless.
 
 Redis being down is a state, not a crash: each loop logs, counts, backs off and retries, and /healthz fails
-once no Redis call has succeeded for HEALTH_STALE_AFTER seconds.
+once no Redis call has succeeded for HEALTH_STALE_AFTER seconds. Redis losing state (FLUSHALL, a failover
+to a replica behind, eviction) is repaired: a vanished group is created again on every stream it served,
+and the next snapshots rewrite the keys.
 """
 
 from __future__ import annotations
@@ -23,20 +27,34 @@ from redis.typing import KeyT, StreamIdT
 
 from services.common.backoff import Backoff
 from services.common.config import SYMBOL_PATTERN, Settings
-from services.common.keys import TOP10_GROUP, Keys
-from services.common.logs import EventLog
-from services.common.redis_client import connect, stream_pairs
+from services.common.health import safe_error
+from services.common.keys import SESSION_LOST_AFTER, TOP10_GROUP, Keys
+from services.common.logs import EventLog, excerpt
+from services.common.redis_client import connect, evicting_policy, stream_pairs
 from services.common.redis_wire import RedisWire
 from services.top10 import group, metrics
+from services.top10.liveness import KeyLiveness, SessionWatch, keys_to_mark
+from services.top10.ratelimit import LogRateLimit
 from services.top10.scripts import (
+    INGEST_LOST,
+    MARK_STALE,
     STORE_TOP10,
     ScriptCall,
     evalsha_command,
+    mark_stale_call,
     raise_first_error,
     run_pipelined,
     store_top10_call,
 )
-from services.top10.snapshots import Acks, BatchPlan, RawEntry, Top10Write, plan_batch
+from services.top10.snapshots import (
+    SESSION_PATTERN,
+    Acks,
+    BatchPlan,
+    RawEntry,
+    Top10Write,
+    plan_batch,
+    stream_symbol,
+)
 
 READ_BLOCK_MS: Final = 1000
 WRITING_BLOCK_MS: Final = 10
@@ -47,6 +65,13 @@ READ_COUNT: Final = 200
 SOCKET_TIMEOUT: Final = READ_BLOCK_MS / 1000 + 4.0
 """Longer than the block: redis-py ends a read that outlasts the socket timeout with an error."""
 HOUSEKEEPING_INTERVAL: Final = 1.0
+LIVENESS_INTERVAL: Final = 1.0
+"""How often the sessions behind the keys are checked: the contract says at least once a second."""
+SESSION_RETAIN: Final = 60.0
+"""How long a session stays watched after the last key naming it, so a late snapshot of it is known lost."""
+EVICTION_CHECK_INTERVAL: Final = 30.0
+SHOWN_SYMBOLS: Final = 20
+"""Symbols named in one log line; the count says how many there were."""
 SHUTDOWN_DRAIN_SECONDS: Final = 5.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
@@ -70,6 +95,12 @@ class Top10Service:
         """The read loop's own connection (see `_process_new`); the other operations use `_redis`."""
         self._symbols: dict[str, str] = {}
         """symbol -> ob10 stream key, for every stream this consumer has joined."""
+        self._stream_symbols: dict[bytes, str] = {}
+        """ob10 stream key as Redis returns it -> its symbol, for the stream keys validated so far."""
+        self._tolerance_us = int(settings.timestamp_tolerance * 1_000_000)
+        self._watch = SessionWatch(SESSION_LOST_AFTER, SESSION_RETAIN)
+        self._future_log, self._invalid_log = LogRateLimit(), LogRateLimit()
+        self._policy_warning: str | None = None
         self._streams_joined = asyncio.Event()
         self._skipped_symbols: set[str] = set()
         self._unacknowledged: Acks = {}
@@ -81,9 +112,11 @@ class Top10Service:
 
     async def main(self, stop: asyncio.Event) -> int:
         log.info("consumer_started", consumer=self._consumer, group=TOP10_GROUP,
-                 claim_idle=self._settings.claim_idle, consumer_expiry=self._settings.consumer_expiry)
+                 claim_idle=self._settings.claim_idle, consumer_expiry=self._settings.consumer_expiry,
+                 timestamp_tolerance=self._settings.timestamp_tolerance, session_lost_after=SESSION_LOST_AFTER)
         loops = [asyncio.create_task(self._consume(), name="consume"),
-                 asyncio.create_task(self._housekeep(), name="housekeeping")]
+                 asyncio.create_task(self._housekeep(), name="housekeeping"),
+                 asyncio.create_task(self._watch_liveness(), name="liveness")]
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
         for task in (*loops, stopping):
@@ -105,10 +138,14 @@ class Top10Service:
         since_ok = now - self._redis_ok_at
         # The reads have a connection of their own: housekeeping succeeding proves nothing about them.
         since_read = now - self._read_ok_at if self._symbols else 0.0
-        return max(since_ok, since_read) <= self._settings.health_stale_after, {
+        detail: dict[str, Any] = {
             "consumer": self._consumer, "group": TOP10_GROUP, "streams": len(self._symbols),
             "redis_ok_seconds_ago": round(since_ok, 3), "read_ok_seconds_ago": round(since_read, 3),
-            "last_error": self._last_error}
+            "sessions_lost": len(self._watch.lost), "last_error": self._last_error}
+        if self._policy_warning is not None:
+            # Not a failure: nothing is lost yet, and the services recover if it happens.
+            detail["redis_policy_warning"] = self._policy_warning
+        return max(since_ok, since_read) <= self._settings.health_stale_after, detail
 
     # The read loop
 
@@ -187,7 +224,18 @@ class Top10Service:
         return True
 
     def _plan(self, batch: Iterable[tuple[bytes, list[RawEntry]]]) -> BatchPlan:
-        return plan_batch((stream, self._keys.symbol_of(stream.decode()), entries) for stream, entries in batch)
+        streams = []
+        for stream, entries in batch:
+            symbol = self._stream_symbols.get(stream)
+            if symbol is None:
+                symbol = stream_symbol(self._keys, stream)
+                if symbol is None:
+                    # Only streams we asked for come back; a reply naming another is not to be trusted.
+                    self._invalid_name("stream_key", stream)
+                    continue
+                self._stream_symbols[stream] = symbol
+            streams.append((stream, symbol, entries))
+        return plan_batch(streams, self._tolerance_us)
 
     async def _process(self, batch: Iterable[tuple[bytes, list[RawEntry]]], source: str) -> Acks:
         """Write the newest snapshot per symbol; return the entries to acknowledge, now that it is done."""
@@ -199,7 +247,8 @@ class Top10Service:
         return plan.acks
 
     def _store_calls(self, writes: list[Top10Write]) -> list[ScriptCall]:
-        return [store_top10_call(self._keys.top10(write.symbol), write) for write in writes]
+        return [store_top10_call(self._keys.top10(write.symbol), write, self._tolerance_us,
+                                 self._watch.is_lost(write.session)) for write in writes]
 
     @staticmethod
     def _count_writes(writes: list[Top10Write], results: list[Any]) -> None:
@@ -221,8 +270,7 @@ class Top10Service:
         for stream, ids in acks.items():
             pipe.xack(stream, TOP10_GROUP, *ids)
 
-    @staticmethod
-    def _report(plan: BatchPlan, source: str) -> None:
+    def _report(self, plan: BatchPlan, source: str) -> None:
         """Count and log a batch once its writes are done (a batch redone after a failure counts again)."""
         metrics.ENTRIES.labels(source).inc(plan.entries)
         metrics.BATCH_ENTRIES.observe(plan.entries)
@@ -237,6 +285,22 @@ class Top10Service:
             log.warning("malformed_entry", stream=rejection.stream, id=rejection.stream_id,
                         reason=rejection.reason, excerpt=rejection.excerpt)
         _report_trimmed(plan.trimmed)
+        if plan.future:
+            metrics.FUTURE_TIMESTAMPS.inc(len(plan.future))
+            held = self._future_log.allow(time.monotonic())
+            if held is not None:
+                first = plan.future[0]
+                log.warning("future_timestamp", symbol=first.symbol, id=first.stream_id,
+                            timestamp=excerpt(first.snapshot.timestamp, 40), recv_us=first.recv_us,
+                            tolerance_s=self._settings.timestamp_tolerance, in_batch=len(plan.future),
+                            suppressed=held, ordered_by="recv_us")
+
+    def _invalid_name(self, source: str, name: bytes | str) -> None:
+        """Count a name read from Redis that failed validation; log it rate-limited, escaped and cut short."""
+        metrics.INVALID_NAMES.labels(source).inc()
+        held = self._invalid_log.allow(time.monotonic())
+        if held is not None:
+            log.warning("invalid_name", source=source, name=excerpt(ascii(name), 60), suppressed=held)
 
     # Housekeeping
 
@@ -246,10 +310,14 @@ class Top10Service:
         loop = asyncio.get_running_loop()
         # Departed consumers are rare and harmless, so look for them a few times per expiry period only.
         janitor_interval = min(max(self._settings.consumer_expiry / 4, HOUSEKEEPING_INTERVAL), 15.0)
-        next_janitor = 0.0
+        next_janitor = next_eviction_check = 0.0
         while True:
-            operation = "discover"
+            operation = "eviction_check"
             try:
+                if loop.time() >= next_eviction_check:
+                    await self._check_eviction_policy()
+                    next_eviction_check = loop.time() + EVICTION_CHECK_INTERVAL
+                operation = "discover"
                 await self._join_new_streams()
                 operation = "claim"
                 await self._claim_abandoned()
@@ -271,10 +339,12 @@ class Top10Service:
             if SYMBOL_PATTERN.fullmatch(symbol):
                 candidates.append(symbol)
             else:
-                self._skip(symbol, "invalid symbol name")
+                # Remembered, so that a name sitting in the set is counted once, not once a second.
+                self._skipped_symbols.add(symbol)
+                self._invalid_name("symbol_set", symbol)
         if not candidates:
             return
-        refused = await group.join(self._redis, [self._keys.ob10_stream(symbol) for symbol in candidates])
+        refused = (await group.join(self._redis, [self._keys.ob10_stream(symbol) for symbol in candidates])).refused
         joined = []
         for symbol in candidates:
             reason = refused.get(self._keys.ob10_stream(symbol))
@@ -291,9 +361,109 @@ class Top10Service:
         log.info("streams_joined", symbols=",".join(joined), streams=len(self._symbols))
 
     def _skip(self, symbol: str, reason: str) -> None:
-        """Leave a symbol of the set alone until restart, saying why once."""
+        """Leave a (valid) symbol of the set alone until restart, saying why once."""
         self._skipped_symbols.add(symbol)
         log.warning("symbol_skipped", symbol=symbol, reason=reason, set=self._keys.symbols)
+
+    async def _recreate_groups(self, operation: str) -> None:
+        """After Redis said a group or stream is gone: create the group again on every stream we consume.
+
+        The symbol set may be gone too (FLUSHALL), so the streams we know are joined again, not the set's:
+        from id 0 with MKSTREAM, so the entries ingest writes from now on, and any it wrote since the loss,
+        are read. The keys come back with the next snapshots; entries read twice are harmless to the script.
+        """
+        streams = list(self._symbols.values())
+        if not streams:
+            return
+        try:
+            joined = await group.join(self._redis, streams)
+        except (RedisError, OSError) as exc:
+            # The failing operation is retried after its backoff, and fails again into this.
+            log.warning("group_recreate_failed", operation=operation, error=safe_error(exc))
+            return
+        if joined.refused:
+            refused = {symbol for symbol, stream in self._symbols.items() if stream in joined.refused}
+            self._symbols = {symbol: stream for symbol, stream in self._symbols.items() if symbol not in refused}
+            metrics.STREAMS.set(len(self._symbols))
+            for symbol in sorted(refused):
+                self._skip(symbol, joined.refused[self._keys.ob10_stream(symbol)])
+        if joined.created:
+            metrics.REDIS_STATE_LOST.labels("group").inc(len(joined.created))
+            symbols = [self._keys.symbol_of(stream) for stream in joined.created]
+            log.warning("redis_state_lost", what="group", action="recreated", operation=operation,
+                        streams=len(joined.created), symbols=",".join(symbols[:SHOWN_SYMBOLS]))
+
+    async def _check_eviction_policy(self) -> None:
+        policy = await evicting_policy(self._redis)
+        if policy == self._policy_warning:
+            return
+        if policy is not None:
+            log.warning("redis_evicting", policy=policy,
+                        hint="set maxmemory-policy noeviction: an evicting Redis drops streams and keys")
+        else:
+            log.info("redis_evicting_ended", previous=self._policy_warning)
+        self._policy_warning = policy
+
+    # Liveness
+
+    async def _watch_liveness(self) -> None:
+        """Every second: the sessions behind our keys, their liveness keys, the keys of lost sessions marked."""
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._check_liveness()
+            except (RedisError, OSError) as exc:
+                await self._redis_failed("liveness", exc, backoff)
+                continue
+            self._redis_ok("liveness", backoff)
+            await asyncio.sleep(max(0.0, LIVENESS_INTERVAL - (loop.time() - started)))
+
+    async def _check_liveness(self) -> None:
+        symbols = list(self._symbols)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for symbol in symbols:
+                pipe.hmget(self._keys.top10(symbol), "session", "status")
+            # A key of another type answers WRONGTYPE: nothing to watch there, the next write replaces it.
+            replies = await pipe.execute(raise_on_error=False) if symbols else []
+        keys: dict[str, KeyLiveness] = {}
+        for symbol, reply in zip(symbols, replies, strict=True):
+            if isinstance(reply, Exception) or reply[0] is None:
+                continue  # no key yet (or one written before keys named their session)
+            session = _text(reply[0])
+            if not SESSION_PATTERN.fullmatch(session):
+                self._invalid_name("key_session", reply[0])
+                continue
+            keys[symbol] = KeyLiveness(session, _text(reply[1] or b""))
+        self._watch.reference({key.session for key in keys.values()}, time.monotonic())
+        sessions = self._watch.watched()
+        if not sessions:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                pipe.exists(self._keys.ingest_alive(session))
+            exists = await pipe.execute()
+        changes = self._watch.observe(dict(zip(sessions, map(bool, exists), strict=True)), time.monotonic())
+        for session in changes.lost:
+            metrics.SESSIONS_LOST.inc()
+            log.warning("session_lost", session=session, keys=sum(key.session == session for key in keys.values()),
+                        absent_for_s=SESSION_LOST_AFTER)
+        for session in changes.back:
+            log.info("session_back", session=session, hint="its keys turn live with their next snapshot")
+        marks = keys_to_mark(keys, self._watch.lost)
+        if not marks:
+            return
+        calls = [mark_stale_call(self._keys.top10(symbol), symbol, session, INGEST_LOST) for symbol, session in marks]
+        results = await run_pipelined(self._redis, MARK_STALE, calls)
+        marked: dict[str, list[str]] = {}
+        for (symbol, session), result in zip(marks, results, strict=True):
+            if result == 1:
+                marked.setdefault(session, []).append(symbol)
+        for session, marked_symbols in marked.items():
+            metrics.STALE_MARKS.labels(INGEST_LOST).inc(len(marked_symbols))
+            log.warning("keys_marked_stale", reason=INGEST_LOST, session=session, keys=len(marked_symbols),
+                        symbols=",".join(marked_symbols[:SHOWN_SYMBOLS]))
 
     async def _claim_abandoned(self) -> None:
         """Take over the entries pending longer than CLAIM_IDLE, whoever holds them, and process them."""
@@ -332,7 +502,7 @@ class Top10Service:
                 left = await group.leave(self._redis, streams, self._consumer)
             log.info("group_left", consumer=self._consumer, streams=left)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("group_leave_failed", consumer=self._consumer, error=_describe(exc))
+            log.warning("group_leave_failed", consumer=self._consumer, error=safe_error(exc))
 
     # Redis availability
 
@@ -344,14 +514,13 @@ class Top10Service:
 
     async def _redis_failed(self, operation: str, exc: BaseException, backoff: Backoff) -> None:
         metrics.REDIS_ERRORS.labels(operation).inc()
-        self._last_error = f"{operation}: {_describe(exc)}"
-        if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-            # A stream or its group was deleted (or Redis restarted empty): join everything again.
-            self._symbols = {}
-            metrics.STREAMS.set(0)
+        self._last_error = f"{operation}: {safe_error(exc)}"
         delay = backoff.next_delay()
-        log.warning("redis_error", operation=operation, error=_describe(exc), failures=backoff.failures,
+        log.warning("redis_error", operation=operation, error=safe_error(exc), failures=backoff.failures,
                     retry_in_s=round(delay, 3))
+        if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+            # A stream or its group was deleted (FLUSHALL, a failover to a replica behind, eviction).
+            await self._recreate_groups(operation)
         await asyncio.sleep(delay)
 
 
@@ -366,7 +535,3 @@ def _report_trimmed(trimmed: list[tuple[str, str]]) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

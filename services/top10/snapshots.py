@@ -5,20 +5,31 @@ the valid snapshots a batch holds for one symbol only the newest by (exchange ti
 writing: the script would refuse the older ones anyway, or let the newest replace them a moment later.
 Every entry, good or bad, is acknowledged once the writes are done; a bad one is reported with an
 excerpt, so the log shows what arrived, and never reaches the store.
+
+An exchange time is trusted only up to the tolerance ahead of the entry's receive time: a frame stamped
+further in the future (a venue's clock gone wrong, a forged frame) is ordered by its receive time instead,
+so it cannot hold the key against the real snapshots that follow it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from services.common.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, parse_frame
+from services.common.config import SYMBOL_PATTERN
 from services.common.entries import EntryError, RawFields, StreamEntry, decode_entry, field_map, parse_stream_id
+from services.common.keys import Keys
 from services.common.logs import excerpt
 from services.common.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
 
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""What an ingest session id may look like: it becomes part of a Redis key (the session's liveness key)."""
+
 OrderKey = tuple[int, int, int]
-"""(exchange time in epoch microseconds, stream id ms, stream id seq): the order the script keeps."""
+"""(order time in epoch microseconds, stream id ms, stream id seq): the order the script keeps. The order
+time is the exchange time, or the receive time when the exchange time leads it by more than the tolerance."""
 
 RawEntry = tuple[bytes | str, RawFields | None]
 """One entry as the client returns it: its id and its fields (None or empty when the entry was trimmed away)."""
@@ -35,7 +46,10 @@ class Top10Write:
     stream_id: str
     order: OrderKey
     recv_us: int
+    session: str
     snapshot: Top10Snapshot
+    future: bool = False
+    """The exchange time led the receive time by more than the tolerance: ordered by receive time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,8 @@ class Rejection:
 class BatchPlan:
     """What to do with one batch: the writes, then the acknowledgements of every entry."""
 
+    tolerance_us: int
+    """How far an exchange time may lead the receive time before it is not trusted."""
     writes: dict[str, Top10Write] = field(default_factory=dict)
     acks: Acks = field(default_factory=dict)
     entries: int = 0
@@ -60,6 +76,8 @@ class BatchPlan:
     empty: int = 0
     trimmed: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    future: list[Top10Write] = field(default_factory=list)
+    """Every valid snapshot stamped beyond the tolerance, superseded in the batch or not."""
 
     def add(self, stream: bytes | str, symbol: str, entry_id: bytes | str, fields: RawFields | None) -> None:
         """Classify one entry of `stream` (the ob10 stream of `symbol`) and schedule its acknowledgement."""
@@ -77,7 +95,7 @@ class BatchPlan:
                 # A gap says frames may be missing; the next snapshot replaces everything anyway.
                 self.gaps += 1
                 return
-            write = read_snapshot(symbol, entry)
+            write = read_snapshot(symbol, entry, self.tolerance_us)
         except (EntryError, ProtocolError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else str(exc)
             shown = field_map(fields).get(b"frame") or repr(fields)
@@ -86,6 +104,8 @@ class BatchPlan:
         if write is None:
             self.empty += 1
             return
+        if write.future:
+            self.future.append(write)
         current = self.writes.get(symbol)
         if current is not None:
             self.superseded += 1
@@ -93,12 +113,14 @@ class BatchPlan:
             self.writes[symbol] = write
 
 
-def read_snapshot(symbol: str, entry: StreamEntry) -> Top10Write | None:
+def read_snapshot(symbol: str, entry: StreamEntry, tolerance_us: int) -> Top10Write | None:
     """The write an entry of `symbol`'s ob10 stream asks for; None for a frame with no rows.
 
-    Raises EntryError or ProtocolError when the frame is malformed, is not an orderBook10 frame, or is
-    about another symbol.
+    Raises EntryError or ProtocolError when the frame is malformed, is not an orderBook10 frame, is
+    about another symbol, or names a session that cannot be an ingest session id.
     """
+    if not SESSION_PATTERN.fullmatch(entry.session):
+        raise EntryError(f"entry {entry.stream_id} has an invalid session {excerpt(ascii(entry.session), 40)}")
     if entry.table != ORDERBOOK10_TABLE:
         raise EntryError(f"entry {entry.stream_id} of table {entry.table!r} in an {ORDERBOOK10_TABLE} stream")
     frame = parse_frame(entry.frame)
@@ -114,12 +136,25 @@ def read_snapshot(symbol: str, entry: StreamEntry) -> Top10Write | None:
     # Several rows of one symbol in one frame would be unusual; the newest of them is the frame's snapshot.
     stamped = [(timestamp_key(snapshot.timestamp), index, snapshot) for index, snapshot in enumerate(snapshots)]
     ts_us, _, newest = max(stamped)
-    return Top10Write(symbol, entry.stream_id, (ts_us, ms, seq), entry.recv_us, newest)
+    future = ts_us > entry.recv_us + tolerance_us
+    order_us = entry.recv_us if future else ts_us
+    return Top10Write(symbol, entry.stream_id, (order_us, ms, seq), entry.recv_us, entry.session, newest, future)
 
 
-def plan_batch(streams: Iterable[tuple[bytes | str, str, Sequence[RawEntry]]]) -> BatchPlan:
+def stream_symbol(keys: Keys, stream: bytes) -> str | None:
+    """The symbol of an ob10 stream key as Redis returned it; None unless it is exactly the ob10 stream of a
+    valid symbol name, so nothing else ever becomes a key or a log field."""
+    text = stream.decode("utf-8", "replace")
+    try:
+        symbol = keys.symbol_of(text)
+    except ValueError:
+        return None
+    return symbol if SYMBOL_PATTERN.fullmatch(symbol) and keys.ob10_stream(symbol) == text else None
+
+
+def plan_batch(streams: Iterable[tuple[bytes | str, str, Sequence[RawEntry]]], tolerance_us: int) -> BatchPlan:
     """Plan a batch given as `(stream key, symbol, entries)` per stream, entries in stream order."""
-    plan = BatchPlan()
+    plan = BatchPlan(tolerance_us)
     for stream, symbol, entries in streams:
         for entry_id, fields in entries:
             plan.add(stream, symbol, entry_id, fields)

@@ -2,19 +2,32 @@
 --
 -- Consumers of the `top10` group process entries in any order (several instances, claims of entries left
 -- by dead ones, replays), so the write happens only when the snapshot is strictly newer than the cached one,
--- ordered by (exchange time in microseconds, stream id as (ms, seq)). Exchange time comes first: a snapshot
--- the venue sent later wins even when it reached the stream earlier; the stream id breaks ties between
--- snapshots of the same exchange time. Being one script, the read and the write cannot interleave with
--- another consumer's.
+-- ordered by (order time in microseconds, stream id as (ms, seq)). The order time is the exchange time
+-- (the receive time for a frame stamped too far ahead, see snapshots.py): a snapshot the venue sent later
+-- wins even when it reached the stream earlier; the stream id breaks ties between snapshots of the same
+-- time. Being one script, the read and the write cannot interleave with another consumer's.
+--
+-- A cached order time beyond Redis's clock plus the tolerance cannot be real: it was written before the
+-- tolerance existed, or by a host whose clock ran ahead. It is replaced rather than compared, so no key
+-- stays pinned by a timestamp in the future.
+--
+-- Every write states the key's liveness: `status` and `reason` as the caller decided them (`live` and
+-- empty, unless the snapshot's ingest session is known to be lost) and the `session` of the snapshot.
 --
 -- KEYS[1]  <prefix>:top10:SYM, a hash and the channel of the same name
--- ARGV     ts_us, id_ms, id_seq, stream_id, bids, asks, timestamp, recv_us, message
+-- ARGV     ts_us, id_ms, id_seq, stream_id, bids, asks, timestamp, recv_us, message, session, status, reason,
+--          tolerance_us
 -- Returns  updated_us (> 0) written and published, 0 older than the cached snapshot, -1 the cached snapshot
 --          is this entry. The write time comes back so a caller that reads the reply later can still time it.
 --
 -- Numbers compare as Lua doubles, exact up to 2^53: epoch microseconds stay below that until the year 2255.
 
 local ts_us, id_ms, id_seq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+
+-- Redis's own clock, so updated_us is the time of the write whichever consumer host sent it. TIME returns
+-- strings; they are joined as text because tostring() of a double this large would print an exponent.
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 
 local cached = redis.pcall('HMGET', KEYS[1], 'ts_us', 'stream_id')
 if cached['err'] then
@@ -24,8 +37,8 @@ if cached['err'] then
     cached = {}
 end
 local cached_ts = tonumber(cached[1])
-if cached_ts then
-    -- A cached value whose stream id does not parse sorts before every real id of the same exchange time.
+if cached_ts and cached_ts <= now_us + tonumber(ARGV[13]) then
+    -- A cached value whose stream id does not parse sorts before every real id of the same time.
     local ms, seq = string.match(cached[2] or '', '^(%d+)-(%d+)$')
     local cached_ms, cached_seq = tonumber(ms) or -1, tonumber(seq) or -1
     if ts_us < cached_ts then
@@ -39,13 +52,11 @@ if cached_ts then
     end
 end
 
--- Redis's own clock, so updated_us is the time of the write whichever consumer host sent it. TIME returns
--- strings; they are joined as text because tostring() of a double this large would print an exponent.
-local now = redis.call('TIME')
 local updated_us = now[1] .. string.format('%06d', tonumber(now[2]))
 
 redis.call('HSET', KEYS[1],
     'bids', ARGV[5], 'asks', ARGV[6], 'timestamp', ARGV[7], 'ts_us', ARGV[1],
-    'stream_id', ARGV[4], 'recv_us', ARGV[8], 'updated_us', updated_us)
+    'stream_id', ARGV[4], 'recv_us', ARGV[8], 'updated_us', updated_us,
+    'session', ARGV[10], 'status', ARGV[11], 'reason', ARGV[12])
 redis.call('PUBLISH', KEYS[1], ARGV[9])
-return tonumber(now[1]) * 1000000 + tonumber(now[2])
+return now_us

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -13,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import RunService
 from tests.exchange.wire import http_get, open_client, recv_json, recv_until_closed, tables_only
-from tests.harness import free_port
+from tests.harness import ServiceProcess, base_env, free_port
 
 TOPIC = "orderBookL2:XBTUSD"
 
@@ -180,3 +182,67 @@ def test_runtime_fault_requests(run_service: RunService) -> None:
     asyncio.run(scenario())
     assert http_get(port, "/_faults/unplug")[0] == 404
     assert http_get(port, "/_faults/stall?seconds=-1")[0] == 400
+
+
+@pytest.mark.parametrize("path", [
+    "malformed?count=5e7", "malformed?count=1001", "malformed?count=0", "malformed?count=-1", "malformed?count=1.5",
+    "malformed?count=abc", "malformed?count=" + "9" * 400, "reject?count=100000", "reject?retry_after=1e12",
+    "stall?seconds=1e9", "stall?seconds=nan", "stall?seconds=inf", "stall?seconds=-1", "stall?seconds=301",
+])
+def test_fault_requests_refuse_values_out_of_bounds(run_service: RunService, path: str) -> None:
+    port = start_sim(run_service, rate="50")
+
+    async def scenario() -> None:
+        async with open_client(port, TOPIC) as ws:
+            await handshake(ws)
+            status, body, _ = await asyncio.to_thread(http_get, port, f"/_faults/{path}")
+            assert status == 400, body
+            message = body["error"]["message"]
+            assert len(message) < 120 and ("integer from" in message or "seconds from" in message), message
+            # Nothing was injected: the client keeps receiving well-formed table frames only.
+            received = [str(await asyncio.wait_for(ws.recv(), 10)) for _ in range(5)]
+            assert all(map(is_table, received)), received
+
+    asyncio.run(scenario())
+    assert http_get(port, "/_faults/malformed?count=1000")[0] == 200  # the bound itself is accepted
+    assert http_get(port, "/api/v1/orderBook/L2?symbol=XBTUSD&depth=1e9")[0] == 400
+
+
+def test_the_exchange_and_its_metrics_listen_on_loopback_unless_told(tmp_path: Path) -> None:
+    def reachable(address: str, port: int) -> bool:
+        try:
+            socket.create_connection((address, port), 2).close()
+        except OSError:
+            return False
+        return True
+
+    for flags, other_interfaces in (((), False), (("--host", "0.0.0.0"), True)):
+        port, metrics_port = free_port(), free_port()
+        env = base_env(METRICS_PORT=str(metrics_port))
+        env.pop("METRICS_HOST", None)
+        exchange = ServiceProcess("exchange", ["exchange", "--sim", "--port", str(port), *flags], env,
+                                  tmp_path / f"exchange-{port}.log", metrics_port)
+        try:
+            exchange.wait_healthy()
+            # 127.0.0.2 is this host too, but not the address 127.0.0.1 a loopback-only server listens on.
+            assert reachable("127.0.0.1", port) and reachable("127.0.0.2", port) is other_interfaces
+            assert not reachable("127.0.0.2", metrics_port)  # METRICS_HOST defaults to 127.0.0.1
+        finally:
+            exchange.terminate()
+
+
+def test_a_hostile_client_cannot_forge_or_colour_log_lines(run_service: RunService) -> None:
+    port = free_port()
+    exchange = run_service("exchange", "--sim", "--port", str(port), "--symbols", "XBTUSD", "--rate", "50")
+    forged = "%0D%0Ats%3D1%20level%3Derror%20event%3Dforged%1B%5B2K%00"
+
+    async def scenario() -> None:
+        async with open_client(port, f"orderBookL2:XBTUSD{forged}") as ws:
+            assert "info" in await recv_json(ws)
+
+    asyncio.run(scenario())
+    exchange.wait_log("event=client_connected")
+    logged = exchange.logs()
+    assert not any(line.startswith("ts=1 ") for line in logged.splitlines())
+    assert "\x1b" not in logged and "\x00" not in logged and "\r" not in logged
+    assert 'subscribe="orderBookL2:XBTUSD\\r\\nts=1 level=error event=forged\\x1b[2K\\x00"' in logged

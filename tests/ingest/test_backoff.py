@@ -47,3 +47,9 @@ def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after(email.utils.formatdate(999_000, usegmt=True), 1_000_000.0) == 0.0
     for invalid in (None, "", "soon", "nan", "inf"):
         assert parse_retry_after(invalid, 0.0) is None
+
+
+def test_rate_limited_waits_never_exceed_the_cap_whatever_the_venue_asks() -> None:
+    assert ReconnectBackoff(rng=lambda: 1.0).rate_limited(1e12, cap=300.0) == 300.0
+    assert ReconnectBackoff(rng=lambda: 1.0).rate_limited(None, cap=1.0) == 1.0
+    assert ReconnectBackoff(rng=lambda: 0.0).rate_limited(0.5, cap=1.0) == 0.5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, load_settings
 from services.ingest.cli import add_arguments, options_from
 
 
@@ -35,3 +35,17 @@ def test_defaults_record_nothing_and_publish_only_the_book_tables() -> None:
 def test_invalid_options_are_configuration_errors(argv: tuple[str, ...]) -> None:
     with pytest.raises(ConfigError):
         options_from(parse(*argv))
+
+
+def test_retry_after_max_is_a_validated_setting_with_a_flag() -> None:
+    assert load_settings(parse("--retry-after-max", "1.5"), {}).retry_after_max == 1.5
+    assert load_settings(parse(), {}).retry_after_max == 300.0
+    for bad in ("-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="RETRY_AFTER_MAX"):
+            load_settings(parse(), {"RETRY_AFTER_MAX": bad})
+
+
+def test_the_help_documents_the_exit_codes() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "3 stopped with entries lost" in parser.format_help()

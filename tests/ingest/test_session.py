@@ -8,7 +8,7 @@ import pytest
 from services.common.bitmex import ErrorReply, ProtocolError, SubscriptionAck, TableFrame, parse_frame
 from services.common.entries import GAP_ACTION
 from services.common.keys import Keys
-from services.ingest.session import SUBSCRIBE_ARGS_LIMIT, Entry, Session, TopicState
+from services.ingest.session import SUBSCRIBE_ARGS_LIMIT, Entry, Session, TopicState, malformed_target
 
 KEYS = Keys("p")
 SYMBOLS = tuple(f"S{n:02d}" for n in range(15))
@@ -171,3 +171,57 @@ def test_disconnect_gaps_cover_subscribed_symbols_with_the_next_seq_and_skip_rej
     assert [(g.stream, g.fields["seq"], g.fields["reason"]) for g in gaps] == [
         ("p:l2:{A}", "3", "closed"), ("p:l2:{C}", "1", "closed")]
     assert all(g.fields["action"] == GAP_ACTION and "frame" not in g.fields for g in gaps)
+
+
+def test_frames_of_symbols_nobody_subscribed_are_set_aside_not_published() -> None:
+    s = session(("A",))
+    assert route(s, l2_text("Z")) == []
+    rows = [{"symbol": sym, "id": n, "side": "Buy", "size": 1, "price": 1.0} for n, sym in enumerate(["A", "Y"])]
+    [entry] = route(s, orjson.dumps({"table": "orderBookL2", "action": "insert", "data": rows}).decode())
+    assert orjson.loads(entry.fields["frame"])["data"] == rows[:1]
+    assert s.foreign == ["Z", "Y"]
+    assert not any(stream.endswith(("{Z}", "{Y}")) for stream in (e.stream for e in s.disconnect_gaps("x", 0, 0)))
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","id":1,"side":"buy","size":1}]}',
+     (True, frozenset({"A"}))),
+    (b'{"table":"orderBookL2","action":"upsert","data":[{"symbol":"A"},{"symbol":"B"}]}',
+     (True, frozenset({"A", "B"}))),
+    (b'{"table":"orderBookL2","action":"update","filter":{"symbol":"A"},"data":[{"id":1}]}',
+     (True, frozenset({"A"}))),
+    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A"},{"id":1}]}', (True, frozenset())),
+    (b'{"table":"orderBookL2","action":"partial","data":[]}', (True, frozenset())),
+    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","id":1', (True, frozenset())),
+    (b'{"table":"orderBookL2","action":"partial","filter":{"symbol":"A"},"data":[{"sym', (True, frozenset({"A"}))),
+    (b"<html>502 Bad Gateway</html>", (True, frozenset())),
+    (b"[1,2,3]", (True, frozenset())),
+    (b"\xff\xfe", (True, frozenset())),
+    (b'{"table":"orderBook10","action":"update","data":[{"symbol":"A"', (False, frozenset())),
+    (b'{"table":"orderBookL2_25","action":"update","data":[]}', (False, frozenset())),
+    (b'{"success":"yes","subscribe":"orderBookL2:A"}', (False, frozenset())),
+    (b'{"tabel":"orderBookL2"}', (True, frozenset())),
+])
+def test_a_malformed_frame_is_attributed_only_as_far_as_it_shows(
+        raw: bytes, expected: tuple[bool, frozenset[str]]) -> None:
+    assert malformed_target(raw, "orderBookL2") == expected
+
+
+def test_malformed_gaps_go_to_the_named_symbol_else_to_every_l2_stream_not_rejected() -> None:
+    s = session(("A", "B", "C"))
+    request = orjson.loads(s.subscribe_requests()[0])
+    s.on_ack(ack("orderBookL2:A", request), 0, 0)
+    s.on_ack(ack("orderBook10:A", request), 0, 0)
+    s.on_error(ErrorReply(400, "Unknown or expired symbol.", {}, request))  # orderBookL2:B
+    route(s, l2_text("A", "partial"))
+    [named] = s.malformed_gaps(b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","size":1.5}]}', 3, 4)
+    assert (named.stream, named.fields["seq"], named.fields["reason"], named.fields["action"]) == (
+        "p:l2:{A}", "2", "malformed", GAP_ACTION)
+    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{C}"], "A has its gap already"
+    assert s.malformed_gaps(b"garbage", 3, 4) == []
+    route(s, l2_text("A"))
+    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{A}"]
+    assert s.malformed_gaps(b'{"table":"orderBook10","action":"update","data":5}', 3, 4) == []
+    assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"Z"}]}', 3, 4) == []
+    assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"B"}]}', 3, 4) == []
+    assert s.foreign == ["Z"]

@@ -21,7 +21,7 @@ import redis
 
 from services.common.capture import iter_capture
 from services.common.entries import encode_entry, encode_gap
-from services.common.keys import L2BUILDER_GROUP, Keys
+from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, L2BUILDER_GROUP, Keys
 from tests.harness import ServiceProcess, wait_until
 
 TABLE = "orderBookL2"
@@ -93,12 +93,16 @@ def reconstruct(frames: Iterable[Frame]) -> tuple[dict[str, Levels], list[bool]]
 
 
 class Feed:
-    """Writes l2 stream entries like ingest: per symbol a session and a seq without holes."""
+    """Writes l2 stream entries like ingest: per symbol a session and a seq without holes.
 
-    def __init__(self, redis_url: str, prefix: str, session: str = "session-1") -> None:
+    With `alive` every write also sets the session's liveness key without expiry, as an ingest that
+    renews it for ever; without, the test sets it itself (`Liveness`)."""
+
+    def __init__(self, redis_url: str, prefix: str, session: str = "session-1", alive: bool = True) -> None:
         self.client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
         self.keys = Keys(prefix)
         self.session = session
+        self.alive = alive
         self.seq: dict[str, int] = defaultdict(int)
         self.last_id: dict[str, str] = {}
 
@@ -118,7 +122,7 @@ class Feed:
                                   frame.recv_us)
             self._add(frame.symbol, fields, pipe)
             order.append(frame.symbol)
-        self._record(order, pipe.execute())
+        self._record(order, self._execute(pipe))
 
     def gap(self, symbol: str, reason: str) -> None:
         fields = encode_gap(TABLE, self.session, self._next_seq(symbol), time.time_ns() // 1000, reason)
@@ -127,7 +131,14 @@ class Feed:
     def raw(self, symbol: str, fields: dict[str, str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         self._add(symbol, fields, pipe)
-        self._record([symbol], pipe.execute())
+        self._record([symbol], self._execute(pipe))
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run the pipeline; its replies, two per entry, without that of the liveness write."""
+        if not self.alive:
+            return cast(list[Any], pipe.execute())
+        pipe.set(self.keys.ingest_alive(self.session), "feed")
+        return cast(list[Any], pipe.execute()[:-1])
 
     def skip_seq(self, symbol: str) -> None:
         """Lose the next entry, as if ingest's write had vanished (a hole)."""
@@ -157,6 +168,34 @@ class Feed:
 
     def lease_holders(self) -> dict[str, str | None]:
         return {symbol: cast(str | None, self.client.get(self.keys.lease(symbol))) for symbol in self.last_id}
+
+
+class Liveness(threading.Thread):
+    """Renews one session's liveness key the way ingest does (TTL INGEST_ALIVE_TTL_MS, every
+    INGEST_ALIVE_RENEW) until `stop`; the key then expires by itself."""
+
+    def __init__(self, redis_url: str, prefix: str, session: str) -> None:
+        super().__init__(daemon=True)
+        self.client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.key = Keys(prefix).ingest_alive(session)
+        self._stopping = threading.Event()
+        self.renewals = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self.client.set(self.key, "test-ingest", px=INGEST_ALIVE_TTL_MS)
+                self.renewals += 1
+                self._stopping.wait(INGEST_ALIVE_RENEW)
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(10)
+        if self.error is not None:
+            raise self.error
 
 
 class Publisher(threading.Thread):

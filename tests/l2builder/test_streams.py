@@ -10,7 +10,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from services.common.keys import L2BUILDER_GROUP, Keys
 from services.common.redis_client import connect
-from services.l2builder.streams import L2Streams
+from services.l2builder.streams import GroupInfo, L2Streams
 
 
 def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> None:
@@ -29,6 +29,7 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             await owner.ensure_group("XBTUSD", ids[1])  # a recreated group starts after the stored position
             await owner.ensure_group("XBTUSD", None)  # and is never reset once it exists
             assert await owner.last_delivered("XBTUSD") == ids[1]
+            assert await owner.last_delivered("NOSTREAM") is None
             [(symbol, delivered)] = await dead.read_new(["XBTUSD"], count=3, block_ms=10)
             assert symbol == "XBTUSD" and [entry_id.decode() for entry_id, _ in delivered] == ids[2:5]
             assert await owner.last_delivered("XBTUSD") == ids[4]
@@ -40,6 +41,7 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             assert (await client.xpending(stream, L2BUILDER_GROUP))["pending"] == 1
             head = await owner.head("XBTUSD")
             assert head.first is not None and head.first[0].decode() == ids[0] and head.max_deleted_id == "0-0"
+            assert head.last_generated_id == ids[5]
             await client.xdel(stream, ids[5])
             assert (await owner.head("XBTUSD")).max_deleted_id == ids[5]
 
@@ -50,7 +52,14 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             await owner.ack({"XBTUSD": [ids[4], newest]})
             assert await owner.remove_idle_consumers(["XBTUSD"], idle=0.01) == 1
             assert [c["name"] for c in await client.xinfo_consumers(stream, L2BUILDER_GROUP)] == [b"owner"]
-            assert await owner.lags(["XBTUSD"]) == {"XBTUSD": 0}
+            assert await owner.groups(["XBTUSD"]) == {"XBTUSD": GroupInfo(0, newest)}
+            await client.xadd(keys.l2_stream("NOGROUP"), {"a": "1"})
+            assert await owner.groups(["NOGROUP", "NOSTREAM"]) == {"NOGROUP": None, "NOSTREAM": None}
+            await client.sadd(keys.symbols, "XBTUSD", "bad\x1b[31m", "A" * 500, b"\xff\xfe")
+            valid, invalid = await owner.symbols()
+            assert valid == {"XBTUSD"} and len(invalid) == 3
+            await client.set(keys.ingest_alive("s1"), "ingest")
+            assert await owner.alive(["s1", "s2"]) == {"s1": True, "s2": False}
             await owner.request_resync("XBTUSD", "gap: disconnect", "owner")
             [(_, fields)] = cast(list[tuple[bytes, list[bytes]]], await client.xrange(keys.control))
             assert fields == [b"op", b"resubscribe", b"symbol", b"XBTUSD", b"reason", b"gap: disconnect",

@@ -134,6 +134,30 @@ def test_a_new_session_starting_with_its_partial_stays_live() -> None:
     assert state.live and state.session == "s2"
 
 
+def test_a_lost_session_keeps_its_last_levels_until_another_session_or_a_hole() -> None:
+    state = live_state()
+    state.take_flush()
+    state.mark_stale(StaleKind.INGEST_LOST, "ingest_lost: session s1", now=50, keep_levels=True)
+    assert state.status is Status.STALE and state.resync_due(50) and state.dirty
+    kept = levels(state)
+    assert kept == ([[100.0, 20, 2], [99.5, 5, 3]], [[101.0, 10, 1]])
+    # The next seq of the same session still follows the kept levels exactly, but does not make them live.
+    assert state.feed(entry(2, "update", frame("update", [row(2, "Buy", 21)])), now=51) is Outcome.APPLIED
+    assert levels(state)[0][0] == [100.0, 21, 2] and not state.live
+    # A delta of another session (or past a hole) cannot follow them: they are dropped.
+    assert state.feed(entry(3, "update", frame("update", [row(2, "Buy", 22)]), session="s2", seq=1),
+                      now=52) is Outcome.APPLIED
+    assert levels(state) == ([], []) and not state.live
+    assert state.feed(entry(4, "partial", PARTIAL, session="s2", seq=2), now=53) is Outcome.LIVE
+
+
+def test_a_kept_book_is_dropped_at_a_seq_jump_of_its_own_session() -> None:
+    state = live_state()
+    state.mark_stale(StaleKind.REDIS_LOST, "redis_lost: the stream vanished", now=0, keep_levels=True)
+    assert state.feed(entry(5, "update", frame("update", [row(2, "Buy", 1)]), seq=5), now=1) is Outcome.APPLIED
+    assert levels(state) == ([], []) and state.stale_kind is StaleKind.REDIS_LOST
+
+
 def test_malformed_frames_make_the_book_stale_and_ask_for_a_partial_at_once() -> None:
     cases = {
         "bad json": "{not json",
@@ -184,6 +208,14 @@ def test_retained_history_is_checked_by_seq() -> None:
     fresh = SymbolState(SYMBOL, INTERVAL)
     assert fresh.check_retained("1000-1", entry(1, "partial", PARTIAL, seq=1), "0-0", now=0)
     assert not fresh.check_retained("1000-7", entry(7, "update", seq=7), "0-0", now=0)
+
+
+def test_a_stream_that_ends_before_the_position_lost_the_book() -> None:
+    state = live_state()
+    assert state.check_stream_end("1000-1", now=0) and state.check_stream_end("2000-0", now=0) and state.live
+    assert not state.check_stream_end("0-0", now=0)  # recreated empty after FLUSHALL
+    assert state.stale_kind is StaleKind.REDIS_LOST and (state.reason or "").startswith("redis_lost: the stream")
+    assert levels(state) == ([], []) and state.resync_due(0)
 
 
 def test_a_flush_ticket_hands_out_the_ids_and_takes_them_back_on_failure() -> None:

@@ -32,7 +32,7 @@ def group(name: str, lag: int | None = 0, pending: int = 0, consumers: tuple[Con
 def stream(key: str, group_name: str, **changes: object) -> Stream:
     healthy = Stream(key=key, length=500, entries_added=500, first_id=f"{NOW_MS - 60_000}-0",
                      last_id=f"{NOW_MS}-0", last_age_s=0.2, last_session="s1", rate_per_s=None,
-                     groups=(group(group_name),))
+                     groups=(group(group_name),), last_session_alive=True)
     return replace(healthy, **changes)  # type: ignore[arg-type]
 
 

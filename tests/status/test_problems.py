@@ -28,9 +28,34 @@ def test_unreachable_servers_are_errors() -> None:
         ("redis_unreachable", "error", "redis"), ("mongo_unreachable", "error", "mongo")]
 
 
-def test_a_stream_without_new_entries_is_idle() -> None:
-    idle = symbol(l2=stream("p:l2:{XBTUSD}", L2BUILDER_GROUP, last_age_s=31.0))
-    assert kinds(snapshot(idle)) == [("stream_idle", "XBTUSD", "l2")]
+@pytest.mark.parametrize(("session", "alive", "age_s", "lost"), [
+    ("s1", True, 3600.0, False),    # a quiet market (or a finished replay) of a live session: no fault
+    ("s1", False, 31.0, True),      # the session's liveness key expired and nothing came since
+    ("s1", False, 5.0, False),      # expired moments ago: a reconnect is under way
+    (None, None, 31.0, True),       # entries of no known session, and old
+])
+def test_a_quiet_stream_is_only_a_problem_when_its_ingest_session_is_gone(
+        session: str | None, alive: bool | None, age_s: float, lost: bool) -> None:
+    quiet = symbol(l2=stream("p:l2:{XBTUSD}", L2BUILDER_GROUP, last_age_s=age_s, last_session=session,
+                             last_session_alive=alive))
+    found = find_problems(snapshot(quiet), None, LIMITS)
+    assert [(p.kind, p.severity, p.symbol, p.subject) for p in found] == (
+        [("ingest_lost", "error", "XBTUSD", "l2")] if lost else [])
+    if lost:
+        assert "is ingest running?" in found[0].detail
+
+
+def test_an_evicting_redis_is_a_warning() -> None:
+    evicting = replace(snapshot(), redis=replace(snapshot().redis, evicting_policy="allkeys-lru"))
+    found = find_problems(evicting, None, LIMITS)
+    assert [(p.kind, p.severity, p.subject) for p in found] == [("redis_evicting", "warning", "redis")]
+    assert "allkeys-lru" in found[0].detail and "noeviction" in found[0].detail
+
+
+def test_names_that_are_not_symbols_are_counted_not_shown() -> None:
+    found = find_problems(replace(snapshot(), ignored_names=2), None, LIMITS)
+    assert [(p.kind, p.severity) for p in found] == [("invalid_symbol", "warning")]
+    assert found[0].detail.startswith("2 names")
 
 
 def test_a_stream_without_its_consumer_group() -> None:

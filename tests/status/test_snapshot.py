@@ -22,7 +22,7 @@ from services.dev.state import DevState, write_state
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
 from services.status.snapshot import Collector
-from tests.harness import base_env, bookstream_argv, free_port
+from tests.harness import RedisServer, base_env, bookstream_argv, free_port
 
 
 @pytest.fixture
@@ -212,3 +212,98 @@ def test_status_finds_the_stack_of_bookstream_dev(client: redis.Redis, redis_url
     gone.wait()
     write_state(tmp_path / "bookstream" / "dev.json", replace(state, pid=gone.pid))
     assert orjson.loads(status("--json", env=env).stdout)["source"] == "settings"
+
+
+def redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_status_tells_a_quiet_market_from_a_lost_ingest(client: redis.Redis, service_env: dict[str, str],
+                                                        key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    client.sadd(keys.symbols, "XBTUSD")
+    quiet_since = redis_now_ms(client) - 60_000  # a minute without a change, far beyond HEALTH_STALE_AFTER
+    client.xadd(keys.l2_stream("XBTUSD"), {name: value for name, value in encode_entry(
+        "{}", "orderBookL2", "partial", "quiet1", 1, 1).items()}, id=f"{quiet_since}-0")
+    client.set(keys.ingest_alive("quiet1"), "ingest-a", px=60_000)
+
+    def lost() -> list[dict[str, object]]:
+        document = orjson.loads(status("--json", env=service_env).stdout)
+        return [p for p in document["problems"] if p["kind"] == "ingest_lost"]
+
+    document = orjson.loads(status("--json", env=service_env).stdout)
+    assert document["symbols"][0]["l2"]["last_session_alive"] is True
+    assert "quiet1" in document["instances"]["ingest"]
+    assert lost() == []  # idle, but its session is alive: a quiet market, not a fault
+
+    client.delete(keys.ingest_alive("quiet1"))
+    [problem] = lost()
+    assert (problem["kind"], problem["severity"], problem["symbol"], problem["subject"]) == (
+        "ingest_lost", "error", "XBTUSD", "l2")
+    assert "quiet1" in str(problem["detail"])
+
+
+def test_status_warns_of_an_evicting_redis(redis_server: RedisServer, mongo_url: str, key_prefix: str,
+                                           tmp_path: Path) -> None:
+    env = base_env(REDIS_URL=redis_server.url, MONGO_CONNECTION_STRING=mongo_url, KEY_PREFIX=key_prefix,
+                   XDG_RUNTIME_DIR=str(tmp_path))
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        result = status("--json", env=env)
+        assert result.returncode == 1
+        document = orjson.loads(result.stdout)
+        assert document["redis"]["evicting_policy"] == "allkeys-lru"
+        assert [p["kind"] for p in document["problems"]] == ["redis_evicting"]
+        assert b"redis_evicting" in status(env=env).stdout
+
+        admin.config_set("maxmemory-policy", "noeviction")
+        result = status("--json", env=env)
+        assert (result.returncode, orjson.loads(result.stdout)["redis"]["evicting_policy"]) == (0, None)
+    finally:
+        admin.close()
+
+
+def test_status_prints_no_terminal_escape_and_no_name_that_is_not_a_symbol(
+        client: redis.Redis, books: pymongo.collection.Collection[dict[str, object]], service_env: dict[str, str],
+        key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    client.sadd(keys.symbols, "XBTUSD", "\x1b[31mEVIL")
+    append(client, keys.l2_stream("XBTUSD"), encode_entry("{}", "orderBookL2", "partial", "s\x1b[2Jx", 1, 1))
+    append(client, f"{key_prefix}:l2:{{bad\x1b]0;title\x07}}", encode_entry("{}", "orderBookL2", "partial", "s", 1, 1))
+    books.insert_many([{"_id": "XBTUSD", "bids": [], "asks": [], "status": "stale", "reason": "gap\r\x1b[1A\x9bfake",
+                        "updated_at": dt.datetime.now(dt.UTC)},
+                       {"_id": "\x1b]8;;http://x\x07", "bids": [], "asks": [], "status": "live"}])
+
+    table = status(env=dict(service_env, COLUMNS="250"))
+    assert table.returncode == 1
+    for raw in (b"\x1b", b"\x07", b"\r", "\x9b".encode()):
+        assert raw not in table.stdout
+    assert b"ingest sessions: s\\x1b[2Jx" in table.stdout and b"gap\\r\\x1b[1A\\x9bfake" in table.stdout
+    assert b"EVIL" not in table.stdout and b"title" not in table.stdout
+
+    document = orjson.loads(status("--json", env=service_env).stdout)
+    assert [s["symbol"] for s in document["symbols"]] == ["XBTUSD"]
+    assert document["ignored_names"] == 3
+    assert "invalid_symbol" in {p["kind"] for p in document["problems"]}
+    # JSON keeps the data exact, escaped the JSON way.
+    assert document["symbols"][0]["book"]["reason"] == "gap\r\x1b[1A\x9bfake"
+
+
+@pytest.mark.parametrize("mongo", [
+    "mongodb://u:hunter2@127.0.0.1:{port},127.0.0.1:{port2}/?replicaSet=rs&authSource=admin",
+    "mongodb+srv://u:hunter2@cluster0.does-not-exist.invalid/bitmex?retryWrites=true",
+])
+def test_status_accepts_the_mongodb_uris_of_real_deployments(mongo: str, tmp_path: Path) -> None:
+    env = base_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0?password=hunter2",
+                   MONGO_CONNECTION_STRING=mongo.format(port=free_port(), port2=free_port()),
+                   XDG_RUNTIME_DIR=str(tmp_path))
+    result = status("--json", env=env)
+    assert result.returncode == 1, result.stderr  # unreachable servers, not a configuration error
+    document = orjson.loads(result.stdout)
+    assert document["mongo"]["ok"] is False and document["mongo"]["url"].startswith(mongo.split("@")[0][:-7])
+    assert document["redis"]["url"].endswith("?password=***")
+    table = status(env=env)
+    assert b"hunter2" not in result.stdout + result.stderr + table.stdout + table.stderr
+    assert b"Traceback" not in result.stderr + table.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,10 +14,15 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from services.common.entries import encode_entry
-from services.common.keys import TOP10_GROUP, Keys
+from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, TOP10_GROUP, Keys
+from tests.harness import ServiceProcess, wait_until
 
 BASE_US = 1_767_225_600_000_000
 """2026-01-01T00:00:00Z in epoch microseconds: exchange times in the tests are offsets from it."""
+SESSION = "testsession"
+"""The ingest session of the entries the tests write, unless they say otherwise."""
+
+RunService = Callable[..., ServiceProcess]
 
 
 def iso(ts_us: int) -> str:
@@ -45,21 +52,30 @@ class Snapshot:
 
 def snapshot(symbol: str, ts_ms: int, mid: float = 1000.0) -> Snapshot:
     """A valid top 10 around `mid` at exchange time BASE + `ts_ms` milliseconds."""
+    return snapshot_at(symbol, BASE_US + ts_ms * 1000, mid)
+
+
+def snapshot_at(symbol: str, ts_us: int, mid: float = 1000.0) -> Snapshot:
+    """A valid top 10 around `mid` at exchange time `ts_us` (epoch microseconds, cut to the milliseconds that
+    BitMEX timestamps carry)."""
+    ts_us -= ts_us % 1000
     bids: list[list[float | int]] = [[mid - 0.5 * (level + 1), 100 + level] for level in range(10)]
     asks: list[list[float | int]] = [[mid + 0.5 * (level + 1), 200 + level] for level in range(10)]
-    return Snapshot(symbol, BASE_US + ts_ms * 1000, bids, asks)
+    return Snapshot(symbol, ts_us, bids, asks)
 
 
-def add(client: redis.Redis, keys: Keys, *snapshots: Snapshot, seq: int = 1) -> list[Snapshot]:
-    """XADD each snapshot to its symbol's ob10 stream (registering the symbol); return them with their ids."""
+def add(client: redis.Redis, keys: Keys, *snapshots: Snapshot, seq: int = 1, session: str = SESSION,
+        register: bool = True) -> list[Snapshot]:
+    """XADD each snapshot to its symbol's ob10 stream (registering the symbol unless told not to); return them
+    with their ids."""
     pipe = client.pipeline(transaction=False)
     for offset, item in enumerate(snapshots):
-        pipe.sadd(keys.symbols, item.symbol)
-        fields = encode_entry(item.frame(), "orderBook10", "update", "testsession", seq + offset,
-                              time.time_ns() // 1000)
+        if register:
+            pipe.sadd(keys.symbols, item.symbol)
+        fields = encode_entry(item.frame(), "orderBook10", "update", session, seq + offset, time.time_ns() // 1000)
         pipe.xadd(keys.ob10_stream(item.symbol), _fields(fields))
     replies = pipe.execute()
-    ids = [_text(reply) for reply in replies[1::2]]
+    ids = [_text(reply) for reply in (replies[1::2] if register else replies)]
     return [Snapshot(item.symbol, item.ts_us, item.bids, item.asks, stream_id)
             for item, stream_id in zip(snapshots, ids, strict=True)]
 
@@ -110,6 +126,27 @@ def consumers(client: redis.Redis, keys: Keys, symbol: str) -> dict[str, int]:
             for entry in client.xinfo_consumers(keys.ob10_stream(symbol), TOP10_GROUP)}
 
 
+def start(run_service: RunService, env: dict[str, str], name: str, **settings: str) -> ServiceProcess:
+    """`bookstream top10` as consumer `name`, healthy."""
+    return run_service("top10", env={**env, "INSTANCE_NAME": name, **settings}, name=name)
+
+
+def wait_for_all(client: redis.Redis, keys: Keys, expected: list[Snapshot], timeout: float = 20) -> None:
+    """Until every key holds its expected snapshot and the group has read and acknowledged every entry."""
+    symbols = sorted({item.symbol for item in expected})
+    wait_until(lambda: all(holds(client, keys, item) for item in expected)
+               and unfinished(client, keys, symbols) == 0, timeout, "every key to hold its newest snapshot")
+
+
+def newest_per_symbol(snapshots: list[Snapshot]) -> list[Snapshot]:
+    newest: dict[str, Snapshot] = {}
+    for item in snapshots:
+        current = newest.get(item.symbol)
+        if current is None or (item.ts_us, item.stream_id) > (current.ts_us, current.stream_id):
+            newest[item.symbol] = item
+    return list(newest.values())
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -117,6 +154,49 @@ def _text(value: bytes | str) -> str:
 def _fields(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
     # redis-py's dict parameter is invariant in its key and value types: a dict[str, str] is refused as is.
     return {name: value for name, value in fields.items()}
+
+
+class Heartbeat:
+    """Renews ingest liveness keys as a healthy ingest does, until told to stop for a session or for all."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *sessions: str) -> None:
+        self._client, self._keys = client, keys
+        self._sessions = set(sessions)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.last_renewal: dict[str, float] = {}
+        """session -> time.monotonic() of its last renewal."""
+        self._renew()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def start(self, session: str) -> None:
+        with self._lock:
+            self._sessions.add(session)
+        self._renew()
+
+    def stop(self, session: str) -> float:
+        """Stop renewing `session` (its key then expires as after `kill -9`); return the time of its last renewal."""
+        with self._lock:
+            self._sessions.discard(session)
+            return self.last_renewal[session]
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(INGEST_ALIVE_RENEW / 2):
+            self._renew()
+
+    def _renew(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                try:
+                    self._client.set(self._keys.ingest_alive(session), "test-ingest", px=INGEST_ALIVE_TTL_MS)
+                except redis.RedisError:
+                    continue  # a test that stops Redis; the next renewal retries
+                self.last_renewal[session] = time.monotonic()
 
 
 class ChannelListener:

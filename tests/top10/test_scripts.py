@@ -11,25 +11,45 @@ from redis.asyncio import Redis
 
 from services.common.entries import EntryError, decode_entry
 from services.common.keys import TOP10_GROUP, Keys
-from services.top10.scripts import REMOVE_CONSUMER, STORE_TOP10, ScriptCall, run_pipelined, store_top10_call
+from services.top10.scripts import (
+    MARK_STALE,
+    REMOVE_CONSUMER,
+    STORE_TOP10,
+    ScriptCall,
+    mark_stale_call,
+    run_pipelined,
+    store_top10_call,
+)
 from services.top10.snapshots import Top10Write, read_snapshot
-from tests.top10.feed import ChannelListener, cached, snapshot
+from tests.top10.feed import BASE_US, ChannelListener, cached, snapshot
+
+TOLERANCE_US = 5_000_000
+RECEIVED_US = BASE_US + 60_000_000
 
 
-def write_of(ts_ms: int, stream_id: str, mid: float = 1000.0) -> Top10Write:
+def write_of(ts_ms: int, stream_id: str, mid: float = 1000.0, session: str = "s") -> Top10Write:
     item = snapshot("XBTUSD", ts_ms, mid)
     fields = {b"frame": item.frame().encode(), b"table": b"orderBook10", b"action": b"update",
-              b"session": b"s", b"seq": b"1", b"recv_us": b"123"}
-    write = read_snapshot("XBTUSD", decode_entry(stream_id, fields))
+              b"session": session.encode(), b"seq": b"1", b"recv_us": str(RECEIVED_US).encode()}
+    write = read_snapshot("XBTUSD", decode_entry(stream_id, fields), TOLERANCE_US)
     if write is None:
         raise EntryError("no snapshot")
     return write
 
 
-async def store(url: str, key: str, *writes: Top10Write) -> list[int]:
+async def store(url: str, key: str, *writes: Top10Write, session_lost: bool = False) -> list[int]:
     client = Redis.from_url(url)
     try:
-        return await run_pipelined(client, STORE_TOP10, [store_top10_call(key, write) for write in writes])
+        return await run_pipelined(client, STORE_TOP10, [store_top10_call(key, write, TOLERANCE_US, session_lost)
+                                                         for write in writes])
+    finally:
+        await client.aclose()
+
+
+async def mark(url: str, key: str, session: str) -> list[int]:
+    client = Redis.from_url(url)
+    try:
+        return await run_pipelined(client, MARK_STALE, [mark_stale_call(key, "XBTUSD", session, "ingest_lost")])
     finally:
         await client.aclose()
 
@@ -43,8 +63,9 @@ def test_the_greatest_exchange_time_then_stream_id_wins_in_every_processing_orde
     async def store_each_order() -> list[list[int]]:
         client = Redis.from_url(redis_url)
         try:
-            return [await run_pipelined(client, STORE_TOP10, [store_top10_call(f"{key_prefix}:top10:P{number}", write)
-                                                              for write in order])
+            return [await run_pipelined(client, STORE_TOP10,
+                                        [store_top10_call(f"{key_prefix}:top10:P{number}", write, TOLERANCE_US)
+                                         for write in order])
                     for number, order in enumerate(orders)]
         finally:
             await client.aclose()
@@ -71,7 +92,8 @@ def test_the_hash_is_readable_and_each_change_is_published(redis_url: str, key_p
     expected = snapshot("XBTUSD", 20, mid=1500)
     assert (value["bids"], value["asks"]) == (expected.bids, expected.asks)
     assert (value["timestamp"], value["ts_us"]) == (expected.timestamp, str(expected.ts_us))
-    assert (value["stream_id"], value["recv_us"]) == ("7-3", "123")
+    assert (value["stream_id"], value["recv_us"]) == ("7-3", str(RECEIVED_US))
+    assert (value["status"], value["reason"], value["session"]) == ("live", "", "s")
     assert before_us - 1_000_000 <= int(value["updated_us"]) <= time.time_ns() // 1000 + 1_000_000
     assert written_us == int(value["updated_us"]), "a write answers the time it stored"
     [later_us] = asyncio.run(store(redis_url, key, write_of(30, "8-1", mid=900)))
@@ -79,8 +101,9 @@ def test_the_hash_is_readable_and_each_change_is_published(redis_url: str, key_p
     later = snapshot("XBTUSD", 30, mid=900)
     assert listener.collect(2) == [
         {"symbol": "XBTUSD", "bids": expected.bids, "asks": expected.asks, "timestamp": expected.timestamp,
-         "stream_id": "7-3"},
-        {"symbol": "XBTUSD", "bids": later.bids, "asks": later.asks, "timestamp": later.timestamp, "stream_id": "8-1"}]
+         "stream_id": "7-3", "status": "live", "reason": ""},
+        {"symbol": "XBTUSD", "bids": later.bids, "asks": later.asks, "timestamp": later.timestamp, "stream_id": "8-1",
+         "status": "live", "reason": ""}]
     listener.close()
 
 
@@ -126,3 +149,43 @@ def test_consumer_removal_spares_members_holding_entries_or_recently_active(redi
     assert asyncio.run(remove(("idle", 60_000), ("holder", 0), ("nobody", 0))) == [0, 0, 0]
     assert asyncio.run(remove(("idle", 10))) == [1]
     assert [entry["name"] for entry in client.xinfo_consumers(stream, TOP10_GROUP)] == [b"holder"]
+
+
+def test_a_stored_timestamp_beyond_redis_time_plus_the_tolerance_is_replaced(redis_url: str, key_prefix: str) -> None:
+    """A key pinned in the future by an older version (or a clock gone wrong) takes the next snapshot."""
+    key = f"{key_prefix}:top10:XBTUSD"
+    client = redis.Redis.from_url(redis_url)
+    year_2099_us = 4_070_908_800_000_000
+    client.hset(key, mapping={"ts_us": str(year_2099_us), "stream_id": "1-0", "status": "live", "session": "old"})
+    assert asyncio.run(store(redis_url, key, write_of(10, "2-0")))[0] > 0
+    assert client.hget(key, "stream_id") == b"2-0" and client.hget(key, "session") == b"s"
+    # Within the tolerance of Redis's clock, a stored time is trusted and compared as always.
+    redis_now_us = int(client.time()[0]) * 1_000_000
+    client.hset(key, mapping={"ts_us": str(redis_now_us + TOLERANCE_US // 2), "stream_id": "3-0"})
+    assert asyncio.run(store(redis_url, key, write_of(20, "4-0"))) == [0]
+
+
+def test_a_lost_session_is_marked_stale_once_and_a_newer_snapshot_wins(redis_url: str, key_prefix: str) -> None:
+    key = Keys(key_prefix).top10("XBTUSD")
+    client = redis.Redis.from_url(redis_url)
+    listener = ChannelListener(client, key)
+    asyncio.run(store(redis_url, key, write_of(10, "1-0", session="gone")))
+    assert asyncio.run(mark(redis_url, key, "other")) == [0], "a snapshot of another session is left alone"
+    assert asyncio.run(mark(redis_url, key, "gone")) == [1]
+    assert asyncio.run(mark(redis_url, key, "gone")) == [0], "a second instance deciding the same changes nothing"
+    value = cached(client, Keys(key_prefix), "XBTUSD")
+    assert (value["status"], value["reason"], value["session"], value["stream_id"]) == ("stale", "ingest_lost", "gone",
+                                                                                          "1-0")
+    asyncio.run(store(redis_url, key, write_of(20, "2-0", session="fresh")))
+    assert (cached(client, Keys(key_prefix), "XBTUSD")["status"], client.hget(key, "reason")) == ("live", b"")
+    # A snapshot of a session known lost is written, but stale.
+    asyncio.run(store(redis_url, key, write_of(30, "3-0", session="gone"), session_lost=True))
+    assert client.hmget(key, "status", "reason", "stream_id") == [b"stale", b"ingest_lost", b"3-0"]
+    messages = listener.collect(4)
+    assert [(message.get("status"), message.get("reason"), message.get("stream_id")) for message in messages] == [
+        ("live", "", "1-0"), ("stale", "ingest_lost", None), ("live", "", "2-0"), ("stale", "ingest_lost", "3-0")]
+    assert messages[1] == {"symbol": "XBTUSD", "status": "stale", "reason": "ingest_lost", "session": "gone"}
+    client.delete(key)
+    client.set(key, "not a hash")
+    assert asyncio.run(mark(redis_url, key, "gone")) == [0]
+    listener.close()

@@ -17,41 +17,28 @@ import redis
 
 from services.common.keys import TOP10_GROUP, Keys
 from tests.harness import RedisServer, ServiceProcess, base_env, wait_until
-from tests.top10.feed import ChannelListener, Snapshot, add, add_raw, cached, consumers, holds, snapshot, unfinished
-
-RunService = Callable[..., ServiceProcess]
-
-
-@pytest.fixture
-def top10_env(redis_url: str, key_prefix: str) -> dict[str, str]:
-    """Short claim and expiry times, so recovery shows within a test's patience."""
-    return base_env(REDIS_URL=redis_url, KEY_PREFIX=key_prefix, CLAIM_IDLE="1", CONSUMER_EXPIRY="2",
-                    LOG_LEVEL="INFO")
-
-
-@pytest.fixture
-def keys(key_prefix: str) -> Keys:
-    return Keys(key_prefix)
-
-
-def start(run_service: RunService, env: dict[str, str], name: str, **settings: str) -> ServiceProcess:
-    return run_service("top10", env={**env, "INSTANCE_NAME": name, **settings}, name=name)
+from tests.top10.feed import (
+    ChannelListener,
+    Heartbeat,
+    RunService,
+    Snapshot,
+    add,
+    add_raw,
+    cached,
+    consumers,
+    holds,
+    newest_per_symbol,
+    snapshot,
+    start,
+    unfinished,
+    wait_for_all,
+)
 
 
-def wait_for_all(client: redis.Redis, keys: Keys, expected: list[Snapshot], timeout: float = 20) -> None:
-    """Until every key holds its expected snapshot and the group has read and acknowledged every entry."""
-    symbols = sorted({item.symbol for item in expected})
-    wait_until(lambda: all(holds(client, keys, item) for item in expected)
-               and unfinished(client, keys, symbols) == 0, timeout, "every key to hold its newest snapshot")
-
-
-def newest_per_symbol(snapshots: list[Snapshot]) -> list[Snapshot]:
-    newest: dict[str, Snapshot] = {}
-    for item in snapshots:
-        current = newest.get(item.symbol)
-        if current is None or (item.ts_us, item.stream_id) > (current.ts_us, current.stream_id):
-            newest[item.symbol] = item
-    return list(newest.values())
+@pytest.fixture(autouse=True)
+def healthy_ingest(heartbeat: Heartbeat) -> Heartbeat:
+    """The session of the entries these tests write stays alive, as under a healthy ingest."""
+    return heartbeat
 
 
 def test_each_key_holds_its_symbols_last_snapshot_including_symbols_seen_later(
@@ -64,7 +51,9 @@ def test_each_key_holds_its_symbols_last_snapshot_including_symbols_seen_later(
     later = add(client, keys, snapshot("SOLUSD", 5), snapshot("XBTUSD", 100, mid=2000))
     wait_for_all(client, keys, [early[-1], *later])
     value = cached(client, keys, "XBTUSD")
-    assert set(value) == {"bids", "asks", "timestamp", "ts_us", "stream_id", "recv_us", "updated_us"}
+    assert set(value) == {"bids", "asks", "timestamp", "ts_us", "stream_id", "recv_us", "updated_us", "status",
+                          "reason", "session"}
+    assert (value["session"], value["reason"]) == ("testsession", "")
     assert int(value["updated_us"]) >= int(value["recv_us"]) > 0
     wait_until(lambda: top10.metric("bookstream_top10_entries_total") == len(early) + len(later), 5, "counted")
     assert top10.metric("bookstream_top10_writes_total", 'result="applied"') >= 4
@@ -119,7 +108,10 @@ def test_malformed_entries_are_counted_acknowledged_and_never_replace_a_good_val
     assert top10.metric("bookstream_top10_writes_total", 'result="applied"') == 1
     top10.wait_log("NOT-JSON xxxx")
     assert "crossed" in top10.logs() and "ETHUSD" in top10.logs()
-    assert top10.logs().count("event=symbol_skipped") == 2 and "WRONGTYPE" in top10.logs()
+    assert top10.logs().count("event=symbol_skipped") == 1 and "WRONGTYPE" in top10.logs()
+    assert top10.metric("bookstream_top10_invalid_names_total", 'source="symbol_set"') == 1
+    [line] = [line for line in top10.logs().splitlines() if "event=invalid_name" in line]
+    assert "source=symbol_set" in line and "NOT}A{SYMBOL" in line
     assert top10.alive() and top10.health()[0] == 200
 
 
@@ -137,7 +129,7 @@ def test_a_subscriber_receives_each_update(
     expected = [item for item in sent if item.ts_us != snapshot("XBTUSD", 5).ts_us]
     assert listener.collect(len(expected)) == [
         {"symbol": "XBTUSD", "bids": item.bids, "asks": item.asks, "timestamp": item.timestamp,
-         "stream_id": item.stream_id} for item in expected]
+         "stream_id": item.stream_id, "status": "live", "reason": ""} for item in expected]
     listener.close()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from services.common.config import (
     LIVE_WS_URL,
+    SERVICE_SETTINGS,
     SETTINGS,
     ConfigError,
     add_settings_arguments,
@@ -16,14 +17,14 @@ from services.common.config import (
 )
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str], service: str = "l2builder") -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, service)
     return parser.parse_args(argv)
 
 
 def test_defaults() -> None:
-    settings = load_settings(parse([]), environ={})
+    settings = load_settings(parse([], "ingest"), environ={})
     assert settings.ws_url == LIVE_WS_URL
     assert settings.key_prefix == "bitmex"
     assert settings.mongo_database == "bitmex"
@@ -34,11 +35,11 @@ def test_defaults() -> None:
 
 def test_environment_then_flag_override() -> None:
     env = {"SYMBOLS": "XBTUSD, ETHUSD,XBTUSD", "METRICS_PORT": "0", "FLUSH_INTERVAL": "1.5"}
-    settings = load_settings(parse([]), environ=env)
+    settings = load_settings(parse([], "ingest"), environ=env)
     assert settings.symbols == ("XBTUSD", "ETHUSD")  # trimmed, de-duplicated, order kept
     assert settings.metrics_port == 0
-    assert settings.flush_interval == 1.5
-    overridden = load_settings(parse(["--symbols", "SOLUSD", "--metrics-port", "9200"]), environ=env)
+    assert load_settings(parse([]), environ=env).flush_interval == 1.5
+    overridden = load_settings(parse(["--symbols", "SOLUSD", "--metrics-port", "9200"], "ingest"), environ=env)
     assert overridden.symbols == ("SOLUSD",)
     assert overridden.metrics_port == 9200
 
@@ -65,7 +66,7 @@ def test_environment_then_flag_override() -> None:
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], variable: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(parse([]), environ=env)
+        load_settings(None, environ=env)
     message = str(caught.value)
     assert message.startswith(f"{variable}=")
     assert problem in message
@@ -74,7 +75,7 @@ def test_invalid_values_name_the_variable(env: dict[str, str], variable: str, pr
 
 def test_invalid_flag_names_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"^--symbols="):
-        load_settings(parse(["--symbols", "bad symbol"]), environ={})
+        load_settings(parse(["--symbols", "bad symbol"], "ingest"), environ={})
 
 
 def test_passwords_are_masked() -> None:
@@ -93,3 +94,84 @@ def test_passwords_are_masked() -> None:
 def test_every_setting_has_a_distinct_variable_and_flag() -> None:
     assert len({s.env for s in SETTINGS}) == len(SETTINGS)
     assert len({s.flag for s in SETTINGS}) == len(SETTINGS)
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://user:s3cret@host:6379/0", "redis://user:***@host:6379/0"),
+    ("mongodb://:s3cret@db", "mongodb://:***@db"),
+    ("redis://s3cret@host:6379", "redis://***@host:6379"),  # a lone userinfo is often a token
+    ("redis://host/0?password=s3cret", "redis://host/0?password=***"),
+    ("rediss://host:6380/0?ssl_cert_reqs=none&PassWord=s3cret", "rediss://host:6380/0?ssl_cert_reqs=none&PassWord=***"),
+    ("redis://user:pa/s3cret@host/0", "redis://user:***@host/0"),          # raw '/' in the password
+    ("redis://user:pa?s3cret@host/0", "redis://user:***@host/0"),          # raw '?' in the password
+    ("mongodb://u:p@s3cret@h1/db", "mongodb://u:***@h1/db"),               # raw '@' in the password
+    ("mongodb://u:s3cret@h1:27017,h2:27017/?replicaSet=rs", "mongodb://u:***@h1:27017,h2:27017/?replicaSet=rs"),
+    ("mongodb+srv://u:s3cret@cluster0.example.net/db?retryWrites=true&authSource=admin",
+     "mongodb+srv://u:***@cluster0.example.net/db?retryWrites=true&authSource=admin"),
+    ("wss://venue/realtime?api-expires=1700000000&api-key=s3cret&api-signature=s3cret2",
+     "wss://venue/realtime?api-expires=1700000000&api-key=***&api-signature=***"),
+    ("ws://h/x?token=s3cret;pwd=s3cret&pass=s3cret&secret=s3cret&auth=s3cret&access_key=s3cret&sig=s3cret",
+     "ws://h/x?token=***;pwd=***&pass=***&secret=***&auth=***&access_key=***&sig=***"),
+    ("wss://h/x?X-Amz-Signature=s3cret&X-Amz-Credential=s3cret#access_token=s3cret",
+     "wss://h/x?X-Amz-Signature=***&X-Amz-Credential=***#access_token=***"),
+    ("mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:s3cret",
+     "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***"),
+    ("unix:///run/redis.sock?db=0&password=s3cret", "unix:///run/redis.sock?db=0&password=***"),
+    ("unix:/run/redis.sock?Api%2DKey=s3cret", "unix:/run/redis.sock?Api%2DKey=***"),
+    ("redis://host:6379", "redis://host:6379"),
+    ("mongodb://h1,h2/?replicaSet=rs&authSource=admin", "mongodb://h1,h2/?replicaSet=rs&authSource=admin"),
+])
+def test_mask_url_hides_every_credential_shape(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert "s3cret" not in mask_url(url)
+
+
+@pytest.mark.parametrize(("variable", "raw", "problem"), [
+    ("REDIS_URL", "redis://user:pa/ss55word@host/0", "raw '/'"),
+    ("REDIS_URL", "redis://user:ss55word@host:bad/0", "port"),
+    ("REDIS_URL", "redis://host:bad/0?password=ss55word", "port"),
+    ("BITMEX_WS_URL", "wss://venue:bad/realtime?api-key=ss55word", "port"),
+    ("MONGO_CONNECTION_STRING", "mongodb://u:p@ss55word@h/db", "escaped"),
+    ("MONGO_CONNECTION_STRING", "mongodb://u:pa/ss55word@h/db", "raw '/'"),
+    ("MONGO_CONNECTION_STRING", "mongodb://u:ss55word@h:bad/db", "MongoDB"),
+    ("MONGO_CONNECTION_STRING", "mongodb+srv://u:ss55word@cluster0.example.net:27017/db", "port"),
+    ("MONGO_CONNECTION_STRING", "mongodb+srv://u:ss55word@a.example.net,b.example.net/db", "one"),
+    ("MONGO_CONNECTION_STRING", "mongodb://h/?replicaSet=rs&apiToken=ss55word", "Unknown option"),
+])
+def test_configuration_errors_never_echo_a_secret(variable: str, raw: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={variable: raw})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}=") and "\n" not in message
+    assert problem in message
+    assert "ss55" not in message
+
+
+@pytest.mark.parametrize("uri", [
+    "mongodb://u:p%40ss@h1:27017,h2:27017,h3:27017/bitmex?replicaSet=rs&authSource=admin",
+    "mongodb://h1,h2/?replicaSet=rs&readPreference=secondaryPreferred",
+    # Not resolvable: accepting it proves the check reads the syntax and leaves DNS to the driver.
+    "mongodb+srv://user:secret@cluster0.does-not-exist.invalid/bitmex?retryWrites=true&w=majority",
+    "mongodb://%2Ftmp%2Fmongodb-27017.sock",
+])
+def test_uris_of_real_deployments_are_accepted(uri: str) -> None:
+    assert load_settings(None, environ={"MONGO_CONNECTION_STRING": uri}).mongo_url == uri
+
+
+def test_each_service_reads_only_its_settings() -> None:
+    env = {"MONGO_CONNECTION_STRING": "not a url", "BITMEX_WS_URL": "http://x", "REDIS_URL": "redis://r:1/0"}
+    top10 = load_settings(parse([], "top10"), environ=env)  # the invalid MongoDB and venue URLs are not its own
+    assert top10.redis_url == "redis://r:1/0"
+    assert set(top10.describe("top10")) == set(SERVICE_SETTINGS["top10"])
+    assert not {"mongo_url", "ws_url", "mongo_database"} & set(top10.describe("top10"))
+    assert "redis_url" not in load_settings(parse([], "exchange"), environ=env).describe("exchange")
+    with pytest.raises(ConfigError, match=r"^MONGO_CONNECTION_STRING="):
+        load_settings(parse([], "l2builder"), environ=env)
+
+
+def test_servers_listen_on_loopback_and_a_port_per_service_by_default() -> None:
+    ports = {service: load_settings(parse([], service), environ={}).metrics_port
+             for service in ("exchange", "ingest", "top10", "l2builder")}
+    assert ports == {"exchange": 9100, "ingest": 9101, "top10": 9102, "l2builder": 9103}
+    assert load_settings(parse([], "ingest"), environ={}).metrics_host == "127.0.0.1"
+    assert load_settings(parse([], "ingest"), environ={"METRICS_PORT": "9300"}).metrics_port == 9300
