@@ -59,7 +59,9 @@ class StaleKind(enum.StrEnum):
     TRIMMED = "trimmed"
     INVALID_DOCUMENT = "invalid_document"
     UNWRITABLE = "unwritable"
-    """The book outgrew what MongoDB can store; not urgent, since a new partial may rebuild the same book."""
+    """BSON cannot encode the book (an integer beyond 64 bits); not urgent, a new partial may bring it back."""
+    TOO_LARGE = "too_large"
+    """The book outgrew MongoDB's document size limit; not urgent, since a new partial may rebuild the same book."""
     RESTORED = "restored"
     INGEST_LOST = "ingest_lost"
     """The liveness key of the book's session expired: ingest died or lost the venue without a gap marker."""
@@ -69,6 +71,8 @@ class StaleKind(enum.StrEnum):
 
 URGENT_KINDS = frozenset({StaleKind.HOLE, StaleKind.MALFORMED, StaleKind.INCONSISTENT, StaleKind.TRIMMED,
                           StaleKind.INVALID_DOCUMENT, StaleKind.INGEST_LOST, StaleKind.REDIS_LOST})
+UNSTORABLE_KINDS = frozenset({StaleKind.UNWRITABLE, StaleKind.TOO_LARGE})
+"""Kinds whose levels are what cannot be stored: their stale document keeps no levels."""
 
 
 class Outcome(enum.Enum):
@@ -98,12 +102,14 @@ class SymbolState:
     """The book of one symbol and its position in the stream; see the module docstring.
 
     Create a fresh one with `SymbolState(symbol, resync_interval)` or a restored one with `restored`.
-    `stream_id`, `session` and `seq` are those of the last consumed entry.
+    `stream_id`, `session` and `seq` are those of the last consumed entry. `last_book` is the last exact
+    book of a stale state, whose levels its document keeps until the next partial (None while live).
     """
 
     symbol: str
     resync_interval: float
     book: L2Book = field(init=False)
+    last_book: L2Book | None = None
     live: bool = False
     stale_kind: StaleKind | None = StaleKind.NO_PARTIAL
     reason: str | None = "waiting for the first partial"
@@ -124,13 +130,15 @@ class SymbolState:
     def restored(cls, symbol: str, resync_interval: float, now: float, *, book: L2Book | None,
                  stream_id: str | None, session: str | None, seq: int, received_us: int | None,
                  stale_kind: StaleKind | None, reason: str | None) -> SymbolState:
-        """The state a previous owner persisted: `book` None (or a stale kind) means not live."""
+        """The state a previous owner persisted: a stale kind means not live, and `book` (if any) is then
+        the stale document's last levels, kept until the next partial."""
         state = cls(symbol, resync_interval)
         state.stream_id, state.session, state.seq, state.received_us = stream_id, session, seq, received_us
         if book is not None and stale_kind is None:
             state.book, state.live, state.stale_kind, state.reason = book, True, None, None
         else:
             state.mark_stale(stale_kind or StaleKind.RESTORED, reason or "restored stale", now)
+            state.last_book = book
         return state
 
     @property
@@ -236,11 +244,17 @@ class SymbolState:
         return False
 
     def mark_stale(self, kind: StaleKind, reason: str, now: float, keep_levels: bool = False) -> None:
-        """Drop the book until the next partial; urgent kinds ask for a resync at once.
+        """Stop trusting the book until the next partial; urgent kinds ask for a resync at once.
 
-        `keep_levels` keeps the last levels in the (stale) document, for a book that was exact when its
-        source went silent: they show where the market was, and the status says they cannot be trusted.
+        The last exact levels stay in the document (a stale book says it cannot be trusted, but shows
+        where the market was), unless they are what cannot be stored; a book that contradicted a frame
+        has already emptied itself. `keep_levels` goes further and keeps applying to the book, for a book
+        that was exact when its source went silent: its session's next entries, if any come, still fit.
         """
+        if self.live and self.book.has_partial:
+            self.last_book = self.book
+        if kind in UNSTORABLE_KINDS:
+            self.last_book = None
         if not keep_levels:
             self.book = L2Book(self.symbol)
         self.live, self.stale_kind, self.reason = False, kind, reason
@@ -285,7 +299,7 @@ class SymbolState:
             self.frames_applied += 1
             self.rows_applied += rows
         if frame.action == "partial" and not self.live:
-            self.live, self.stale_kind, self.reason = True, None, None
+            self.live, self.stale_kind, self.reason, self.last_book = True, None, None, None
             self.next_resync_at = None
             return Outcome.LIVE
         return Outcome.APPLIED

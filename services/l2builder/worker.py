@@ -6,7 +6,8 @@ Three loops share one event loop and the per-symbol states, so no locks are need
   rendezvous hashing, acquire those (then restore them) and hand off those that must move, check the
   liveness keys of the sessions of the live books, ask ingest for partials for stale books, sample lag;
 - reader: XREADGROUP over the owned, caught-up streams; each entry goes to its `SymbolState`;
-- flusher, every FLUSH_INTERVAL: one unordered bulk write of every changed book, then XACK what it covered.
+- flusher, every FLUSH_INTERVAL: one unordered bulk write of every changed book, then XACK what it covered;
+  a symbol whose write failed is retried alone after its own backoff, never holding up the others.
 
 Taking a symbol restores its document and reads with XRANGE what the group already handed out but nobody
 made durable (a previous owner's pending entries); a seq hole in what the group delivers is repaired the
@@ -45,9 +46,18 @@ from services.l2builder import metrics
 from services.l2builder.liveness import SessionWatch
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
-from services.l2builder.store import UTC, BookStore, Document, WriteResult, book_document, restore_state
+from services.l2builder.store import (
+    UTC,
+    BookStore,
+    Document,
+    FlushAction,
+    WriteResult,
+    book_document,
+    flush_decisions,
+    restore_state,
+)
 from services.l2builder.streams import L2Streams, RawEntry
-from services.l2builder.symbol_state import Outcome, StaleKind, Status, SymbolState
+from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind, Status, SymbolState
 
 log = EventLog("l2builder")
 
@@ -89,7 +99,8 @@ generation every 50,000 allocations instead of 700 saves about 12% of the CPU (b
 class Owned:
     """A symbol whose lease this instance holds. `state` is None until its document is loaded; the reader
     takes it only once `ready` (caught up) and not `releasing` (handing it off). `deferred` keeps what a
-    read-ahead delivered while it was catching up, applied once the catch-up is done."""
+    read-ahead delivered while it was catching up, applied once the catch-up is done. A write that failed
+    is not tried again before `retry_at` (monotonic), which `write_backoff` pushes back per failure."""
 
     lease: Lease
     state: SymbolState | None = None
@@ -97,6 +108,8 @@ class Owned:
     releasing: bool = False
     restore: asyncio.Task[None] | None = field(default=None, repr=False)
     deferred: list[list[RawEntry]] = field(default_factory=list, repr=False)
+    retry_at: float = 0.0
+    write_backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_FIRST, BACKOFF_MAX), repr=False)
     lost: str | None = None
     """Redis lost state of the symbol before its document was loaded: the restored book must not be live."""
 
@@ -123,6 +136,7 @@ class L2Builder:
         self._inspected_at = 0.0
         self.frames_applied = self.rows_applied = 0
         self._ping_every = min(MONGO_PING_EVERY, settings.health_stale_after / 3)
+        self._pinged_at = 0.0
         self._draining = False
         self._drain = asyncio.Event()
         self._wake_reader = asyncio.Event()
@@ -170,12 +184,12 @@ class L2Builder:
         with contextlib.suppress(RedisError):
             await self.ownership.leave()
         deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while self._unsettled() and time.monotonic() < deadline:
             with contextlib.suppress(RedisError):
                 await self._renew(time.monotonic())
-            if not await self._flush():
-                await asyncio.sleep(backoff.next_delay())
+            await self._flush()
+            if self._unsettled():
+                await asyncio.sleep(BACKOFF_FIRST)  # the symbols that failed wait for their own backoff
         handed = list(self.owned)
         leases = [owned.lease for owned in self.owned.values()]
         for symbol in handed:
@@ -664,30 +678,66 @@ class L2Builder:
     # -- persisting ------------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
+        """Flush every FLUSH_INTERVAL whatever happened: a failure only backs off the symbols it concerns."""
         while not self._draining:
             started = time.monotonic()
-            if await self._flush():
-                backoff.reset()
-                await self._pause(max(self.settings.flush_interval - (time.monotonic() - started), 0.001))
-            else:
-                await self._pause(backoff.next_delay())
+            await self._flush()
+            await self._pause(max(self.settings.flush_interval - (time.monotonic() - started), 0.001))
 
-    async def _flush(self) -> bool:
-        """Write every changed book in one bulk write, then XACK what it covered; False on failure."""
+    async def _flush(self) -> None:
+        """Write every changed book that is due in one bulk write, then XACK what it covered."""
         now = time.monotonic()
         wall = dt.datetime.now(UTC)
-        tickets = []
+        tickets: dict[str, tuple[Owned, FlushTicket]] = {}
         documents = {}
         for symbol, owned in self.owned.items():
             state = owned.state
-            if state is None or not owned.lease.valid(now):
+            if state is None or not owned.lease.valid(now) or owned.retry_at > now:
                 continue
             ticket = state.take_flush()
-            if ticket is not None:
-                tickets.append((owned, ticket))
-                if ticket.write:
-                    documents[symbol] = book_document(state, owned.lease.epoch, wall)
+            if ticket is None:
+                continue
+            if ticket.write:
+                tickets[symbol] = (owned, ticket)
+                documents[symbol] = book_document(state, owned.lease.epoch, wall)
+            else:
+                # Only entries seen again: the last durable write covers them already.
+                self.ack_backlog.setdefault(symbol, []).extend(ticket.ids)
+        result = await self._write(documents)
+        for symbol, decision in flush_decisions(documents, result).items():
+            owned, ticket = tickets[symbol]
+            action = decision.action
+            if action is FlushAction.ACKNOWLEDGE:
+                owned.retry_at = 0.0
+                owned.write_backoff.reset()
+                self.ack_backlog.setdefault(symbol, []).extend(ticket.ids)
+                continue
+            if owned.state is not None:
+                owned.state.flush_failed(ticket)
+            if action is FlushAction.DROP:
+                metrics.WRITE_CONFLICTS.inc()
+                log.warning("write_conflict", symbol=symbol, epoch=owned.lease.epoch, detail=decision.detail)
+                if self.owned.get(symbol) is owned:
+                    self._drop(symbol, "a newer owner wrote the book", "lost")
+            elif action is FlushAction.RETRY:
+                owned.retry_at = time.monotonic() + owned.write_backoff.next_delay()
+                if result is not None:
+                    metrics.FLUSH_ERRORS.inc()
+                    log.warning("write_failed", symbol=symbol, error=decision.detail,
+                                failures=owned.write_backoff.failures)
+            elif owned.state is not None:
+                assert decision.stale_kind is not None and decision.reason is not None
+                metrics.FLUSH_ERRORS.inc()
+                log.error("book_unstorable", symbol=symbol, kind=decision.stale_kind, error=decision.detail)
+                # The stale document without levels is small: the next flush stores it and acks these ids.
+                owned.state.mark_stale(decision.stale_kind, decision.reason, now)
+                self._note(symbol, owned.state, Outcome.STALE)
+        await self._ack()
+        await self._release_settled()
+
+    async def _write(self, documents: dict[str, Document]) -> WriteResult | None:
+        """The bulk write of `documents`; None when it raised, which decides nothing about any of them. A
+        ping proves MongoDB reachable when nothing has for a while (no writes, or only failed ones)."""
         result = WriteResult()
         try:
             if documents:
@@ -697,51 +747,29 @@ class L2Builder:
                 metrics.FLUSH_DOCUMENTS.observe(len(documents))
                 if len(result.failed) < len(documents):
                     self._mongo_ok()
-            elif time.monotonic() - self.mongo_ok_at >= self._ping_every:
+        except Exception as exc:  # not only PyMongoError: nothing may end the flush loop (or the shutdown)
+            self._write_raised(exc)
+            return None
+        if time.monotonic() - max(self.mongo_ok_at, self._pinged_at) >= self._ping_every:
+            self._pinged_at = time.monotonic()
+            try:
                 await self.store.ping()
                 self._mongo_ok()
-        except Exception as exc:  # not only PyMongoError: nothing may end the flush loop (or the shutdown)
-            for owned, ticket in tickets:
-                if owned.state is not None:
-                    owned.state.flush_failed(ticket)
-            if isinstance(exc, PyMongoError):
-                self._mongo_failed(exc)
-            else:
-                metrics.FLUSH_ERRORS.inc()
-                log.error("flush_failed", error=repr(exc))
-            return False
-        for symbol, error in result.failed.items():
-            metrics.FLUSH_ERRORS.inc()
-            log.warning("write_failed", symbol=symbol, error=error)
-        for owned, ticket in tickets:
-            symbol = ticket.symbol
-            if symbol in result.superseded:
-                metrics.WRITE_CONFLICTS.inc()
-                log.warning("write_conflict", symbol=symbol, epoch=owned.lease.epoch,
-                            stored_version=result.superseded[symbol])
-                if self.owned.get(symbol) is owned:
-                    self._drop(symbol, "a newer owner wrote the book", "lost")
-            elif symbol in result.failed:
-                if owned.state is not None:
-                    owned.state.flush_failed(ticket)
-            elif symbol in result.unwritable:
-                metrics.FLUSH_ERRORS.inc()
-                log.error("book_unwritable", symbol=symbol, error=result.unwritable[symbol])
-                if owned.state is not None:
-                    # The emptied stale book is small: the next flush stores it and acks these ids.
-                    owned.state.flush_failed(ticket)
-                    owned.state.mark_stale(StaleKind.UNWRITABLE, f"book cannot be stored: {result.unwritable[symbol]}",
-                                           now)
-                    self._note(symbol, owned.state, Outcome.STALE)
-            else:
-                self.ack_backlog.setdefault(symbol, []).extend(ticket.ids)
-        acked = await self._ack()
-        await self._release_settled()
-        return acked and not result.failed
+            except Exception as exc:
+                self._write_raised(exc)
+        return result
 
-    async def _ack(self) -> bool:
+    def _write_raised(self, exc: Exception) -> None:
+        if isinstance(exc, PyMongoError):
+            self._mongo_failed(exc)
+        else:
+            metrics.FLUSH_ERRORS.inc()
+            log.error("flush_failed", error=repr(exc))
+
+    async def _ack(self) -> None:
+        """XACK the backlog; what Redis refused stays in it for the next flush."""
         if not self.ack_backlog:
-            return True
+            return
         backlog, self.ack_backlog = self.ack_backlog, {}
         try:
             await self.streams.ack(backlog)
@@ -749,10 +777,9 @@ class L2Builder:
             for symbol, ids in backlog.items():
                 self.ack_backlog[symbol] = ids + self.ack_backlog.get(symbol, [])
             self._redis_failed("ack", exc)
-            return False
+            return
         self._redis_ok()
         metrics.ACKED.inc(sum(len(ids) for ids in backlog.values()))
-        return True
 
     def _settled(self, symbol: str, owned: Owned) -> bool:
         """Everything read from the symbol is durable and acknowledged."""

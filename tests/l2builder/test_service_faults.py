@@ -59,7 +59,12 @@ def test_bad_input_makes_one_book_stale_until_the_resync(
     assert reasons["INCONSISTENT"].startswith("inconsistency:") and "unknown id" in reasons["INCONSISTENT"]
     assert reasons["HOLE"].startswith("entries missing from the stream: seq 2..2 of session session-1")
     assert reasons["SESSION"].startswith("new ingest session session-2")
-    assert all(documents[symbol]["bids"] == [] == documents[symbol]["asks"] for symbol in reasons)
+    # A stale book keeps its last exact levels, without the deltas after the fault; a book that contradicted
+    # a frame has none left to keep.
+    last = {"bids": [[100.0, 20, 2], [99.5, 5, 3]], "asks": [[101.0, 10, 1]]}
+    for symbol in reasons:
+        expected = {"bids": [], "asks": []} if symbol == "INCONSISTENT" else last
+        assert {side: documents[symbol][side] for side in ("bids", "asks")} == expected, symbol
     assert documents["HEALTHY"]["bids"][0] == [100.0, 99, 2]
     wait_until(lambda: builder.metric("bookstream_l2builder_books", 'status="stale"') == len(reasons), 5,
                "the books gauge counting the stale books")

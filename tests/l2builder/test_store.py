@@ -1,4 +1,5 @@
-"""MongoDB documents: version order, round trips through restore, and the monotonic filtered upsert."""
+"""MongoDB documents: version order, round trips through restore, the monotonic filtered upsert, foreign
+documents, sizes, real dates, and what the flusher decides from a write's result."""
 
 from __future__ import annotations
 
@@ -7,13 +8,27 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import bson
 import pymongo
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.book import L2Book
-from services.l2builder.store import UTC, BookStore, book_document, restore_state, version_key
+from services.l2builder.store import (
+    MAX_DOCUMENT_BYTES,
+    TOO_LARGE,
+    UTC,
+    BookStore,
+    FlushAction,
+    FlushDecision,
+    WriteResult,
+    book_document,
+    document_size,
+    flush_decisions,
+    restore_state,
+    version_key,
+)
 from services.l2builder.symbol_state import StaleKind, Status, SymbolState
 from tests.l2builder.test_symbol_state import PARTIAL, entry, frame, live_state, row
 
@@ -39,7 +54,26 @@ def test_the_document_has_every_field_of_the_contract() -> None:
     }
     state.feed(entry(2, "gap", reason="disconnect"), now=0)
     stale = book_document(state, 7, NOW)
-    assert (stale["status"], stale["reason"], stale["bids"], stale["asks"]) == ("stale", "gap: disconnect", [], [])
+    assert (stale["status"], stale["reason"]) == ("stale", "gap: disconnect")
+    assert (stale["bids"], stale["asks"]) == (document["bids"], document["asks"])  # the last levels are kept
+
+
+def test_a_stale_book_keeps_its_last_levels_until_the_next_partial_unless_they_cannot_be_stored() -> None:
+    state = live_state()
+    state.feed(entry(2, "gap", reason="disconnect"), now=0)
+    # Deltas while stale are not applied, to the kept levels or anything else.
+    state.feed(entry(3, "update", frame("update", [row(2, "Buy", 99)])), now=0)
+    state.mark_stale(StaleKind.HOLE, "another fault while stale", now=0)
+    kept = book_document(state, 7, NOW)
+    assert (kept["bids"], kept["asks"], kept["reason"]) == ([[100.0, 20, 2], [99.5, 5, 3]], [[101.0, 10, 1]],
+                                                            "another fault while stale")
+    state.mark_stale(StaleKind.TOO_LARGE, f"{TOO_LARGE}: 17000000 bytes", now=0)
+    emptied = book_document(state, 7, NOW)
+    assert (emptied["status"], emptied["bids"], emptied["asks"]) == ("stale", [], [])
+    state.feed(entry(4, "partial", frame("partial", [row(7, "Sell", 1, 105.0)])), now=0)
+    assert state.live and book_document(state, 7, NOW)["asks"] == [[105.0, 1, 7]]
+    state.feed(entry(5, "delete", frame("delete", [row(42, "Sell")])), now=0)  # an inconsistency
+    assert book_document(state, 7, NOW)["asks"] == []  # the book contradicted a frame: nothing exact to keep
 
 
 def stored(document: dict[str, Any]) -> dict[str, Any]:
@@ -78,12 +112,27 @@ def test_stale_and_broken_documents_restore_stale() -> None:
     stale = restore_state("XBTUSD", stored(book_document(state, 3, NOW)), 5.0, now=0)
     assert stale.status is Status.STALE and stale.stale_kind is StaleKind.RESTORED
     assert stale.reason == "gap: disconnect" and stale.stream_id == "1000-2"
+    rewritten = book_document(stale, 4, NOW)  # the new owner's first write keeps the stored last levels
+    assert (rewritten["status"], rewritten["bids"]) == ("stale", [[100.0, 20, 2], [99.5, 5, 3]])
     broken = stored(book_document(live_state(), 3, NOW))
     broken["bids"] = [[100.0, 20, 2], [100.5, 5, 3]]  # not best first
     invalid = restore_state("XBTUSD", broken, 5.0, now=0)
     assert invalid.stale_kind is StaleKind.INVALID_DOCUMENT and invalid.resync_due(0)
     assert invalid.stream_id == "1000-1"  # keeps its position: never re-apply from the start
     assert restore_state("XBTUSD", None, 5.0, now=0).stream_id is None
+
+
+@pytest.mark.parametrize("version", [None, 7, {"epoch": 3}, "absent"])
+def test_a_foreign_document_restores_stale_from_the_start_of_the_stream(version: object) -> None:
+    foreign = stored(book_document(live_state(), 3, NOW))
+    if version == "absent":
+        del foreign["version"]
+    else:
+        foreign["version"] = version
+    restored = restore_state("XBTUSD", foreign, 5.0, now=0)
+    assert restored.stale_kind is StaleKind.INVALID_DOCUMENT and restored.resync_due(0)
+    assert "foreign document" in str(restored.reason)
+    assert (restored.stream_id, restored.seq, restored.last_book) == (None, 0, None)
 
 
 @pytest.mark.parametrize(("stream_id", "seq"), [("garbage", 1), (17, 1), ("1000-1", -3), ("1000-1", "7")])
@@ -139,11 +188,95 @@ def test_a_book_bson_cannot_hold_is_set_aside_and_the_others_are_written(mongo_u
         try:
             result = await store.write({"XBTUSD": huge, "ETHUSD": document(2), "SOLUSD": too_large})
             assert result.written == ["ETHUSD"] and not result.failed and not result.superseded
-            assert sorted(result.unwritable) == ["SOLUSD", "XBTUSD"]
-            assert "BSON" in result.unwritable["XBTUSD"] and "limit" in result.unwritable["SOLUSD"]
+            assert list(result.unwritable) == ["XBTUSD"] and "BSON" in result.unwritable["XBTUSD"]
+            assert list(result.too_large) == ["SOLUSD"] and result.too_large["SOLUSD"] > 17 * 1024 * 1024
         finally:
             await store.close()
 
     asyncio.run(scenario())
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
     assert [doc["_id"] for doc in client[mongo_database]["orderbooks"].find({}, {"_id": 1})] == ["ETHUSD"]
+
+
+def test_foreign_documents_are_taken_over_and_newer_versions_are_not(mongo_url: str, mongo_database: str) -> None:
+    """A `version` missing or of another type counts as older than any real one, on MongoDB and nx-27017."""
+    foreign: dict[str, Any] = {"MISSING": {}, "INT": {"version": 5}, "NULL": {"version": None},
+                               "OBJECT": {"version": {"epoch": 9}}, "NUMBERS": {"version": [1, 2]},
+                               "STRINGS": {"version": ["~"]}, "DATE": {"version": NOW}, "EMPTY": {"version": ""},
+                               "NEWER": {"version": "~"}, "OLDER": {"version": version_key(1, "5-0")}}
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+    collection = client[mongo_database]["orderbooks"]
+    collection.insert_many([{"_id": symbol, "owner": "someone else", **fields} for symbol, fields in foreign.items()])
+
+    def document(symbol: str) -> dict[str, Any]:
+        state = SymbolState(symbol, 5.0)
+        state.feed(entry(7, "partial", PARTIAL.replace("XBTUSD", symbol), seq=1), now=0)
+        return book_document(state, 2, NOW)
+
+    async def scenario() -> None:
+        store = BookStore(mongo_url, mongo_database)
+        try:
+            result = await store.write({symbol: document(symbol) for symbol in foreign})
+            assert sorted(result.written) == sorted(set(foreign) - {"NEWER"})
+            assert result.superseded == {"NEWER": "~"} and not result.failed
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    for symbol in set(foreign) - {"NEWER"}:
+        taken = collection.find_one({"_id": symbol}) or {}
+        assert taken["version"] == version_key(2, "1000-7") and taken["status"] == "live", symbol
+        assert "owner" not in taken and taken["bids"] == [[100.0, 20, 2], [99.5, 5, 3]], symbol
+    assert collection.find_one({"_id": "NEWER"}) == {"_id": "NEWER", "owner": "someone else", "version": "~"}
+
+
+def test_dates_are_stored_as_dates_by_inserts_and_replacements(mongo_url: str, mongo_database: str) -> None:
+    def document(number: int) -> dict[str, Any]:
+        state = SymbolState("XBTUSD", 5.0)
+        state.feed(entry(number, "partial", PARTIAL, seq=number), now=0)
+        return book_document(state, 1, NOW + dt.timedelta(seconds=number))
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+    collection = client[mongo_database]["orderbooks"]
+
+    async def write(number: int) -> None:
+        store = BookStore(mongo_url, mongo_database)
+        try:
+            assert (await store.write({"XBTUSD": document(number)})).written == ["XBTUSD"]
+        finally:
+            await store.close()
+
+    for number in (1, 2):  # the first write inserts, the second replaces
+        asyncio.run(write(number))
+        stored_document = collection.find_one({"_id": "XBTUSD"}) or {}
+        assert type(stored_document["updated_at"]) is dt.datetime, stored_document["updated_at"]
+        assert type(stored_document["received_at"]) is dt.datetime, stored_document["received_at"]
+        assert stored_document["updated_at"] == (NOW + dt.timedelta(seconds=number)).replace(tzinfo=None)
+        assert stored_document["seq"] == number
+
+
+def test_the_size_bound_never_underestimates_and_books_over_the_limit_are_measured() -> None:
+    state = live_state()
+    rows = [row(100 + i, "Buy" if i % 2 else "Sell", 2**40 + i, (90.0 - i) if i % 2 else (110.0 + i))
+            for i in range(2000)]
+    state.feed(entry(2, "insert", frame("insert", rows)), now=0)
+    document = book_document(state, 2**40, NOW)
+    assert len(bson.encode(document)) <= document_size(document) <= MAX_DOCUMENT_BYTES
+    assert document_size(document, exact=True) == len(bson.encode(document))
+    over = {**document, "bids": document["bids"] * 500}  # half a million levels
+    assert document_size(over) == len(bson.encode(over)) > 16 * 1024 * 1024 >= MAX_DOCUMENT_BYTES
+
+
+def test_flush_decisions_follow_the_write_result() -> None:
+    result = WriteResult(written=["OK"], superseded={"OLD": "v9"}, failed={"BAD": "E11000"},
+                         too_large={"BIG": 17_000_000}, unwritable={"ODD": "int too large"})
+    decisions = flush_decisions(["OK", "OLD", "BAD", "BIG", "ODD"], result)
+    assert {symbol: decision.action for symbol, decision in decisions.items()} == {
+        "OK": FlushAction.ACKNOWLEDGE, "OLD": FlushAction.DROP, "BAD": FlushAction.RETRY,
+        "BIG": FlushAction.MARK_STALE, "ODD": FlushAction.MARK_STALE}
+    assert decisions["BAD"].detail == "E11000" and decisions["OLD"].detail == "stored version v9"
+    assert decisions["BIG"].stale_kind is StaleKind.TOO_LARGE
+    assert decisions["BIG"].reason == "too_large: 17000000 bytes, over the 16000000-byte limit"
+    assert decisions["ODD"].stale_kind is StaleKind.UNWRITABLE and "int too large" in str(decisions["ODD"].reason)
+    # A write that raised decided nothing: every symbol it carried retries, each after its own backoff.
+    assert flush_decisions(["OK", "BIG"], None) == dict.fromkeys(["OK", "BIG"], FlushDecision(FlushAction.RETRY))
