@@ -1,15 +1,16 @@
 """Rendezvous hashing with bounded load: which live instance should own each symbol.
 
-Every instance computes the same answer from the same member list and symbol list with no coordination.
-Plain rendezvous hashing (each symbol to the member with the highest hash of (member, symbol)) moves only
-the symbols that must move when a member joins or leaves, but with few symbols it is lumpy: a handful of
-symbols over a few members often leaves one member with nothing. So each member also has a
-capacity, and the assignment is a greedy matching under the same weights: take the (member, symbol) pairs from the highest weight down and give the symbol to the member whenever
-the symbol is still free and the member still has room. First every member may take floor(symbols /
-members), then the leftover symbols go one per member; so every member ends with floor or ceil of the even
-share. The matching depends only on the weights, never on the order of the lists, and a pair that wins
-under plain rendezvous hashing still wins unless its member is full of symbols it weighs higher, which
-keeps the symbols that move on a membership change close to the share the change must move.
+Every instance computes the same answer from the same member list and symbol list with no coordination. Plain
+rendezvous hashing (each symbol to the member with the highest hash of (member, symbol)) moves only the
+symbols that must move when a member joins or leaves, but with few symbols it is lumpy: a handful of symbols
+over a few members often leaves one member with nothing. So each member also has a capacity, and the
+assignment is a greedy matching under the same weights: take the (member, symbol) pairs from the highest
+weight down and give the symbol to the member whenever the symbol is still free and the member still has room.
+First every member may take floor(symbols / members), then the leftover symbols go one per member; so every
+member ends with floor or ceil of the even share. The matching depends only on the weights, never on the order
+of the lists, and a pair that wins under plain rendezvous hashing still wins unless its member is full of
+symbols it weighs higher, which keeps the symbols that move on a membership change close to the share the
+change must move.
 """
 
 from __future__ import annotations
