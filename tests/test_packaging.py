@@ -188,7 +188,10 @@ def test_infrastructure_services() -> None:
         assert "ports" not in services[name], f"{name} must not be published to the host by default"
         volume = services[name]["volumes"][0].split(":")[0]
         assert volume in load_compose()["volumes"], f"{name} data must live on a named volume"
-        assert "healthcheck" in services[name]
+        check = services[name]["healthcheck"]
+        assert seconds(check["interval"]) <= 3, f"{name}: its dependants start only after its first check"
+        assert "start_interval" not in check
+        assert not any("mongosh" in str(part) for part in check["test"]), "a JavaScript runtime per check"
     grace = str(services["l2builder"]["stop_grace_period"])
     assert int(grace.rstrip("s")) >= 20
 
