@@ -8,14 +8,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies get their own layer: it is rebuilt only when pyproject.toml changes, not on every code edit.
-# An empty stand-in package lets pip resolve and install them before the sources are copied.
-COPY pyproject.toml README.md ./
-RUN mkdir services && touch services/__init__.py \
+# Dependencies get their own layer: it is rebuilt only when pyproject.toml changes, not on every code or
+# README edit. An empty stand-in package (and README, which pyproject names) lets pip resolve and install
+# them before the sources are copied.
+COPY pyproject.toml ./
+RUN mkdir services && touch services/__init__.py README.md \
     && pip install . \
     && pip uninstall -y bookstream \
-    && rm -rf services
+    && rm -rf services README.md
 
+COPY README.md ./
 COPY services ./services
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --no-create-home bookstream

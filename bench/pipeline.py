@@ -274,7 +274,7 @@ def measure_rate(servers: Servers, rate: int, symbols: list[str], warmup: float,
         elapsed, ended_wall = time.monotonic() - started, time.time()
         scrape_after = {role: services[role].metrics() for role in services}
         cpu = {name: (cpu_after[name] - cpu_before[name]) / elapsed * 100 for name in pids}
-        peaks = {name: peak_mb(process.pid) for name, process in services.items()}
+        peaks = {name: peak_mb(pid) for name, pid in pids.items() if name != "bench"}
         backlog = l2builder_backlog(servers.client, keys, symbols)
 
     def rate_of(role: str, sample: str) -> float:

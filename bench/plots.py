@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,15 +23,35 @@ from bench.pipeline import STAGES, PipelineResults
 ORIGINAL_REBUILD_FRAMES_PER_S = 1_300
 """The original design's book rebuild: about 176 messages in 140 ms."""
 ORIGINAL_RECEIPT_TO_REDIS_MS = (20, 100)
+ORIGINAL_DESIGN = ("original design = the threaded and async prototype this project replaces; its figures are "
+                   "the ones it reported, not measured here")
+"""The one definition of "original design", printed under every figure that shows one of its figures."""
+REDIS_STAGES = tuple(stage for stage in STAGES if "MongoDB" not in stage)
+MONGO_STAGES = tuple(stage for stage in STAGES if "MongoDB" in stage)
+"""The receipt -> Redis band of the original design compares with the first, never with the second."""
+STAGE_COLORS = {stage: f"C{index}" for index, stage in enumerate(STAGES)}
 DPI = 110
 
 
-def _save(figure: Figure, path: Path, legend_below: bool = False) -> str:
-    """Write the figure; `legend_below` gathers the first panel's legend under all the panels."""
+def _save(figure: Figure, path: Path, legend_below: bool = False, original_design: bool = False) -> str:
+    """Write the figure; `legend_below` gathers the legends of all the panels, each label once, under them;
+    `original_design` adds the definition of the original design as a caption."""
+    bottom = 0.0
+    if original_design:
+        figure.text(0.5, 0.005, ORIGINAL_DESIGN, ha="center", va="bottom", fontsize=7, color="dimgray")
+        bottom = 0.04
     if legend_below:
-        handles, labels = figure.axes[0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.14 if legend_below else 0, 1, 1))
+        entries: dict[str, Any] = {}
+        for axes in figure.axes:
+            for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+                entries.setdefault(label, handle)
+        # The measured series first, the original design's reference last.
+        order = sorted(entries, key=lambda label: label.startswith("original design"))
+        rows = -(-len(entries) // 4)
+        figure.legend([entries[label] for label in order], order, loc="lower center", ncol=4, fontsize=8,
+                      frameon=False, bbox_to_anchor=(0.5, bottom))
+        bottom += 0.035 * rows + 0.02
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
     return path.name
@@ -55,8 +76,7 @@ def book(rows: Sequence[tuple[str, float]], path: Path) -> str:
     axes.invert_yaxis()
     axes.set_xlabel("frames per second (CPU time of one process, log scale)")
     axes.set_title("Book engine (parse + apply) vs the list-based baseline")
-    axes.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return _save(figure, path, legend_below=True, original_design=True)
 
 
 def throughput(values: Sequence[tuple[str, float, float]], path: Path) -> str:
@@ -64,82 +84,99 @@ def throughput(values: Sequence[tuple[str, float, float]], path: Path) -> str:
     figure, axes = plt.subplots(figsize=(8, 3.5))
     names = [name for name, _, _ in values]
     axes.bar(names, [value for _, value, _ in values], color="tab:blue")
-    axes.scatter(names, [target for _, _, target in values], marker="_", s=2000, color="black", zorder=3,
-                 label="target of the service's issue")
+    axes.hlines([target for _, _, target in values], [position - 0.3 for position in range(len(values))],
+                [position + 0.3 for position in range(len(values))], color="black", linewidth=2, zorder=3,
+                label="target")
     axes.axhline(ORIGINAL_REBUILD_FRAMES_PER_S, color="tab:red", linestyle="--",
                  label=f"original design's book rebuild, ~{ORIGINAL_REBUILD_FRAMES_PER_S:,} frames/s")
     for position, (_, value, _) in enumerate(values):
         axes.text(position, value, f"{value:,.0f}", ha="center", va="bottom", fontsize=8)
     axes.set_ylabel("per second, one process")
     axes.set_title("Service throughput (python -m bench.<service>)")
-    axes.legend(fontsize=8)
-    return _save(figure, path)
+    return _save(figure, path, legend_below=True, original_design=True)
+
+
+def _band(panel: Axes, vertical: bool) -> None:
+    """The original design's receipt -> Redis latency, for the panels of Redis stages only."""
+    span = panel.axvspan if vertical else panel.axhspan
+    span(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12,
+         label="original design: 20-100 ms receipt -> Redis")
 
 
 def latency_percentiles(results: PipelineResults, path: Path) -> str:
-    """p50 and p99 of every stage against the offered rate."""
+    """p50 and p99 of every stage against the offered rate: the Redis stages (beside the original design's
+    receipt -> Redis band) above the MongoDB stages."""
     runs = results.rates
     labels = [_rate_label(run.rate) for run in runs]
-    figure, panels = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
-    for panel, q in zip(panels, (0.5, 0.99), strict=True):
-        for stage in STAGES:
-            panel.plot(labels, [run.stages[stage].quantile(q) / 1000 for run in runs], marker="o", label=stage)
-        panel.axhspan(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12,
-                      label="original design: 20-100 ms receipt -> Redis")
-        panel.set_yscale("log")
+    figure, panels = plt.subplots(2, 2, figsize=(11, 8), sharey=True, sharex=True)
+    for row, stages in enumerate((REDIS_STAGES, MONGO_STAGES)):
+        for column, q in enumerate((0.5, 0.99)):
+            panel = panels[row][column]
+            for stage in stages:
+                panel.plot(labels, [run.stages[stage].quantile(q) / 1000 for run in runs], marker="o", label=stage,
+                           color=STAGE_COLORS[stage])
+            if stages is REDIS_STAGES:
+                _band(panel, vertical=False)
+            panel.set_yscale("log")
+            panel.set_title(f"p{q * 100:g}, to {'Redis' if stages is REDIS_STAGES else 'MongoDB'}")
+            panel.grid(True, which="both", alpha=0.3)
+        panels[row][0].set_ylabel("latency, ms (log scale)")
+    for panel in panels[1]:
         panel.set_xlabel(f"simulator rate (orderBookL2 frames/s, {results.symbols} symbols)")
-        panel.set_title(f"p{q * 100:g}")
-        panel.grid(True, which="both", alpha=0.3)
-    panels[0].set_ylabel("latency, ms (log scale)")
     figure.suptitle("End-to-end latency by stage")
-    return _save(figure, path, legend_below=True)
+    return _save(figure, path, legend_below=True, original_design=True)
 
 
 def latency_cdf(results: PipelineResults, path: Path) -> str:
-    """The latency distribution of every stage, one panel per rate."""
+    """The latency distribution of every stage, one column per rate: Redis stages above MongoDB stages."""
     runs = results.rates
-    figure, panels = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 4.4), sharey=True, squeeze=False)
-    for panel, run in zip(panels[0], runs, strict=True):
-        for stage in STAGES:
-            xs, ys = run.stages[stage].cdf()
-            if xs:
-                panel.step([x / 1000 for x in xs], ys, where="post", label=stage)
-        panel.axvspan(*ORIGINAL_RECEIPT_TO_REDIS_MS, color="tab:red", alpha=0.12,
-                      label="original design: 20-100 ms receipt -> Redis")
-        panel.set_xscale("log")
+    figure, panels = plt.subplots(2, len(runs), figsize=(3.6 * len(runs), 7.6), sharey=True, sharex=True,
+                                  squeeze=False)
+    for row, stages in enumerate((REDIS_STAGES, MONGO_STAGES)):
+        for panel, run in zip(panels[row], runs, strict=True):
+            for stage in stages:
+                xs, ys = run.stages[stage].cdf()
+                if xs:
+                    panel.step([x / 1000 for x in xs], ys, where="post", label=stage, color=STAGE_COLORS[stage])
+            if stages is REDIS_STAGES:
+                _band(panel, vertical=True)
+            panel.set_xscale("log")
+            panel.set_title(f"{_rate_label(run.rate)}, to {'Redis' if stages is REDIS_STAGES else 'MongoDB'}")
+            panel.grid(True, which="both", alpha=0.3)
+        panels[row][0].set_ylabel("fraction at or below")
+    for panel in panels[1]:
         panel.set_xlabel("ms (log scale)")
-        panel.set_title(_rate_label(run.rate))
-        panel.grid(True, which="both", alpha=0.3)
-    panels[0][0].set_ylabel("fraction at or below")
     figure.suptitle("Latency CDF by stage and simulator rate")
-    return _save(figure, path, legend_below=True)
+    return _save(figure, path, legend_below=True, original_design=True)
 
 
-def _grouped_bars(axes: Axes, labels: Sequence[str], series: dict[str, list[float]], ylabel: str,
-                  title: str) -> None:
-    """One group of bars per label, one bar per series in each group."""
+def _grouped_bars(axes: Axes, labels: Sequence[str], series: dict[str, list[float]], colors: dict[str, str],
+                  ylabel: str, title: str) -> None:
+    """One group of bars per label, one bar per series in each group, each series in its own color."""
     width = 0.8 / len(series)
     for index, (name, values) in enumerate(series.items()):
-        axes.bar([position + index * width for position in range(len(labels))], values, width, label=name)
+        axes.bar([position + index * width for position in range(len(labels))], values, width, label=name,
+                 color=colors[name])
     axes.set_xticks([position + 0.4 - width / 2 for position in range(len(labels))], labels)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.legend(fontsize=7)
 
 
 def resources(results: PipelineResults, path: Path) -> str:
-    """CPU of every process and peak memory of every service, at each rate."""
+    """CPU and peak memory of every process measured, at each rate; one legend for both panels, below them,
+    so it hides no bar, and one color per process in both."""
     runs = results.rates
     labels = [_rate_label(run.rate) for run in runs]
     processes = list(runs[0].cpu_percent)
-    services = list(runs[0].peak_mb)
-    figure, (cpu, memory) = plt.subplots(1, 2, figsize=(11, 4))
-    _grouped_bars(cpu, labels, {name: [run.cpu_percent[name] for run in runs] for name in processes},
+    measured = list(runs[0].peak_mb)
+    colors = {name: f"C{index}" for index, name in enumerate(dict.fromkeys([*processes, *measured]))}
+    figure, (cpu, memory) = plt.subplots(1, 2, figsize=(11, 4.6))
+    _grouped_bars(cpu, labels, {name: [run.cpu_percent[name] for run in runs] for name in processes}, colors,
                   "% of one core", "CPU by process")
-    _grouped_bars(memory, labels, {name: [run.peak_mb[name] for run in runs] for name in services},
+    _grouped_bars(memory, labels, {name: [run.peak_mb[name] for run in runs] for name in measured}, colors,
                   "MiB", "Peak resident memory (VmHWM)")
     figure.suptitle(f"Cost of each process at each simulator rate ({results.symbols} symbols)")
-    return _save(figure, path)
+    return _save(figure, path, legend_below=True)
 
 
 def scaling(results: PipelineResults, path: Path) -> str:
@@ -188,4 +225,4 @@ def speed_ideas(results: PipelineResults, path: Path) -> str:
     codec.set_title("JSON on the hot paths")
     codec.legend(fontsize=8)
     figure.suptitle("Speed ideas of the original design: each service with and without it")
-    return _save(figure, path)
+    return _save(figure, path, original_design=True)

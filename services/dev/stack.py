@@ -119,7 +119,7 @@ class DevStack:
             return None
         binary = find_binary("nx-27017")
         if binary is None:
-            raise RuntimeError("nx-27017 not found: install the test extra (pip install -e '.[test]') "
+            raise RuntimeError("nx-27017 not found: install the local extra (pip install -e '.[local]') "
                                "or set MONGO_CONNECTION_STRING to a MongoDB of your own")
         port = self._port(self.options.mongo_port)
         directory = self.options.data_dir / "mongo"

@@ -148,13 +148,18 @@ def top_of_book(book: SymbolBook, depth: int) -> Top:
 
 def orderbook10(action: str, instrument: Instrument, top: Top, timestamp: str) -> bytes:
     """An orderBook10 frame: the full top 10 as `[price, size]` pairs, best first, every time."""
-    row = {"symbol": instrument.symbol,
-           "bids": [[instrument.price(ticks), size] for ticks, size in top[0]],
-           "asks": [[instrument.price(ticks), size] for ticks, size in top[1]],
-           "timestamp": timestamp}
+    return orderbook10_frame(action, instrument.symbol,
+                             [[instrument.price(ticks), size] for ticks, size in top[0]],
+                             [[instrument.price(ticks), size] for ticks, size in top[1]], timestamp)
+
+
+def orderbook10_frame(action: str, symbol: str, bids: list[list[float | int]], asks: list[list[float | int]],
+                      timestamp: str) -> bytes:
+    """An orderBook10 frame of `[price, size]` levels already in price units, best first."""
+    row = {"symbol": symbol, "bids": bids, "asks": asks, "timestamp": timestamp}
     if action == "partial":
         return orjson.dumps({"table": OB10_TABLE, "action": "partial", **_OB10_SCHEMA,
-                             "filter": {"symbol": instrument.symbol}, "data": [row]})
+                             "filter": {"symbol": symbol}, "data": [row]})
     return orjson.dumps({"table": OB10_TABLE, "action": action, "data": [row]})
 
 

@@ -8,6 +8,11 @@ client would drop them anyway. A topic subscribed after its partial went by (a l
 resubscription to resync a book) gets a partial rebuilt from the recording at that point, in the
 recording's own format, so the book stays exact. With `loop` the pass starts over, partials included.
 
+A recording without `orderBook10` for a symbol (the 2021 captures have none) still serves it, as the
+live venue would: the pass keeps that client's own copy of the symbol's replayed L2 book and sends an
+`orderBook10` snapshot of its top 10 whenever that top changes, starting with a partial when the L2
+partial goes by (or at once, rebuilt, for a late subscription), stamped with the time it is sent.
+
 The REST truth of a replay is the book at the end of the recording: what every client's book is once its
 pass is over.
 """
@@ -21,12 +26,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+from sortedcontainers import SortedDict
 
 from services.common.capture import iter_capture
 from services.common.logs import EventLog
 from services.exchange import messages
 from services.exchange.client import Client
-from services.exchange.messages import BOOK_TABLES, L2_TABLE, OB10_TABLE
+from services.exchange.messages import BOOK_TABLES, L2_25_TABLE, L2_TABLE, OB10_DEPTH, OB10_TABLE
 from services.exchange.protocol import Topic, Venue
 
 HIGH_WATER_BYTES: Final = 1024 * 1024
@@ -65,6 +71,12 @@ class Recording:
 
     def symbols_of(self, table: str) -> list[str]:
         return sorted(topic.symbol for topic in self.by_topic if topic.table == table and topic.symbol)
+
+    def top10_source(self, symbol: str) -> str | None:
+        """The L2 table to derive `symbol`'s orderBook10 from; None when it was recorded, or cannot be."""
+        if Topic(OB10_TABLE, symbol) in self.by_topic:
+            return None
+        return next((table for table in (L2_TABLE, L2_25_TABLE) if Topic(table, symbol) in self.by_topic), None)
 
 
 def load_recording(path: str | Path) -> Recording:
@@ -150,6 +162,80 @@ def final_rest_rows(recording: Recording, symbol: str, depth: int | None) -> byt
                           "price": row["price"], "timestamp": row.get("timestamp")} for row in sells + buys])
 
 
+Level = list[float | int]
+
+
+class DerivedTop10:
+    """The orderBook10 of one symbol computed from its replayed L2 rows, for a recording that has none.
+
+    Sizes are summed per price, so two ids at one price (never seen on BitMEX, harmless here) still give
+    one level. Rows of another shape than the venue's are skipped and counted: a replay tool must not
+    stop on a damaged recording, but it must not invent a level either.
+    """
+
+    def __init__(self, symbol: str, rows: list[Any]) -> None:
+        self.symbol = symbol
+        self.levels: dict[tuple[str, int], tuple[float, int]] = {}
+        self.sides: dict[str, SortedDict] = {"Buy": SortedDict(), "Sell": SortedDict()}
+        self.sent: tuple[list[Level], list[Level]] | None = None
+        self.skipped = 0
+        self.apply("partial", rows)
+
+    def apply(self, action: str, rows: list[Any]) -> None:
+        for row in rows:
+            if (type(row) is not dict or row.get("side") not in self.sides or type(row.get("id")) is not int
+                    or not self._apply_row(action, row)):
+                self.skipped += 1
+
+    def _apply_row(self, action: str, row: dict[str, Any]) -> bool:
+        key = (row["side"], row["id"])
+        old = self.levels.get(key)
+        if action == "delete":
+            if old is not None:
+                self._move(key, old, None)
+            return True
+        size = row.get("size")
+        price = row.get("price", old[0] if old is not None else None)
+        if type(size) is not int or size < 0 or not isinstance(price, int | float) or isinstance(price, bool):
+            return False
+        if action == "update" and old is None:
+            return False
+        self._move(key, old, (float(price), size))
+        return True
+
+    def _move(self, key: tuple[str, int], old: tuple[float, int] | None, new: tuple[float, int] | None) -> None:
+        side = self.sides[key[0]]
+        if old is not None:
+            left = side[old[0]] - old[1]
+            if left > 0:
+                side[old[0]] = left
+            else:
+                del side[old[0]]
+            del self.levels[key]
+        if new is not None and new[1] > 0:
+            side[new[0]] = side.get(new[0], 0) + new[1]
+            self.levels[key] = new
+
+    def top(self) -> tuple[list[Level], list[Level]]:
+        bids, asks = self.sides["Buy"], self.sides["Sell"]
+        return ([[_number(price), bids[price]] for price in bids.islice(-OB10_DEPTH, reverse=True)],
+                [[_number(price), asks[price]] for price in asks.islice(0, OB10_DEPTH)])
+
+    def frame(self, timestamp: str) -> bytes | None:
+        """The next orderBook10 frame: a partial first, then an update when the top 10 changed."""
+        top = self.top()
+        if top == self.sent:
+            return None
+        action = "partial" if self.sent is None else "update"
+        self.sent = top
+        return messages.orderbook10_frame(action, self.symbol, top[0], top[1], timestamp)
+
+
+def _number(price: float) -> float | int:
+    """BitMEX writes whole prices without a fraction (`35000`, not `35000.0`), as the L2 rows did."""
+    return int(price) if price.is_integer() else price
+
+
 class Playback:
     """One client's pass (or passes, when looping) over a recording."""
 
@@ -163,6 +249,7 @@ class Playback:
         self.cursor = 0
         self.done = False
         self._started: set[Topic] = set()
+        self._derived: dict[str, DerivedTop10] = {}
         self._log = log
 
     def catch_up(self, topic: Topic) -> None:
@@ -170,6 +257,8 @@ class Playback:
         if topic.table not in BOOK_TABLES:
             return
         symbols = [topic.symbol] if topic.symbol is not None else self.recording.symbols_of(topic.table)
+        if topic.table == OB10_TABLE:
+            self._catch_up_derived([topic.symbol] if topic.symbol is not None else sorted(self.recording.symbols))
         for symbol in symbols:
             book_topic = Topic(topic.table, symbol)
             if book_topic in self._started:
@@ -179,12 +268,30 @@ class Playback:
                 self._started.add(book_topic)
                 self.client.send_partial(partial)
 
+    def _catch_up_derived(self, symbols: list[str]) -> None:
+        for symbol in symbols:
+            source = self.recording.top10_source(symbol)
+            if source is None or symbol in self._derived:
+                continue
+            state = book_at(self.recording, Topic(source, symbol), self.cursor)
+            if state is not None:
+                self._start_derived(symbol, state[1], messages.iso_timestamp(time.time()))
+
+    def _start_derived(self, symbol: str, rows: list[Any], timestamp: str) -> None:
+        derived = self._derived[symbol] = DerivedTop10(symbol, rows)
+        frame = derived.frame(timestamp)
+        if frame is not None:
+            self.client.send_partial(frame)
+
     def forget(self, topic: Topic) -> None:
         """Stop a book topic that no subscription covers any more, so a resubscription restarts it."""
         topics = self.client.session.topics
         for started in [item for item in self._started if item.table == topic.table]:
             if started not in topics and Topic(started.table) not in topics:
                 self._started.discard(started)
+        if topic.table == OB10_TABLE:
+            for symbol in [symbol for symbol in self._derived if not self._wants_top10(symbol)]:
+                del self._derived[symbol]
 
     async def run(self) -> None:
         passes = 0
@@ -194,6 +301,7 @@ class Playback:
             if not self.loop:
                 break
             self._started.clear()
+            self._derived.clear()
         self.done = True
         self._log.info("replay_finished", client=self.client.number, passes=passes)
 
@@ -216,7 +324,38 @@ class Playback:
                     client.send_partial(frame.text)
                 else:
                     client.send_data(frame.text)
+            symbol = frame.topic.symbol
+            if symbol is not None and self._wants_top10(symbol) and \
+                    self.recording.top10_source(symbol) == frame.topic.table:
+                self._derive(symbol, frame)
         self.cursor = len(frames)
+
+    def _wants_top10(self, symbol: str) -> bool:
+        topics = self.client.session.topics
+        return Topic(OB10_TABLE, symbol) in topics or Topic(OB10_TABLE) in topics
+
+    def _derive(self, symbol: str, frame: RecordedFrame) -> None:
+        """Feed one L2 frame to the symbol's derived book and send its orderBook10 if the top changed."""
+        data = orjson.loads(frame.text).get("data")
+        rows: list[Any] = data if type(data) is list else []
+        # Stamped now, as the venue stamps a change it makes: recorded times would run backwards on a loop
+        # (and a top-10 cache keeps the newest exchange time), and would make every lag years long.
+        timestamp = messages.iso_timestamp(time.time())
+        derived = self._derived.get(symbol)
+        if frame.action == "partial":
+            self._start_derived(symbol, rows, timestamp)
+            derived = self._derived[symbol]
+        elif derived is None:
+            return
+        else:
+            derived.apply(frame.action, rows)
+            update = derived.frame(timestamp)
+            if update is not None:
+                self.client.send_data(update)
+        if derived.skipped:
+            self._log.warning("derived_top10_rows_skipped", client=self.client.number, symbol=symbol,
+                              rows=derived.skipped)
+            derived.skipped = 0
 
     def _wants(self, frame: RecordedFrame) -> bool:
         topics = self.client.session.topics

@@ -116,12 +116,15 @@ class SimTruth:
 
 class CaptureTruth:
     """A real capture's books at its end, reconstructed here without the book engine, and its last
-    orderBook10 rows (the 2021 captures have none, so no top10 key may appear)."""
+    orderBook10 rows; for a symbol it has none of (the 2021 captures have none at all), the top 10 of its
+    final book, which the replay derives orderBook10 from."""
 
     def __init__(self, path: Path) -> None:
         self._books, _ = reconstruct(capture_frames(path))
         self.symbols = sorted(self._books)
-        self._top10: dict[str, Levels] = {}
+        self._top10: dict[str, Levels] = {
+            symbol: {side: [level[:2] for level in levels[:10]] for side, levels in book.items()}
+            for symbol, book in self._books.items()}
         for _, text in iter_capture(path):
             if text.startswith('{"table":"orderBook10"'):
                 for row in orjson.loads(text)["data"]:

@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
+from services.common.bitmex import TableFrame, parse_frame
 from services.common.capture import iter_capture
+from services.common.orderbook10 import parse_orderbook10
 from tests.conftest import RunService
 from tests.exchange.wire import Book, health, open_client, recv_json, recv_until_idle, rest_levels, tables_only, truth
 from tests.harness import free_port
@@ -120,3 +122,43 @@ def test_replay_loops_and_paces(run_service: RunService, captures_dir: Path) -> 
     recorded_span = (times[-1] - times[0]) / 15
     assert elapsed > 0.7 * recorded_span, "paced like the recording, 15 times faster"
     assert not health(port)["finished"]
+
+
+def test_a_capture_without_orderbook10_serves_one_derived_from_its_book(
+        run_service: RunService, captures_dir: Path) -> None:
+    """The 2021 captures have no orderBook10: the replay computes it from the replayed L2 book, so a
+    top-10 consumer gets data, and every snapshot is the top 10 of the book at that point of the stream."""
+    capture = captures_dir / CAPTURE
+    port = start_replay(run_service, capture, "--max")
+
+    async def scenario() -> list[str]:
+        async with open_client(port, "orderBookL2:XBTUSD", "orderBook10:XBTUSD") as ws:
+            frames = await recv_until_idle(ws, port)
+            await ws.send('{"op":"subscribe","args":["orderBook10:BCHUSD"]}')
+            return frames + await recv_until_idle(ws, port)
+
+    messages = tables_only(asyncio.run(scenario()))
+    book = Book()
+    snapshots = 0
+    for message in messages:
+        if message["table"] == "orderBookL2":
+            book.apply(message)
+            continue
+        assert message["table"] == "orderBook10"
+        frame = parse_frame(orjson.dumps(message))
+        assert isinstance(frame, TableFrame), frame
+        row = parse_orderbook10(frame)[0]
+        if row.symbol == "BCHUSD":
+            continue
+        assert message["action"] == ("partial" if snapshots == 0 else "update")
+        assert (row.bids, row.asks) == book.top(10), f"snapshot {snapshots} is not the book's top 10"
+        snapshots += 1
+    l2_changes = sum(1 for message in messages if message["table"] == "orderBookL2")
+    assert 10 < snapshots < l2_changes, "one snapshot per change of the top 10, not per L2 frame"
+    late = [message for message in messages if message["table"] == "orderBook10"
+            and message["data"][0]["symbol"] == "BCHUSD"]
+    assert [message["action"] for message in late] == ["partial"], "a late subscription gets the book as it is"
+    final = Book()
+    for level in truth(port, "BCHUSD"):
+        final.apply({"action": "insert", "data": [level]})
+    assert (late[0]["data"][0]["bids"], late[0]["data"][0]["asks"]) == final.top(10)
