@@ -122,6 +122,8 @@ def _symbol_problems(status: SymbolStatus, previous: SymbolStatus | None, mongo_
     top10 = status.top10
     if top10 is None and status.ob10 is not None and status.ob10.length:
         yield Problem("top10_missing", WARNING, sym, "top10", "the ob10 stream has entries but there is no top10 key")
+    if top10 is not None and top10.status == "stale":
+        yield Problem("top10_stale", ERROR, sym, "top10", f"top10 key is stale: {top10.reason or 'no reason given'}")
     if (top10 is not None and status.ob10 is not None and (top10.age_s or 0.0) > limits.stale_after_s
             and _newer(status.ob10.last_id, top10.stream_id)):
         yield Problem("top10_behind", WARNING, sym, "top10",

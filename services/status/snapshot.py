@@ -113,6 +113,9 @@ class Top10:
     timestamp: str | None
     best_bid: Level | None
     best_ask: Level | None
+    status: str | None = None
+    """`live` or `stale` (with `reason`), as top10 wrote it; None for a key older than the field."""
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,8 +391,10 @@ class Collector:
             pipe.get(keys.lease(sym))
             pipe.get(keys.epoch(sym))
             pipe.pttl(keys.lease(sym))
-            pipe.hmget(keys.top10(sym), ["updated_us", "stream_id", "timestamp", "bids", "asks"])
+            pipe.hmget(keys.top10(sym), ["updated_us", "stream_id", "timestamp", "bids", "asks", "status", "reason"])
         results = pipe.execute(raise_on_error=False)
+        if isinstance(results[0], Exception):  # without the server's clock no age can be told: report Redis
+            raise results[0]
         seconds, micros = results[0]
         redis_now_ms = int(seconds) * 1000 + int(micros) // 1000
         # Scores are expiry times on the Redis clock (l2builder's heartbeat uses TIME), so compare with it.
@@ -469,8 +474,9 @@ def _stream(key: str, summary: list[Any] | None, groups: list[dict[str, Any]] | 
 def _top10(fields: list[str | None] | None, now_s: float) -> Top10 | None:
     if not fields or all(value is None for value in fields):
         return None
-    updated_us, stream_id, timestamp, bids, asks = fields
+    updated_us, stream_id, timestamp, bids, asks, status, reason = fields
     updated = _int_or_none(updated_us)
     return Top10(age_s=_age(now_s, None if updated is None else updated / 1e6), stream_id=stream_id,
-                 timestamp=timestamp, best_bid=_first_level(bids), best_ask=_first_level(asks))
+                 timestamp=timestamp, best_bid=_first_level(bids), best_ask=_first_level(asks),
+                 status=status, reason=reason or None)
 

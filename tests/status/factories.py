@@ -45,7 +45,7 @@ def book(**changes: object) -> Book:
 
 def top10(**changes: object) -> Top10:
     healthy = Top10(age_s=0.1, stream_id=f"{NOW_MS}-0", timestamp="2026-01-01T00:00:00.000Z",
-                    best_bid=(100.0, 5.0), best_ask=(100.5, 3.0))
+                    best_bid=(100.0, 5.0), best_ask=(100.5, 3.0), status="live")
     return replace(healthy, **changes)  # type: ignore[arg-type]
 
 

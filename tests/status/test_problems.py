@@ -125,6 +125,10 @@ def test_top10_problems() -> None:
     assert kinds(snapshot(symbol(top10=None))) == [("top10_missing", "XBTUSD", "top10")]
     behind = top10(age_s=35.0, stream_id=f"{NOW_MS - 35_000}-0")
     assert kinds(snapshot(symbol(top10=behind))) == [("top10_behind", "XBTUSD", "top10")]
+    lost = top10(status="stale", reason="ingest_lost: session s1")
+    found = find_problems(snapshot(symbol(top10=lost)), None, LIMITS)
+    assert [(p.kind, p.severity) for p in found] == [("top10_stale", "error")]
+    assert "ingest_lost" in found[0].detail
 
 
 def test_rates_come_from_entries_added_between_samples() -> None:
