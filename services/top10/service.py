@@ -413,20 +413,24 @@ class Top10Service:
         while True:
             started = loop.time()
             try:
-                await self._check_liveness()
+                asked_redis = await self._check_liveness()
             except (RedisError, OSError) as exc:
                 await self._redis_failed("liveness", exc, backoff)
                 continue
-            self._redis_ok("liveness", backoff)
+            if asked_redis:  # a check with no key to look at proves nothing about Redis (/healthz relies on it)
+                self._redis_ok("liveness", backoff)
             await asyncio.sleep(max(0.0, LIVENESS_INTERVAL - (loop.time() - started)))
 
-    async def _check_liveness(self) -> None:
+    async def _check_liveness(self) -> bool:
+        """One pass; False when there was nothing to ask Redis."""
         symbols = list(self._symbols)
+        if not symbols:
+            return False
         async with self._redis.pipeline(transaction=False) as pipe:
             for symbol in symbols:
                 pipe.hmget(self._keys.top10(symbol), "session", "status")
             # A key of another type answers WRONGTYPE: nothing to watch there, the next write replaces it.
-            replies = await pipe.execute(raise_on_error=False) if symbols else []
+            replies = await pipe.execute(raise_on_error=False)
         keys: dict[str, KeyLiveness] = {}
         for symbol, reply in zip(symbols, replies, strict=True):
             if isinstance(reply, Exception) or reply[0] is None:
@@ -439,7 +443,7 @@ class Top10Service:
         self._watch.reference({key.session for key in keys.values()}, time.monotonic())
         sessions = self._watch.watched()
         if not sessions:
-            return
+            return True
         async with self._redis.pipeline(transaction=False) as pipe:
             for session in sessions:
                 pipe.exists(self._keys.ingest_alive(session))
@@ -453,7 +457,7 @@ class Top10Service:
             log.info("session_back", session=session, hint="its keys turn live with their next snapshot")
         marks = keys_to_mark(keys, self._watch.lost)
         if not marks:
-            return
+            return True
         calls = [mark_stale_call(self._keys.top10(symbol), symbol, session, INGEST_LOST) for symbol, session in marks]
         results = await run_pipelined(self._redis, MARK_STALE, calls)
         marked: dict[str, list[str]] = {}
@@ -464,6 +468,7 @@ class Top10Service:
             metrics.STALE_MARKS.labels(INGEST_LOST).inc(len(marked_symbols))
             log.warning("keys_marked_stale", reason=INGEST_LOST, session=session, keys=len(marked_symbols),
                         symbols=",".join(marked_symbols[:SHOWN_SYMBOLS]))
+        return True
 
     async def _claim_abandoned(self) -> None:
         """Take over the entries pending longer than CLAIM_IDLE, whoever holds them, and process them."""
