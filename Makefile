@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: install
-	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff check services tests bench examples
 
 typecheck: install
 	$(BIN)/mypy

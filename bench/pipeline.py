@@ -527,8 +527,9 @@ def run(workdir: Path, quick: bool, symbols: int, log: Callable[[str], None] = p
             results.rates.append(measured)
             log(f"rate {rate or 'max'}: " + ", ".join(f"{name} {value:,.0f}/s" for name, value in
                                                       measured.throughput.items()) +
-                "; p99 " + ", ".join(f"{stage} {dist.quantile(0.99) / 1000:,.1f} ms"
-                                     for stage, dist in measured.stages.items()))
+                "; p50 / p99 " + ", ".join(f"{stage} {dist.quantile(0.5) / 1000:,.1f} / "
+                                           f"{dist.quantile(0.99) / 1000:,.1f} ms"
+                                           for stage, dist in measured.stages.items()))
         scale_symbols = symbol_names(SCALING_SYMBOLS)
         recording = workdir / "scale.capture"
         entries = prefill(servers, 30_000 if quick else 200_000, scale_symbols, recording)

@@ -8,7 +8,7 @@
 2. latency: `bookstream exchange --sim --rate R --symbols S` -> `bookstream ingest` -> `bookstream top10`, for
    `--seconds` after a warm-up. p50/p99 come from top10's histogram of recv_us -> key written (interpolated
    within its buckets, as Prometheus' histogram_quantile does); a second estimate from sampling the keys'
-   `updated_us - recv_us` is printed beside it.
+   `updated_us - recv_us` is printed beside it, split at the XADD (see `split_at_xadd`).
 
 The last line is the summary: `entries_per_s=<n> p50_us=<n> p99_us=<n>`.
 """
@@ -50,6 +50,18 @@ def serving_since(process: ServiceProcess, timeout: float = 30) -> float:
         not_yet = time.time()
         time.sleep(0.005)
     return not_yet
+
+
+def split_at_xadd(recv_us: int, xadd_ms: int, updated_us: int) -> tuple[int, int]:
+    """Upper bounds (µs) of ingest receive -> XADD and of XADD -> top10 key written, for one key.
+
+    `xadd_ms` is the millisecond part of the entry's stream id: Redis's clock when it ran the XADD, cut to the
+    whole millisecond, so the XADD happened in [xadd_ms, xadd_ms + 1) ms. Taking its start for the first leg
+    (`xadd_ms * 1000 - recv_us`) made that leg negative whenever ingest's XADD took less than the cut-off part
+    of its millisecond; each leg is bounded by the far end of the millisecond instead, which is never below
+    the true value and, on one host's clock, never negative.
+    """
+    return (xadd_ms + 1) * 1000 - recv_us, updated_us - xadd_ms * 1000
 
 
 def synthetic_entries(symbols: list[str], per_symbol: int, seed: int) -> Iterator[tuple[str, dict[str, str]]]:
@@ -146,9 +158,10 @@ def latency(workdir: Path, redis_url: str, rate: float, symbol_count: int, secon
     print(f"latency: {measured} key writes in {seconds:.0f} s ({measured / seconds:,.0f}/s) at --rate {rate:g} over "
           f"{symbol_count} symbols, receive -> key written: p50 {p50:,.0f} us, p99 {p99:,.0f} us "
           f"(top10 histogram); {pending} entries pending at the end")
+    legs = [split_at_xadd(*sample) for sample in samples.values()]
     parts = {"receive -> key (updated_us - recv_us)": [updated - recv for recv, _, updated in samples.values()],
-             "ingest: receive -> XADD (ms of the stream id)": [ms * 1000 - recv for recv, ms, _ in samples.values()],
-             "top10: XADD -> key written": [updated - ms * 1000 for _, ms, updated in samples.values()]}
+             "ingest: receive -> XADD, at most (stream ids count whole ms)": [first for first, _ in legs],
+             "top10: XADD -> key written, at most": [second for _, second in legs]}
     for name, values in parts.items():
         values.sort()
         print(f"  {len(values)} keys sampled, {name}: p50 {values[len(values) // 2]:,} us, "

@@ -137,7 +137,7 @@ def _mongo_uri(raw: str) -> str:
     _check_userinfo(raw)
     try:
         _validate_uri(raw, warn=False)
-    except (PyMongoError, ValueError) as exc:
+    except (PyMongoError, ValueError, OSError) as exc:  # OSError: a tlsCAFile (or key file) it cannot read
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"not a valid MongoDB connection string: {redact(first_line, raw)}") from None
     return raw

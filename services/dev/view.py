@@ -1,6 +1,7 @@
 """What `bookstream dev` shows while it runs: a live table on a terminal, one compact line a second otherwise.
 
-Both are drawn from a `bookstream status` snapshot, so the view and `bookstream status` never disagree.
+Both are drawn from a `bookstream status` snapshot, so the view and `bookstream status` never disagree; like
+`bookstream status`, they escape every text that came from Redis or MongoDB before it reaches the terminal.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
-from services.status.render import MISSING, SEVERITY_STYLE, age, number, problems, rate
+from services.status.render import MISSING, SEVERITY_STYLE, age, number, printable, problems, rate
 from services.status.snapshot import Level, Snapshot, Stream, SymbolStatus
 
 MAX_PROBLEM_LINES = 6
@@ -61,6 +62,7 @@ def _rates(snapshot: Snapshot) -> str:
 
 
 def render_dev(snapshot: Snapshot, health: Mapping[str, str], banner: str) -> RenderableType:
+    snapshot = printable(snapshot)
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     for title in ("symbol", "bid", "ask", "book", "depth", "age", "l2/s", "ob10/s", "lag"):
         table.add_column(title, no_wrap=True, justify="left" if title in ("symbol", "book") else "right")
@@ -90,6 +92,7 @@ def compact_line(snapshot: Snapshot, health: Mapping[str, str], max_symbols: int
     `12:00:01 books live 2/2 | frames/s l2 40 ob10 40 | lag l2builder 0 top10 0 | XBTUSD 60000.5/60001 25/25
     | problems 0 | processes ok`.
     """
+    snapshot = printable(snapshot)
     live, total = _books_count(snapshot)
     l2_lag = sum(lag for status in snapshot.symbols if (lag := _lag(status.l2, L2BUILDER_GROUP)) is not None)
     top10_lag = sum(lag for status in snapshot.symbols if (lag := _lag(status.ob10, TOP10_GROUP)) is not None)

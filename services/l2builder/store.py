@@ -37,10 +37,12 @@ import bson
 from bson.errors import InvalidDocument
 from bson.int64 import Int64
 from pymongo import AsyncMongoClient, ReplaceOne
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, ConfigurationError
 
 from services.common.book import L2Book
+from services.common.config import ConfigError, mask_url
 from services.common.entries import EntryError, parse_stream_id
+from services.common.health import safe_error
 from services.l2builder.symbol_state import StaleKind, SymbolState
 
 COLLECTION = "orderbooks"
@@ -271,9 +273,15 @@ class BookStore:
 
     def __init__(self, url: str, database: str, timeout: float = 5.0) -> None:
         millis = int(timeout * 1000)
-        self.client: AsyncMongoClient[Document] = AsyncMongoClient(
-            url, appname="bookstream-l2builder", serverSelectionTimeoutMS=millis, connectTimeoutMS=millis,
-            socketTimeoutMS=millis * 4, tz_aware=True)
+        try:
+            self.client: AsyncMongoClient[Document] = AsyncMongoClient(
+                url, appname="bookstream-l2builder", serverSelectionTimeoutMS=millis, connectTimeoutMS=millis,
+                socketTimeoutMS=millis * 4, tz_aware=True)
+        except (ConfigurationError, ValueError) as exc:
+            # The async client resolves a mongodb+srv:// name at its first operation, so an unknown name is an
+            # unreachable MongoDB, retried. What fails here (credentials its auth mechanism requires, say)
+            # no retry can fix.
+            raise ConfigError(f"MONGO_CONNECTION_STRING={mask_url(url)!r}: {safe_error(exc)}") from None
         self.collection = self.client[database][COLLECTION]
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from services.dev.state import DevState, read_state, remove_state, running_state, state_path, write_state
 from services.dev.view import compact_line, render_dev
-from services.status.snapshot import Owner
+from services.status.snapshot import Instances, Owner, Problem, Snapshot
 from tests.status.factories import book, snapshot, symbol
 
 
@@ -68,3 +68,28 @@ def test_dev_view_shows_prices_and_process_health() -> None:
     text = console.export_text()
     assert "banner text" in text and "XBTUSD" in text and "100.5" in text
     assert "ingest healthy" in text and "top10 starting" in text
+
+
+HOSTILE = "evil\x1b[2J\x1b]0;pwned\x07\r\n\x00\x9b\u202e[link=http://x]click[/link]"
+RAW_CONTROLS = ("\x1b", "\x07", "\x00", "\x9b", "\u202e", "\r")
+
+
+def hostile_snapshot() -> Snapshot:
+    """Symbol, book status, reason and instance names as a hostile writer of Redis or MongoDB could set them."""
+    sym = symbol(HOSTILE, book=book(status=HOSTILE, reason=HOSTILE), owner=Owner(HOSTILE, 1, 5.0))
+    return replace(snapshot(sym), instances=Instances((HOSTILE,), (HOSTILE,), (HOSTILE,)),
+                   problems=(Problem("book_stale", "error", HOSTILE, "book", f"book is stale: {HOSTILE}"),
+                             Problem("owner_lost", "error", HOSTILE, "owner", f"owner {HOSTILE} lost")))
+
+
+def test_dev_view_and_compact_line_print_hostile_texts_escaped() -> None:
+    console = Console(record=True, width=300, color_system=None)
+    console.print(render_dev(hostile_snapshot(), {"ingest": "healthy"}, "banner"))
+    shown = {"view": console.export_text(), "line": compact_line(hostile_snapshot(), {"ingest": "healthy"})}
+    for name, text in shown.items():
+        for raw in RAW_CONTROLS:
+            assert raw not in text, (name, raw)
+        assert "evil\\x1b[2J\\x1b]0;pwned\\x07" in text, name
+    assert "\n" not in shown["line"]
+    assert "book is stale: evil\\x1b[2J" in shown["view"]  # the problems' details too
+    assert "[link=http://x]click[/link]" in shown["view"]  # shown as written, not read as markup

@@ -137,6 +137,7 @@ def test_mask_url_hides_every_credential_shape(url: str, masked: str) -> None:
     ("MONGO_CONNECTION_STRING", "mongodb+srv://u:ss55word@cluster0.example.net:27017/db", "port"),
     ("MONGO_CONNECTION_STRING", "mongodb+srv://u:ss55word@a.example.net,b.example.net/db", "one"),
     ("MONGO_CONNECTION_STRING", "mongodb://h/?replicaSet=rs&apiToken=ss55word", "Unknown option"),
+    ("MONGO_CONNECTION_STRING", "mongodb://u:ss55word@h/?tls=true&tlsCAFile=/nonexistent/ca.pem", "not readable"),
 ])
 def test_configuration_errors_never_echo_a_secret(variable: str, raw: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
