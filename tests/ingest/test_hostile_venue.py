@@ -192,6 +192,7 @@ def test_a_silent_venue_stops_the_liveness_renewal(
     venue.silent = True  # no data, no pong; the TCP connection stays up
     wait_until(lambda: not client.exists(key), 25, "the liveness key of the silent session expiring")
     assert venue.pings >= 1
+    assert f"event=liveness_withheld session={session} why=venue_silent" in ingest.logs()
     ingest.wait_log("event=heartbeat_timeout")
     first = sessions_of(l2(redis_url, key_prefix, "XBTUSD"))[0]
     assert (first[0].session, actions(first)[-1]) == (session, "gap:heartbeat_timeout")
