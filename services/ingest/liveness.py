@@ -140,7 +140,7 @@ class Heartbeat:
 
     def describe(self) -> dict[str, Any]:
         if self.renewed is None:
-            return {"key": None}
+            return {"key": None, "withheld": self.withheld}
         session, at = self.renewed
         return {"key": self._keys.ingest_alive(session), "renewed_s_ago": round(time.monotonic() - at, 3),
                 "withheld": self.withheld}
