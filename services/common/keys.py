@@ -14,11 +14,15 @@ L2BUILDER_GROUP = "l2builder"
 CONTROL_MAXLEN = 10_000
 INGEST_ALIVE_TTL_MS = 3000
 """Life of an ingest session's liveness key; ingest renews it every INGEST_ALIVE_RENEW seconds while its
-websocket session is healthy, so its absence means the session is gone (ingest killed, its host cut off)."""
+session's data is landing (the venue heard from recently, the publisher not stuck), so its absence means the
+session is gone (ingest killed, its host cut off, its venue silent, its publishing stuck)."""
 INGEST_ALIVE_RENEW = 1.0
-SESSION_LOST_AFTER = INGEST_ALIVE_TTL_MS / 1000
-"""How long consumers must see a session's liveness key absent before they call the session lost: it covers
-the moment between a new session's first entries and its first liveness write, which travel apart."""
+SESSION_LOST_AFTER = 1.0
+"""How long consumers must see a session's liveness key absent before they call the session lost. It covers
+only the moment between a new session's first entries and its first liveness write, which travel apart:
+ingest writes the key as soon as the session connects, before it even subscribes, so the entries can only
+overtake it when the key's write is slow in Redis. Short, because it adds to the time a dead session's books
+stay live: renewal stops, the key expires, then this grace and a consumer's check interval pass."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ Jitter spreads the reconnects of many clients cut off by the same outage, so the
 in lockstep. A 429 is the venue's connection rate limit speaking: its `Retry-After` is obeyed (never
 undercut, jitter only adds), and without one the wait starts from a much higher floor, because retrying
 at the normal pace is exactly what earns more 429s. A venue's wait is obeyed only up to RETRY_AFTER_MAX:
-a hostile or broken venue asking for 10^12 s must not park ingest for ever.
+a hostile or broken venue asking for 10^12 s must not park ingest for ever. The jitter applies to the
+capped wait, not before the cap: otherwise every client told to wait longer than the cap would wait
+exactly the cap, and come back in lockstep.
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ class ReconnectBackoff(Backoff):
         super().__init__(base, cap, rng)
 
     def rate_limited(self, retry_after: float | None, cap: float = RATE_LIMITED_MAX_DELAY) -> float:
-        """The delay after an HTTP 429 (or a 429 error frame) with the venue's `Retry-After`, if any; never
-        more than `cap` (RETRY_AFTER_MAX), whatever the venue asks for."""
-        if retry_after is not None:
-            self.failures += 1
-            return min(cap, retry_after * (1 + self._rng() * RETRY_AFTER_JITTER))
-        ceiling = min(RATE_LIMITED_MAX_DELAY, max(RATE_LIMITED_MIN_DELAY, self.base * 2.0 ** (self.failures + 3)))
+        """The delay after an HTTP 429 (or a 429 error frame): the venue's `Retry-After`, if any, up to `cap`
+        (RETRY_AFTER_MAX) whatever the venue asks for, plus up to RETRY_AFTER_JITTER of it; without one,
+        a jittered backoff from the rate-limited floor, never more than `cap`."""
         self.failures += 1
-        return min(cap, ceiling / 2 + self._rng() * ceiling / 2)
+        if retry_after is not None:
+            return min(cap, retry_after) * (1 + self._rng() * RETRY_AFTER_JITTER)
+        ceiling = min(cap, RATE_LIMITED_MAX_DELAY, max(RATE_LIMITED_MIN_DELAY, self.base * 2.0 ** (self.failures + 2)))
+        return ceiling / 2 + self._rng() * ceiling / 2
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

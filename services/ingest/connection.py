@@ -3,16 +3,18 @@
 One task reads frames as fast as they come: each is timestamped, recorded, parsed once and routed into
 the publisher's buffer, and the task only stops reading while that buffer is full (backpressure reaches
 the venue through TCP). A watchdog beside it sends `ping` after `PING_AFTER` seconds of silence and gives
-up on the connection when nothing at all arrives within `PONG_TIMEOUT` more; websockets' own keepalive
-is off, because BitMEX speaks the text `ping`/`pong`, not protocol pings.
+up on the connection when the ping goes unanswered for `PONG_TIMEOUT`; websockets' own keepalive is off,
+because BitMEX speaks the text `ping`/`pong`, not protocol pings. The ping comes early because the
+liveness key (liveness.py) is renewed only while the venue was heard from recently: a quiet but healthy
+venue proves itself with its `pong` long before that window closes, a silent one loses its key.
 
 Every way a session can end (closed by the venue, network failure, silence, stop) leads to the same
-place: gap markers after the session's last frame on every subscribed symbol's L2 stream, then a
-jittered, capped, exponential backoff before the next attempt (the venue's `Retry-After` after a 429, up
-to RETRY_AFTER_MAX).
+place: gap markers after the session's last frame on every subscribed symbol's book streams (L2 and
+orderBook10), then a jittered, capped, exponential backoff before the next attempt (the venue's
+`Retry-After` after a 429, up to RETRY_AFTER_MAX).
 
 Hostile input never passes silently: a frame that cannot be parsed leaves a `malformed` gap marker where
-it may have carried L2 data, a frame for a symbol that was not subscribed is not published, and both are
+it may have carried book data, a frame for a symbol that was not subscribed is not published, and both are
 counted and logged, the log rate-limited. The websocket URL is printed only through `mask_url`.
 """
 
@@ -40,8 +42,12 @@ from services.ingest.recorder import Recorder
 from services.ingest.session import Reaction, Session, TopicState
 from services.ingest.throttle import Throttle
 
-PING_AFTER: Final = 5.0
+PING_AFTER: Final = 1.0
+"""Silence before a `ping`: well inside the liveness window (liveness.HEARD_WITHIN), so a quiet venue's
+`pong` keeps the key alive. A busy feed is never quiet this long, and a ping is a few bytes."""
 PONG_TIMEOUT: Final = 5.0
+"""How long an unanswered ping waits before the session is given up and ingest reconnects. The liveness
+key is gone well before; this only decides when a new connection is worth trying."""
 WATCH_INTERVAL: Final = 0.25
 OPEN_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 2.0
@@ -57,6 +63,12 @@ while the rest of the burst is parsed."""
 RECORD_FLUSH_INTERVAL: Final = 1.0
 
 T = TypeVar("T")
+
+
+class WatchStep(enum.Enum):
+    WAIT = "wait"
+    PING = "ping"
+    GIVE_UP = "give_up"
 
 
 class LinkState(enum.StrEnum):
@@ -87,7 +99,8 @@ class Feed:
         self._paused = False
         self._rate_limited = False
         self._retry_after: float | None = None
-        self._quiet_since = time.monotonic()
+        self._heard_ns = time.perf_counter_ns()
+        """`perf_counter_ns()` when the venue last said anything (a frame, a `pong`), or the session began."""
         self._malformed_log, self._unsubscribed_log = Throttle(), Throttle()
         self._url = mask_url(settings.ws_url)
         self.connected = asyncio.Event()
@@ -114,27 +127,28 @@ class Feed:
             await _until(asyncio.sleep(delay), stop)
         self.state = LinkState.STOPPED
 
-    async def resubscribe(self, symbol: str) -> str:
-        """Ask the venue for a fresh partial of `symbol`'s L2 topic; returns the outcome for metrics."""
+    async def resubscribe(self, symbol: str, table: str | None = None) -> str:
+        """Ask the venue for a fresh partial of `symbol`'s topic of `table` (the L2 table unless said);
+        returns the outcome for metrics."""
         session, ws = self.session, self._ws
         if session is None or ws is None:
             return "not_connected"
         if symbol not in session.symbols:
             return "unknown_symbol"
-        request = session.resubscribe(symbol)
+        request = session.resubscribe(symbol, table)
         if request is None:
             return "in_progress"
         await ws.send(request)
-        self._log.info("resubscribe_sent", session=session.id, symbol=symbol)
+        self._log.info("resubscribe_sent", session=session.id, symbol=symbol, table=table or session.l2_table)
         return "sent"
 
-    def healthy_session(self) -> Session | None:
-        """The current session while it is healthy: connected, and the venue not silent beyond the
-        ping/pong window (the moment the watchdog gives up on it)."""
+    def quiet(self) -> tuple[Session, float] | None:
+        """The connected session and for how many seconds the venue has said nothing on it (none while
+        reading is paused: the venue's frames are waiting unread), or None while not connected."""
         session = self.session
         if session is None or self.state is not LinkState.CONNECTED:
             return None
-        return None if venue_silent(self._quiet_since, time.monotonic()) else session
+        return session, self._quiet_s(time.perf_counter_ns())
 
     def subscription_problem(self) -> tuple[str | None, list[str]]:
         """(why /healthz must fail, rejected topics) of the current session; see `subscription_verdict`."""
@@ -153,6 +167,7 @@ class Feed:
         session = self.session
         if session is not None:
             detail["session"] = session.id
+            detail["quiet_s"] = round(self._quiet_s(time.perf_counter_ns()), 3)
             detail["topics"] = {state.value: session.topics_in(state) for state in TopicState}
         else:
             detail["last_session"] = self.last_session
@@ -199,7 +214,7 @@ class Feed:
         """Run one session to its end; (whether it delivered data, why it ended)."""
         session = Session(uuid.uuid4().hex[:12], self._keys, self._settings.l2_table, self._settings.symbols,
                           self._extra_tables)
-        self._quiet_since = time.monotonic()
+        self._heard_ns = time.perf_counter_ns()
         self.session, self._ws, self.state, self.disconnected_since = session, ws, LinkState.CONNECTED, None
         self.rejected = {}
         metrics.CONNECTIONS.inc()
@@ -254,6 +269,7 @@ class Feed:
                 raw = await ws.recv(decode=False)
                 recv_ns = time.time_ns()
                 received_ns = time.perf_counter_ns()
+                self._heard_ns = received_ns
                 self._received += 1
                 try:
                     text = raw.decode()
@@ -351,12 +367,13 @@ class Feed:
             await self._publisher.wait_for_room()
         finally:
             self._paused = False
+            self._heard_ns = time.perf_counter_ns()
             paused = time.monotonic() - started
             metrics.PAUSED_SECONDS.inc(paused)
             self._log.info("reading_resumed", session=session.id, paused_s=round(paused, 3))
 
     def _malformed(self, session: Session, reason: str, raw: bytes, recv_us: int, received_ns: int) -> None:
-        """Count and (rate-limited) log a frame that cannot be parsed; mark the L2 streams it may belong to."""
+        """Count and (rate-limited) log a frame that cannot be parsed; mark the book streams it may belong to."""
         metrics.MALFORMED.inc()
         gaps = session.malformed_gaps(raw, recv_us, received_ns)
         if gaps:
@@ -365,7 +382,7 @@ class Feed:
         held = self._malformed_log.admit(time.monotonic())
         if held is not None:
             self._log.warning("malformed_frame", session=session.id, error=reason, excerpt=excerpt(raw),
-                              gap_markers=len(gaps), symbols=",".join(gap.symbol for gap in gaps),
+                              gap_markers=len(gaps), symbols=",".join(sorted({gap.symbol for gap in gaps})),
                               not_logged_before=held)
         if session.foreign:
             self._unsubscribed(session)
@@ -380,33 +397,35 @@ class Feed:
         session.foreign.clear()
 
     async def _watch(self, ws: ClientConnection, session: Session) -> str:
-        """Ping after silence; return (ending the session) when even the ping goes unanswered.
+        """Ping after silence; return (ending the session) when the ping goes unanswered.
 
-        Time spent paused on a full buffer is not silence: the venue's frames are waiting unread. The
-        capture file is flushed here too, about once a second, off the per-frame path.
+        The capture file is flushed here too, about once a second, off the per-frame path.
         """
-        seen, quiet_since, flushed = self._received, time.monotonic(), time.monotonic()
-        pinged_at: float | None = None
+        flushed = time.monotonic()
+        pinged_ns: int | None = None
         try:
             while True:
                 await asyncio.sleep(WATCH_INTERVAL)
-                now = time.monotonic()
-                if self._received != seen or self._paused:
-                    seen, quiet_since, pinged_at = self._received, now, None
-                    self._quiet_since = now
-                elif pinged_at is None and now - quiet_since >= PING_AFTER:
+                now_ns = time.perf_counter_ns()
+                if self._paused or (pinged_ns is not None and self._heard_ns > pinged_ns):
+                    pinged_ns = None
+                quiet_s = self._quiet_s(now_ns)
+                step = watch_step(quiet_s, None if pinged_ns is None else (now_ns - pinged_ns) / 1e9)
+                if step is WatchStep.PING:
                     metrics.PINGS.inc()
                     await ws.send("ping")
-                    pinged_at = now
-                elif pinged_at is not None and now - pinged_at >= PONG_TIMEOUT:
-                    self._log.warning("heartbeat_timeout", session=session.id,
-                                      silent_s=round(now - quiet_since, 3))
+                    pinged_ns = now_ns
+                elif step is WatchStep.GIVE_UP:
+                    self._log.warning("heartbeat_timeout", session=session.id, silent_s=round(quiet_s, 3))
                     return "heartbeat_timeout"
-                if now - flushed >= RECORD_FLUSH_INTERVAL:
+                if time.monotonic() - flushed >= RECORD_FLUSH_INTERVAL:
                     self.flush_recorder()
-                    flushed = now
+                    flushed = time.monotonic()
         except ConnectionClosed:
             return "closed"
+
+    def _quiet_s(self, now_ns: int) -> float:
+        return 0.0 if self._paused else max(0.0, (now_ns - self._heard_ns) / 1e9)
 
     def _topic_counter(self, state: TopicState) -> Callable[[], int]:
         def count() -> int:
@@ -416,9 +435,12 @@ class Feed:
         return count
 
 
-def venue_silent(quiet_since: float, now: float) -> bool:
-    """True once the venue has said nothing, not even `pong`, for the whole ping/pong window."""
-    return now - quiet_since >= PING_AFTER + PONG_TIMEOUT
+def watch_step(quiet_s: float, ping_unanswered_s: float | None) -> WatchStep:
+    """What the watchdog does after `quiet_s` of silence, with a ping unanswered for `ping_unanswered_s`
+    (None: no ping is waiting for its answer)."""
+    if ping_unanswered_s is not None:
+        return WatchStep.GIVE_UP if ping_unanswered_s >= PONG_TIMEOUT else WatchStep.WAIT
+    return WatchStep.PING if quiet_s >= PING_AFTER else WatchStep.WAIT
 
 
 def subscription_verdict(topics: dict[str, TopicState]) -> tuple[str | None, list[str]]:

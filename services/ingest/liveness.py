@@ -3,13 +3,17 @@
 Once per `INGEST_ALIVE_RENEW`, and at once when a session connects, on the control connection (the
 publisher's batches never queue behind it):
 
-- the liveness key of the current session is set again with its short TTL, as long as the session is
-  healthy; consumers treat its absence as "no ingest" (killed, cut off, or its venue silent);
+- the liveness key of the current session is set again with its short TTL, as long as the key can say
+  "data is landing": the venue was heard from (a frame or a `pong`) within `HEARD_WITHIN`, and the
+  publisher is not holding entries that Redis has failed to acknowledge for `PUBLISH_STALL_AFTER`
+  (`renewal_withheld`). Consumers treat its absence as "no ingest" (killed, cut off, its venue silent, its
+  publishing stuck), so each of those ends in a stale book within HEALTH_STALE_AFTER;
 - the symbols ingest published are added to `<prefix>:symbols` again (SADD is idempotent), so a Redis
   that lost the set (FLUSHALL, a failover, eviction) learns it back within a second;
 - every stream ingest appended to is checked against what Redis says it was ever given
   (`entries-added`): a stream that vanished or holds fewer entries than ingest appended since the last
-  look lost history, and its symbol is resubscribed so consumers get a fresh partial to resync from;
+  look lost history, and that stream's topic (L2 or orderBook10) is resubscribed so its consumers get a
+  fresh partial to resync from;
 - about every `EVICTION_CHECK_EVERY` seconds, whether Redis runs with an evicting `maxmemory-policy`.
 """
 
@@ -24,6 +28,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.common.bitmex import ORDERBOOK10_TABLE
 from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
 from services.common.logs import EventLog
 from services.common.redis_client import evicting_policy
@@ -33,8 +38,16 @@ from services.ingest.publisher import Publisher, RedisStatus
 
 SCRIPT: Final = (Path(__file__).parent / "stream_check.lua").read_text()
 EVICTION_CHECK_EVERY: Final = 30.0
-MISSING: Final = -1
-UNKNOWN: Final = -2
+UNKNOWN: Final = -1
+"""What the stream check answers for a stream whose `entries-added` Redis cannot tell."""
+HEARD_WITHIN: Final = 3.0
+"""The venue must have said something this recently for the key to be renewed. With a ping after
+connection.PING_AFTER of silence, a healthy quiet venue is heard again long before; a silent one has its
+key stop being renewed within this, expire INGEST_ALIVE_TTL_MS later, and be called lost by consumers
+SESSION_LOST_AFTER (plus their check interval) after that: inside HEALTH_STALE_AFTER."""
+PUBLISH_STALL_AFTER: Final = 3.0
+"""How long the publisher may hold entries with no acknowledged batch before the key stops being renewed:
+a session whose data is not landing must not look alive, whatever its websocket says."""
 
 
 class StreamWatch:
@@ -54,13 +67,13 @@ class StreamWatch:
     def check(self, stream: str, acked_before: int, entries_added: int, sent_after: int) -> int | None:
         """The least `entries-added` the stream should have shown when it lost entries, else None.
 
-        `entries_added` is MISSING for a stream that does not exist, UNKNOWN when Redis cannot tell (then
-        the stream is not judged).
+        `entries_added` is 0 for a stream that does not exist, UNKNOWN when Redis cannot tell (then the
+        stream is not judged).
         """
         if entries_added == UNKNOWN:
             self._last.pop(stream, None)
             return None
-        found = max(entries_added, 0)
+        found = entries_added
         last = self._last.get(stream)
         self._last[stream] = (found, sent_after)
         expected = acked_before if last is None else last[0] + acked_before - last[1]
@@ -78,6 +91,21 @@ class EvictionWatch:
         return changed
 
 
+def renewal_withheld(quiet_s: float | None, stalled_s: float) -> str | None:
+    """Why the liveness key must not be renewed now, or None when it must.
+
+    `quiet_s`: how long the venue has said nothing on the connected session (None: not connected);
+    `stalled_s`: how long the publisher has held entries without an acknowledged batch (0 when it holds none).
+    """
+    if quiet_s is None:
+        return "not_connected"
+    if quiet_s >= HEARD_WITHIN:
+        return "venue_silent"
+    if stalled_s >= PUBLISH_STALL_AFTER:
+        return "publishing_stalled"
+    return None
+
+
 class Heartbeat:
     """The once-a-second task described above; Redis failures are reported and retried, never raised."""
 
@@ -90,6 +118,10 @@ class Heartbeat:
         self.eviction = EvictionWatch()
         self.renewed: tuple[str, float] | None = None
         """(session, monotonic time) of the last liveness write."""
+        self.withheld: str | None = None
+        """Why the current session's key is not being renewed (see `renewal_withheld`), None while it is."""
+        self._withheld_from: str | None = None
+        """The session whose withheld renewal was logged, until its renewal resumes."""
         self._next_eviction_check = 0.0
 
     async def run(self) -> None:
@@ -108,15 +140,13 @@ class Heartbeat:
 
     def describe(self) -> dict[str, Any]:
         if self.renewed is None:
-            return {"key": None}
+            return {"key": None, "withheld": self.withheld}
         session, at = self.renewed
-        return {"key": self._keys.ingest_alive(session), "renewed_s_ago": round(time.monotonic() - at, 3)}
+        return {"key": self._keys.ingest_alive(session), "renewed_s_ago": round(time.monotonic() - at, 3),
+                "withheld": self.withheld}
 
     async def tick(self, now: float) -> None:
-        session = self._feed.healthy_session()
-        if session is not None:
-            await self._redis.set(self._keys.ingest_alive(session.id), self._instance, px=INGEST_ALIVE_TTL_MS)
-            self.renewed = (session.id, now)
+        await self._renew(now)
         symbols = self._publisher.announced
         if symbols:
             added = int(await self._redis.sadd(self._keys.symbols, *sorted(symbols)))
@@ -133,6 +163,26 @@ class Heartbeat:
                 else:
                     self._log.warning("redis_evicting", policy=policy)
 
+    async def _renew(self, now: float) -> None:
+        current = self._feed.quiet()
+        withheld = renewal_withheld(None if current is None else current[1], self._publisher.stalled_for(now))
+        if current is None:
+            self._withheld_from, self.withheld = None, withheld
+            return
+        session, quiet_s = current
+        # Said once per change within a session: a disconnect is logged (and gap-marked) on its own.
+        if withheld is not None and withheld != self.withheld:
+            self._log.warning("liveness_withheld", session=session.id, why=withheld, quiet_s=round(quiet_s, 3),
+                              buffered=len(self._publisher))
+            self._withheld_from = session.id
+        elif withheld is None and self._withheld_from == session.id:
+            self._log.info("liveness_renewed", session=session.id, was=self.withheld)
+            self._withheld_from = None
+        self.withheld = withheld
+        if withheld is None:
+            await self._redis.set(self._keys.ingest_alive(session.id), self._instance, px=INGEST_ALIVE_TTL_MS)
+            self.renewed = (session.id, now)
+
     async def _check_streams_kept(self, acked: dict[str, int]) -> None:
         if not acked:
             return
@@ -147,9 +197,14 @@ class Heartbeat:
                 continue
             metrics.REDIS_LOST.labels("stream").inc()
             symbol = self._keys.symbol_of(stream)
-            is_l2 = stream == self._keys.l2_stream(symbol)
-            outcome = await self._feed.resubscribe(symbol) if is_l2 else "not_l2"
-            if is_l2:
+            # Only the book streams' consumers are bookstream's own, and resync from a fresh partial.
+            if stream == self._keys.l2_stream(symbol):
+                outcome = await self._feed.resubscribe(symbol)
+            elif stream == self._keys.ob10_stream(symbol):
+                outcome = await self._feed.resubscribe(symbol, ORDERBOOK10_TABLE)
+            else:
+                outcome = "not_a_book"
+            if outcome != "not_a_book":
                 metrics.RESUBSCRIBES.labels(outcome).inc()
-            self._log.warning("stream_lost", stream=stream, entries_added=max(int(entries_added), 0),
+            self._log.warning("stream_lost", stream=stream, entries_added=int(entries_added),
                               expected_at_least=expected, resubscribe=outcome)

@@ -107,6 +107,8 @@ class Publisher:
         self._announced: set[str] = set()
         self._sha = ""
         self._unconfirmed_on: int | None = None
+        self._progress_at = time.monotonic()
+        """When Redis last acknowledged entries, or the buffer last went from empty to holding some."""
         self.appended: dict[str, int] = {}
         """Entries Redis acknowledged per stream since start: what the heartbeat holds Redis to."""
         self.fence = "unknown"
@@ -129,6 +131,8 @@ class Publisher:
     def append(self, entries: Iterable[Entry]) -> None:
         """Queue entries for publishing. Never refuses: callers check `full` before reading more frames,
         so the bound is overshot only by one frame's entries or a disconnect's gap markers."""
+        if not self._buffer:
+            self._progress_at = time.monotonic()
         self._buffer.extend(entries)
         self._wake.set()
         if len(self._buffer) >= self.capacity:
@@ -178,6 +182,11 @@ class Publisher:
             else:
                 self._status.succeeded()
                 delay = RETRY_MIN_DELAY
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds (monotonic) the publisher has held entries without Redis acknowledging any; 0 when it
+        holds none. Entries that keep landing keep this near one round trip, however long the backlog."""
+        return max(0.0, now - self._progress_at) if self._buffer else 0.0
 
     def close_connection(self) -> None:
         self._wire.close()
@@ -299,6 +308,8 @@ class Publisher:
             raise RedisRefused(f"{len(retry)} entries refused, e.g. on {stream}: {error}")
 
     def _account(self, appended: list[Entry], done_ns: int) -> None:
+        if appended:
+            self._progress_at = time.monotonic()
         observe = metrics.LATENCY.observe_ns
         counts = self.appended
         gaps = 0

@@ -12,8 +12,9 @@ and every other topic proceeds.
 
 Every topic is requested per symbol, so a frame is published only for a symbol of the subscription; any
 other is set aside in `foreign` for the connection loop to count and log. A frame that cannot be parsed is
-never simply skipped: when it may belong to the L2 table, `malformed_gaps` turns it into a gap marker on the
-L2 stream of the symbol it names, or on every subscribed L2 stream when it names none that can be trusted.
+never simply skipped: when it may belong to a book table (L2 or orderBook10), `malformed_gaps` turns it into
+a gap marker on that table's stream of the symbol it names, or on every subscribed one when it names none
+that can be trusted. The consumers of both tables serve books, and a book built past a lost frame is wrong.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Session:
         self.l2_table = l2_table
         self.symbols = tuple(symbols)
         self.tables = (l2_table, ORDERBOOK10_TABLE, *extra_tables)
+        self.book_tables = (l2_table, ORDERBOOK10_TABLE)
+        """The tables whose streams get gap markers: their consumers serve books that a lost frame makes wrong."""
         self._stream_of: dict[str, Callable[[str], str]] = {
             l2_table: keys.l2_stream, ORDERBOOK10_TABLE: keys.ob10_stream,
             **{table: _table_stream(keys, table) for table in extra_tables}}
@@ -131,22 +134,22 @@ class Session:
     def malformed_gaps(self, raw: bytes, recv_us: int, received_ns: int) -> list[Entry]:
         """Gap markers (reason `malformed`) for a frame that could not be parsed or routed.
 
-        Nothing when the frame is plainly not L2 data (another table, a broken reply); else a gap on the L2
-        stream of each symbol it names whose L2 topic was not rejected, or on all of them when it names none
-        (a frame cut short may hide rows of symbols its visible part does not show, unless its filter
-        names the one symbol of the whole frame). Named symbols that are not subscribed are `foreign`.
-        A stream whose latest entry is a gap already gets none: a flood of garbage is one marker per
-        stream until data flows there again, not one per frame.
+        Nothing when the frame is plainly not book data (another table, a broken reply); else a gap on each
+        book table's stream it may belong to, for each symbol it names whose topic was not rejected, or for
+        all of them when it names none (a frame cut short may hide rows of symbols its visible part does
+        not show, unless its filter names the one symbol of the whole frame). Named symbols that are not
+        subscribed are `foreign`. A stream whose latest entry is a gap already gets none: a flood of garbage
+        is one marker per stream until data flows there again, not one per frame.
         """
-        on_l2, named = malformed_target(raw, self.l2_table)
-        if not on_l2:
+        tables, named = malformed_target(raw, self.book_tables)
+        if not tables:
             return []
-        symbols = self._l2_symbols()
         if named:
-            symbols = [symbol for symbol in symbols if symbol in named]
             self.foreign += [symbol for symbol in sorted(named) if symbol not in self._subscribed_symbols]
-        return [self._gap(self.l2_table, symbol, MALFORMED_GAP_REASON, recv_us, received_ns) for symbol in symbols
-                if self._stream(self.l2_table, symbol) not in self._gapped]
+        return [self._gap(table, symbol, MALFORMED_GAP_REASON, recv_us, received_ns)
+                for table in self.book_tables if table in tables
+                for symbol in self._gap_symbols(table)
+                if (not named or symbol in named) and self._stream(table, symbol) not in self._gapped]
 
     def on_ack(self, ack: SubscriptionAck, recv_us: int, received_ns: int) -> Reaction:
         """Settle the topic an ack names; the unsubscribe half of a resubscription sends the subscribe half."""
@@ -184,13 +187,14 @@ class Session:
             return self._settle(topic, TopicState.SUBSCRIBED)
         return self._reject(topic, error.error)
 
-    def resubscribe(self, symbol: str) -> str | None:
-        """The request that starts a fresh partial of `symbol`'s L2 topic, or None when one is on its way.
+    def resubscribe(self, symbol: str, table: str | None = None) -> str | None:
+        """The request that starts a fresh partial of `symbol`'s topic of `table` (the L2 table unless said),
+        or None when one is on its way.
 
         A subscribed topic is unsubscribed first (its ack sends the subscribe); a rejected one is simply
         asked for again.
         """
-        topic = f"{self.l2_table}:{symbol}"
+        topic = f"{table or self.l2_table}:{symbol}"
         state = self.topics.get(topic)
         if state is TopicState.SUBSCRIBED:
             self.topics[topic] = TopicState.RESUBSCRIBING
@@ -202,8 +206,9 @@ class Session:
         return None
 
     def disconnect_gaps(self, reason: str, recv_us: int, received_ns: int) -> list[Entry]:
-        """A gap marker for the L2 stream of every symbol subscribed (or heard from) in this session."""
-        return [self._gap(self.l2_table, symbol, reason, recv_us, received_ns) for symbol in self._l2_symbols()]
+        """A gap marker for every book table's stream of every symbol subscribed (or heard from) in this session."""
+        return [self._gap(table, symbol, reason, recv_us, received_ns)
+                for table in self.book_tables for symbol in self._gap_symbols(table)]
 
     @property
     def delivered(self) -> bool:
@@ -213,11 +218,11 @@ class Session:
     def topics_in(self, state: TopicState) -> list[str]:
         return [topic for topic, current in self.topics.items() if current is state]
 
-    def _l2_symbols(self) -> list[str]:
-        """Symbols whose L2 topic was not rejected, plus any whose L2 stream this session wrote to."""
+    def _gap_symbols(self, table: str) -> list[str]:
+        """Symbols whose topic of `table` was not rejected, plus any whose stream of `table` this session wrote to."""
         symbols = [symbol for symbol in self.symbols
-                   if self.topics.get(f"{self.l2_table}:{symbol}") is not TopicState.REJECTED]
-        symbols += [symbol for table, symbol in self._streams if table == self.l2_table and symbol not in symbols]
+                   if self.topics.get(f"{table}:{symbol}") is not TopicState.REJECTED]
+        symbols += [symbol for written, symbol in self._streams if written == table and symbol not in symbols]
         return symbols
 
     def _entry(self, table: str, symbol: str, action: str, text: str, recv_us: int, received_ns: int) -> Entry:
@@ -277,34 +282,41 @@ def _table_stream(keys: Keys, table: str) -> Callable[[str], str]:
     return lambda symbol: keys.table_stream(table, symbol)
 
 
-def malformed_target(raw: bytes, l2_table: str) -> tuple[bool, frozenset[str]]:
-    """Whether an unparsable frame may be L2 data of `l2_table`, and the symbols it names (empty: unknown).
+def malformed_target(raw: bytes, tables: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """Which of `tables` an unparsable frame may be data of (none: it plainly is not), and the symbols it
+    names (empty: unknown).
 
     Only what the frame shows for certain counts: a frame that is not even a JSON object may be anything,
-    an L2 update included; a JSON object names its table and, through its filter and rows, its symbols.
+    data of every table included; a JSON object names its table and, through its filter and rows, its symbols.
     """
+    every = frozenset(tables)
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError:
         message = None
     if type(message) is not dict:
         cut_table = _CUT_TABLE.match(raw)
-        if cut_table is not None and cut_table.group(1).decode("utf-8", "replace") != l2_table:
-            return False, frozenset()
+        if cut_table is not None:
+            shown = cut_table.group(1).decode("utf-8", "replace")
+            if shown not in every:
+                return frozenset(), frozenset()
+            every = frozenset({shown})
         filter_symbol = _CUT_FILTER_SYMBOL.search(raw)
         named = frozenset() if filter_symbol is None else frozenset({filter_symbol.group(1).decode("utf-8", "replace")})
-        return True, named
+        return every, named
     if "table" not in message:
-        return not REPLY_KEYS.intersection(message), frozenset()
+        return (frozenset() if REPLY_KEYS.intersection(message) else every), frozenset()
     table = message["table"]
-    if type(table) is str and table != l2_table:
-        return False, frozenset()
+    if type(table) is str:
+        if table not in every:
+            return frozenset(), frozenset()
+        every = frozenset({table})
     frame_filter = message.get("filter")
     filter_symbol = frame_filter.get("symbol") if type(frame_filter) is dict else None
     rows = message.get("data")
     row_symbols = [row.get("symbol") if type(row) is dict else None for row in rows] if type(rows) is list else [None]
     if type(filter_symbol) is str:
-        return True, frozenset({filter_symbol, *(symbol for symbol in row_symbols if type(symbol) is str)})
+        return every, frozenset({filter_symbol, *(symbol for symbol in row_symbols if type(symbol) is str)})
     if not row_symbols or not all(type(symbol) is str for symbol in row_symbols):
-        return True, frozenset()
-    return True, frozenset(symbol for symbol in row_symbols if type(symbol) is str)
+        return every, frozenset()
+    return every, frozenset(symbol for symbol in row_symbols if type(symbol) is str)

@@ -6,7 +6,13 @@ import email.utils
 
 import pytest
 
-from services.ingest.backoff import MAX_DELAY, RATE_LIMITED_MIN_DELAY, ReconnectBackoff, parse_retry_after
+from services.ingest.backoff import (
+    MAX_DELAY,
+    RATE_LIMITED_MIN_DELAY,
+    RETRY_AFTER_JITTER,
+    ReconnectBackoff,
+    parse_retry_after,
+)
 
 
 @pytest.mark.parametrize("draw", [0.0, 0.5, 1.0])
@@ -49,7 +55,17 @@ def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
         assert parse_retry_after(invalid, 0.0) is None
 
 
-def test_rate_limited_waits_never_exceed_the_cap_whatever_the_venue_asks() -> None:
-    assert ReconnectBackoff(rng=lambda: 1.0).rate_limited(1e12, cap=300.0) == 300.0
+def test_rate_limited_waits_are_capped_whatever_the_venue_asks_then_jittered() -> None:
+    assert ReconnectBackoff(rng=lambda: 0.0).rate_limited(1e12, cap=300.0) == 300.0
+    jittered = ReconnectBackoff(rng=lambda: 1.0).rate_limited(1e12, cap=300.0)
+    assert jittered == pytest.approx(300.0 * (1 + RETRY_AFTER_JITTER))
     assert ReconnectBackoff(rng=lambda: 1.0).rate_limited(None, cap=1.0) == 1.0
+    assert ReconnectBackoff(rng=lambda: 0.0).rate_limited(None, cap=1.0) == 0.5
     assert ReconnectBackoff(rng=lambda: 0.0).rate_limited(0.5, cap=1.0) == 0.5
+
+
+def test_clients_capped_at_the_same_value_do_not_come_back_in_lockstep() -> None:
+    draws = iter([0.1 * n for n in range(10)])
+    delays = {ReconnectBackoff(rng=lambda: next(draws)).rate_limited(1e12, cap=60.0) for _ in range(10)}
+    assert len(delays) == 10
+    assert min(delays) == 60.0 and max(delays) <= 60.0 * (1 + RETRY_AFTER_JITTER)

@@ -19,7 +19,7 @@ import redis
 from services.common.keys import INGEST_ALIVE_TTL_MS, Keys
 from tests.conftest import RunService
 from tests.harness import MongoServer, RedisServer, ServiceProcess, free_port, wait_until
-from tests.ingest.streams import health_detail, l2, sessions_of
+from tests.ingest.streams import health_detail, l2, read_stream, sessions_of
 from tests.l2builder.feeds import Books
 from tests.venue import Venue
 
@@ -91,7 +91,7 @@ def test_a_malformed_l2_frame_becomes_a_gap_marker_between_its_neighbours(
                lowercase_side,  # ETHUSD's
                l2_frame("ETHUSD", "update", [(2, "Buy", 32, 100.0)]),
                cut_short,  # names a symbol in its visible part only: it may have held others, every stream
-               ob10_frame("XBTUSD")[:40],  # another table: counted, no L2 gap
+               ob10_frame("XBTUSD")[:40],  # the other book table: a gap on each ob10 stream, none on L2
                unknown_action, b"\xff\xfe not text",  # right after a gap: nothing more to say there
                l2_frame("ETHUSD", "update", [(2, "Buy", 33, 100.0)]))
     wait_until(lambda: len(l2(redis_url, key_prefix, "ETHUSD")) == 5, 10, "ETHUSD's last update")
@@ -101,8 +101,11 @@ def test_a_malformed_l2_frame_becomes_a_gap_marker_between_its_neighbours(
     assert [orjson.loads(entry.frame)["data"][0]["size"] for entry in (xbt[1], xbt[3])] == [30, 31]
     [eth] = sessions_of(l2(redis_url, key_prefix, "ETHUSD"))
     assert actions(eth) == ["partial", "gap:malformed", "update", "gap:malformed", "update"]
+    for symbol in ("XBTUSD", "ETHUSD"):
+        [ob10] = sessions_of(read_stream(redis_url, Keys(key_prefix).ob10_stream(symbol)))
+        assert actions(ob10) == ["gap:malformed"], "one mark, whatever came after"
     assert ingest.metric("bookstream_ingest_malformed_frames_total") == 6
-    assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="malformed"') == 4
+    assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="malformed"') == 6
     logged = [line for line in ingest.logs().splitlines() if "event=malformed_frame" in line]
     assert len(logged) == 5, "rate-limited to a burst of five lines"
     assert "symbols=XBTUSD" in logged[0] and "gap_markers=1" in logged[0]
@@ -189,23 +192,27 @@ def test_a_silent_venue_stops_the_liveness_renewal(
     venue.silent = True  # no data, no pong; the TCP connection stays up
     wait_until(lambda: not client.exists(key), 25, "the liveness key of the silent session expiring")
     assert venue.pings >= 1
+    assert f"event=liveness_withheld session={session} why=venue_silent" in ingest.logs()
     ingest.wait_log("event=heartbeat_timeout")
     first = sessions_of(l2(redis_url, key_prefix, "XBTUSD"))[0]
     assert (first[0].session, actions(first)[-1]) == (session, "gap:heartbeat_timeout")
     client.close()
 
 
-def test_after_flushall_the_symbols_come_back_and_each_l2_stream_gets_a_fresh_partial(
+def test_after_flushall_the_symbols_come_back_and_each_book_stream_gets_a_fresh_partial(
         redis_server: RedisServer, venue: Venue, run_service: RunService, service_env: dict[str, str],
         key_prefix: str) -> None:
     symbols = ("XBTUSD", "ETHUSD")
     partial_on_subscribe(venue, symbols)
+    l2_partials = venue.on_subscribe
+    venue.on_subscribe = lambda topic: [ob10_frame("XBTUSD")] if topic == "orderBook10:XBTUSD" else l2_partials(topic)
     ingest = start_ingest(run_service, service_env | {"REDIS_URL": redis_server.url}, venue, ",".join(symbols))
     keys = Keys(key_prefix)
     client = redis.Redis.from_url(redis_server.url)
     wait_until(lambda: client.smembers(keys.symbols) == {b"XBTUSD", b"ETHUSD"}, 10, "the symbols announced")
     venue.send(l2_frame("XBTUSD", "update", [(2, "Buy", 30, 100.0)]))
     wait_until(lambda: len(l2(redis_server.url, key_prefix, "XBTUSD")) == 2, 10, "the update")
+    assert actions(read_stream(redis_server.url, keys.ob10_stream("XBTUSD"))) == ["update"]
 
     client.flushall()
     wait_until(lambda: client.smembers(keys.symbols) == {b"XBTUSD", b"ETHUSD"}, 10, "the symbols re-announced")
@@ -213,6 +220,10 @@ def test_after_flushall_the_symbols_come_back_and_each_l2_stream_gets_a_fresh_pa
                10, "a fresh partial of each symbol")
     for symbol in symbols:
         assert actions(l2(redis_server.url, key_prefix, symbol)) == ["gap:resubscribe", "partial"]
+    # The ob10 stream ingest had written is resubscribed too; ETHUSD's, never written, was not lost.
+    wait_until(lambda: len(read_stream(redis_server.url, keys.ob10_stream("XBTUSD"))) == 2, 10, "a fresh snapshot")
+    assert actions(read_stream(redis_server.url, keys.ob10_stream("XBTUSD"))) == ["gap:resubscribe", "update"]
+    assert (venue.subscribed("orderBook10:XBTUSD"), venue.subscribed("orderBook10:ETHUSD")) == (2, 1)
     session = health_detail(ingest)["connection"]["session"]
     wait_until(lambda: bool(client.exists(keys.ingest_alive(session))), 5, "the liveness key back")
     assert ingest.metric("bookstream_ingest_redis_lost_total", 'what="stream"') >= 2
@@ -314,7 +325,8 @@ def test_entries_lost_at_stop_are_an_error_and_exit_code_3(
     venue.send(*(l2_frame("XBTUSD", "update", [(2, "Buy", size, 100.0)]) for size in range(1, 11)))
     wait_until(lambda: health_detail(ingest)["buffer"]["entries"] == 10, 10, "the updates buffered")
     assert ingest.terminate() == 3
-    assert "level=error service=ingest event=stopped_with_loss entries=11 exit_code=3" in ingest.logs()
+    # The ten updates and the stop's gap markers, on the l2 and the ob10 stream.
+    assert "level=error service=ingest event=stopped_with_loss entries=12 exit_code=3" in ingest.logs()
 
 
 def test_an_evicting_redis_is_warned_about(

@@ -145,8 +145,10 @@ def test_a_dropped_connection_leaves_gap_markers_then_a_new_session(
         assert sum(entry.is_gap for entry in before) == 1
         assert after[0].action == "partial"
         assert rebuild(after) == exchange.truth(symbol)
+        ob10_before = sessions_of(read_stream(redis_url, Keys(key_prefix).ob10_stream(symbol)))[0]
+        assert (ob10_before[0].session, ob10_before[-1].action, ob10_before[-1].reason) == (first, "gap", "closed")
     assert ingest.metric("bookstream_ingest_reconnects_total", 'reason="closed"') == 1
-    assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="closed"') == 3
+    assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="closed"') == 6, "an l2 and an ob10 each"
 
 
 def test_a_run_of_429s_is_waited_out_as_retry_after_says(
@@ -174,18 +176,21 @@ def test_malformed_frames_are_counted_logged_and_left_as_gap_markers(
     injected = exchange.process.metric("bookstream_exchange_faults_injected_total", 'kind="malformed"')
     assert injected >= 5
     assert ingest.metric("bookstream_ingest_malformed_frames_total") == injected
-    # None of the exchange's broken frames shows which symbol it was for: each marks every L2 stream, unless
-    # that stream's latest entry is a gap already.
+    # None of the exchange's broken frames shows which symbol it was for: each marks every book stream it
+    # may belong to (L2 and orderBook10 for one that does not even show its table), unless that stream's
+    # latest entry is a gap already.
     logged = ingest.logs().count("event=malformed_frame")
     assert 1 <= logged < injected, "the log is rate-limited, the count is not"
+    keys = Keys(key_prefix)
     gaps = 0
     for symbol in SIM_SYMBOLS.split(","):
-        [session] = sessions_of(l2(redis_url, key_prefix, symbol))
-        marks = [index for index, entry in enumerate(session) if entry.is_gap and entry.reason == "malformed"]
-        assert 1 <= len(marks) <= injected
-        assert all(not session[index - 1].is_gap for index in marks)
-        assert all(orjson.loads(entry.frame)["table"] == "orderBookL2" for entry in session if not entry.is_gap)
-        gaps += len(marks)
+        for stream, table in ((keys.l2_stream(symbol), "orderBookL2"), (keys.ob10_stream(symbol), "orderBook10")):
+            [session] = sessions_of(read_stream(redis_url, stream))
+            marks = [index for index, entry in enumerate(session) if entry.is_gap and entry.reason == "malformed"]
+            assert 1 <= len(marks) <= injected
+            assert all(not session[index - 1].is_gap for index in marks)
+            assert all(orjson.loads(entry.frame)["table"] == table for entry in session if not entry.is_gap)
+            gaps += len(marks)
     assert ingest.metric("bookstream_ingest_gap_markers_total", 'reason="malformed"') == gaps
 
 

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from services.ingest.connection import PING_AFTER, PONG_TIMEOUT, subscription_verdict, venue_silent
-from services.ingest.liveness import MISSING, UNKNOWN, EvictionWatch, StreamWatch
+from services.common.config import load_settings
+from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, SESSION_LOST_AFTER
+from services.ingest.connection import PING_AFTER, PONG_TIMEOUT, WatchStep, subscription_verdict, watch_step
+from services.ingest.liveness import (
+    HEARD_WITHIN,
+    PUBLISH_STALL_AFTER,
+    UNKNOWN,
+    EvictionWatch,
+    StreamWatch,
+    renewal_withheld,
+)
 from services.ingest.session import TopicState
 
 
@@ -17,11 +26,11 @@ def test_a_stream_that_keeps_what_ingest_appended_is_fine_whatever_others_add() 
 def test_a_stream_that_vanished_or_went_back_lost_entries() -> None:
     watch = StreamWatch()
     watch.check("s", 10, 10, 10)
-    assert watch.check("s", 10, MISSING, 10) == 10, "FLUSHALL"
-    assert watch.check("s", 10, MISSING, 10) is None, "said once: nothing more was appended since"
+    assert watch.check("s", 10, 0, 10) == 10, "FLUSHALL: the stream is gone, the script answers 0"
+    assert watch.check("s", 10, 0, 10) is None, "said once: nothing more was appended since"
     assert watch.check("s", 13, 3, 13) is None, "recreated by ingest's next entries"
     assert watch.check("s", 20, 5, 20) == 10, "a failover to a replica that missed the last writes"
-    assert StreamWatch().check("t", 5, MISSING, 5) == 5, "gone before the first look"
+    assert StreamWatch().check("t", 5, 0, 5) == 5, "gone before the first look"
 
 
 def test_a_batch_in_flight_during_a_look_is_never_a_false_alarm() -> None:
@@ -48,9 +57,30 @@ def test_an_eviction_policy_change_is_reported_once() -> None:
     assert [watch.update(policy) for policy in (None, "allkeys-lru", "allkeys-lru", None)] == [False, True, False, True]
 
 
-def test_the_venue_is_silent_only_after_the_whole_ping_pong_window() -> None:
-    assert not venue_silent(100.0, 100.0 + PING_AFTER + PONG_TIMEOUT - 0.01)
-    assert venue_silent(100.0, 100.0 + PING_AFTER + PONG_TIMEOUT)
+def test_the_watchdog_pings_after_a_short_silence_and_gives_up_on_an_unanswered_ping() -> None:
+    assert watch_step(PING_AFTER - 0.01, None) is WatchStep.WAIT
+    assert watch_step(PING_AFTER, None) is WatchStep.PING
+    assert watch_step(PING_AFTER + 1, PONG_TIMEOUT - 0.01) is WatchStep.WAIT, "the ping's answer may be on its way"
+    assert watch_step(PING_AFTER + PONG_TIMEOUT, PONG_TIMEOUT) is WatchStep.GIVE_UP
+
+
+def test_the_liveness_key_is_renewed_only_while_data_can_land() -> None:
+    assert renewal_withheld(None, 0.0) == "not_connected"
+    assert renewal_withheld(0.0, 0.0) is None
+    assert renewal_withheld(HEARD_WITHIN - 0.01, PUBLISH_STALL_AFTER - 0.01) is None, "quiet, answering pings"
+    assert renewal_withheld(HEARD_WITHIN, 0.0) == "venue_silent"
+    assert renewal_withheld(0.0, PUBLISH_STALL_AFTER) == "publishing_stalled"
+    assert renewal_withheld(HEARD_WITHIN, PUBLISH_STALL_AFTER) == "venue_silent"
+
+
+def test_a_silent_venue_or_stuck_publisher_is_called_lost_within_health_stale_after() -> None:
+    # A quiet venue's ping is answered well inside the window, or the key would flicker.
+    assert PING_AFTER * 2 <= HEARD_WITHIN
+    # The last renewal comes at most one renewal interval before the window closes; the key then lives
+    # its TTL; consumers need SESSION_LOST_AFTER of absence, checked about once a second.
+    worst = max(HEARD_WITHIN, PUBLISH_STALL_AFTER) + INGEST_ALIVE_TTL_MS / 1000 + SESSION_LOST_AFTER + 1.0
+    assert worst < load_settings(environ={}).health_stale_after
+    assert INGEST_ALIVE_RENEW < INGEST_ALIVE_TTL_MS / 1000
 
 
 def test_no_topic_subscribed_is_a_problem_and_some_rejected_is_degraded() -> None:

@@ -152,14 +152,20 @@ def test_entries_buffered_while_redis_is_down_land_once_when_it_is_back(redis_se
     async def feed(publisher: Publisher) -> None:
         publisher.append(first)
         await until_empty(publisher)
+        seen["stalled_empty"] = publisher.stalled_for(time.monotonic() + 60)
         await asyncio.to_thread(redis_server.stop)
         publisher.append(second)
         await asyncio.sleep(1.0)
         seen["buffered"] = len(publisher)
+        seen["stalled_down"] = publisher.stalled_for(time.monotonic())
         await asyncio.to_thread(redis_server.start)
+        await until_empty(publisher)
+        seen["stalled_after"] = publisher.stalled_for(time.monotonic())
 
     status = run_publisher(redis_server.url, key_prefix, feed, timeout=0.5)
     assert seen["buffered"] == 100
+    assert seen["stalled_empty"] == 0.0 == seen["stalled_after"], "an empty buffer is never stalled"
+    assert seen["stalled_down"] >= 0.9, "held since the append, nothing acknowledged"
     assert status.up is True
     for symbol in "AB":
         stream = keys.l2_stream(symbol)

@@ -23,6 +23,12 @@ def l2_text(symbol: str, action: str = "update", ident: int = 1) -> str:
     return orjson.dumps({"table": "orderBookL2", "action": action, "data": [row]}).decode()
 
 
+def ob10_text(symbol: str) -> str:
+    return orjson.dumps({"table": "orderBook10", "action": "update",
+                         "data": [{"symbol": symbol, "bids": [[1.0, 2]], "asks": [[2.0, 3]],
+                                   "timestamp": "2024-01-01T00:00:00.000Z"}]}).decode()
+
+
 def route(s: Session, text: str) -> list[Entry]:
     frame = parse_frame(text)
     assert isinstance(frame, TableFrame)
@@ -67,10 +73,7 @@ def test_frames_get_their_text_unchanged_and_a_seq_per_stream_from_1() -> None:
 def test_orderbook10_goes_to_its_own_stream_with_its_own_seq() -> None:
     s = session()
     route(s, l2_text("S00"))
-    text = orjson.dumps({"table": "orderBook10", "action": "update",
-                         "data": [{"symbol": "S00", "bids": [[1.0, 2]], "asks": [[2.0, 3]],
-                                   "timestamp": "2024-01-01T00:00:00.000Z"}]}).decode()
-    [entry] = route(s, text)
+    [entry] = route(s, ob10_text("S00"))
     assert (entry.stream, entry.fields["seq"], entry.fields["table"]) == ("p:ob10:{S00}", "1", "orderBook10")
 
 
@@ -159,17 +162,20 @@ def test_resubscribing_a_rejected_topic_asks_for_it_again() -> None:
     assert "orderBookL2:A" not in s.errors
 
 
-def test_disconnect_gaps_cover_subscribed_symbols_with_the_next_seq_and_skip_rejected_ones() -> None:
+def test_disconnect_gaps_cover_both_book_streams_of_subscribed_symbols_and_skip_rejected_topics() -> None:
     s = session(("A", "B", "C"))
     request = orjson.loads(s.subscribe_requests()[0])
     s.on_ack(ack("orderBookL2:A", request), 0, 0)
     s.on_ack(ack("orderBook10:A", request), 0, 0)
     s.on_error(ErrorReply(400, "Unknown or expired symbol.", {}, request))  # orderBookL2:B
+    s.on_error(ErrorReply(400, "Unknown or expired symbol.", {}, request))  # orderBook10:B
     route(s, l2_text("A", "partial"))
     route(s, l2_text("A"))
+    route(s, ob10_text("A"))
     gaps = s.disconnect_gaps("closed", 5, 6)
-    assert [(g.stream, g.fields["seq"], g.fields["reason"]) for g in gaps] == [
-        ("p:l2:{A}", "3", "closed"), ("p:l2:{C}", "1", "closed")]
+    assert [(g.stream, g.fields["seq"], g.fields["reason"], g.fields["table"]) for g in gaps] == [
+        ("p:l2:{A}", "3", "closed", "orderBookL2"), ("p:l2:{C}", "1", "closed", "orderBookL2"),
+        ("p:ob10:{A}", "2", "closed", "orderBook10"), ("p:ob10:{C}", "1", "closed", "orderBook10")]
     assert all(g.fields["action"] == GAP_ACTION and "frame" not in g.fields for g in gaps)
 
 
@@ -183,31 +189,37 @@ def test_frames_of_symbols_nobody_subscribed_are_set_aside_not_published() -> No
     assert not any(stream.endswith(("{Z}", "{Y}")) for stream in (e.stream for e in s.disconnect_gaps("x", 0, 0)))
 
 
+L2, OB10 = frozenset({"orderBookL2"}), frozenset({"orderBook10"})
+BOOKS, NONE = L2 | OB10, frozenset[str]()
+
+
 @pytest.mark.parametrize(("raw", "expected"), [
     (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","id":1,"side":"buy","size":1}]}',
-     (True, frozenset({"A"}))),
-    (b'{"table":"orderBookL2","action":"upsert","data":[{"symbol":"A"},{"symbol":"B"}]}',
-     (True, frozenset({"A", "B"}))),
-    (b'{"table":"orderBookL2","action":"update","filter":{"symbol":"A"},"data":[{"id":1}]}',
-     (True, frozenset({"A"}))),
-    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A"},{"id":1}]}', (True, frozenset())),
-    (b'{"table":"orderBookL2","action":"partial","data":[]}', (True, frozenset())),
-    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","id":1', (True, frozenset())),
-    (b'{"table":"orderBookL2","action":"partial","filter":{"symbol":"A"},"data":[{"sym', (True, frozenset({"A"}))),
-    (b"<html>502 Bad Gateway</html>", (True, frozenset())),
-    (b"[1,2,3]", (True, frozenset())),
-    (b"\xff\xfe", (True, frozenset())),
-    (b'{"table":"orderBook10","action":"update","data":[{"symbol":"A"', (False, frozenset())),
-    (b'{"table":"orderBookL2_25","action":"update","data":[]}', (False, frozenset())),
-    (b'{"success":"yes","subscribe":"orderBookL2:A"}', (False, frozenset())),
-    (b'{"tabel":"orderBookL2"}', (True, frozenset())),
+     (L2, frozenset({"A"}))),
+    (b'{"table":"orderBookL2","action":"upsert","data":[{"symbol":"A"},{"symbol":"B"}]}', (L2, frozenset({"A", "B"}))),
+    (b'{"table":"orderBookL2","action":"update","filter":{"symbol":"A"},"data":[{"id":1}]}', (L2, frozenset({"A"}))),
+    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A"},{"id":1}]}', (L2, NONE)),
+    (b'{"table":"orderBookL2","action":"partial","data":[]}', (L2, NONE)),
+    (b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","id":1', (L2, NONE)),
+    (b'{"table":"orderBookL2","action":"partial","filter":{"symbol":"A"},"data":[{"sym', (L2, frozenset({"A"}))),
+    (b'{"table":"orderBook10","action":"update","data":[{"symbol":"A","bids":5}]}', (OB10, frozenset({"A"}))),
+    (b'{"table":"orderBook10","action":"update","data":[{"symbol":"A"', (OB10, NONE)),
+    (b'{"table":"orderBook10","action":"partial","filter":{"symbol":"A"},"data":[{"sym', (OB10, frozenset({"A"}))),
+    (b"<html>502 Bad Gateway</html>", (BOOKS, NONE)),
+    (b"[1,2,3]", (BOOKS, NONE)),
+    (b"\xff\xfe", (BOOKS, NONE)),
+    (b'{"tabel":"orderBookL2"}', (BOOKS, NONE)),
+    (b'{"table":7,"data":[{"symbol":"A"}]}', (BOOKS, frozenset({"A"}))),
+    (b'{"table":"orderBookL2_25","action":"update","data":[]}', (NONE, NONE)),
+    (b'{"table":"trade","action":"insert","data":[{"symbol":"A"', (NONE, NONE)),
+    (b'{"success":"yes","subscribe":"orderBookL2:A"}', (NONE, NONE)),
 ])
 def test_a_malformed_frame_is_attributed_only_as_far_as_it_shows(
-        raw: bytes, expected: tuple[bool, frozenset[str]]) -> None:
-    assert malformed_target(raw, "orderBookL2") == expected
+        raw: bytes, expected: tuple[frozenset[str], frozenset[str]]) -> None:
+    assert malformed_target(raw, ("orderBookL2", "orderBook10")) == expected
 
 
-def test_malformed_gaps_go_to_the_named_symbol_else_to_every_l2_stream_not_rejected() -> None:
+def test_malformed_gaps_go_to_the_named_symbol_else_to_every_book_stream_not_rejected() -> None:
     s = session(("A", "B", "C"))
     request = orjson.loads(s.subscribe_requests()[0])
     s.on_ack(ack("orderBookL2:A", request), 0, 0)
@@ -217,11 +229,35 @@ def test_malformed_gaps_go_to_the_named_symbol_else_to_every_l2_stream_not_rejec
     [named] = s.malformed_gaps(b'{"table":"orderBookL2","action":"update","data":[{"symbol":"A","size":1.5}]}', 3, 4)
     assert (named.stream, named.fields["seq"], named.fields["reason"], named.fields["action"]) == (
         "p:l2:{A}", "2", "malformed", GAP_ACTION)
-    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{C}"], "A has its gap already"
+    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == [
+        "p:l2:{C}", "p:ob10:{A}", "p:ob10:{B}", "p:ob10:{C}"], "A's L2 stream has its gap already"
     assert s.malformed_gaps(b"garbage", 3, 4) == []
     route(s, l2_text("A"))
-    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{A}"]
-    assert s.malformed_gaps(b'{"table":"orderBook10","action":"update","data":5}', 3, 4) == []
+    route(s, ob10_text("C"))
+    assert [gap.stream for gap in s.malformed_gaps(b"garbage", 3, 4)] == ["p:l2:{A}", "p:ob10:{C}"]
+    route(s, ob10_text("A"))
+    route(s, ob10_text("C"))
+    [ob10] = s.malformed_gaps(b'{"table":"orderBook10","action":"update","data":[{"symbol":"C","bids":5}]}', 3, 4)
+    assert (ob10.stream, ob10.fields["seq"], ob10.fields["table"]) == ("p:ob10:{C}", "5", "orderBook10")
+    assert [gap.stream for gap in s.malformed_gaps(b'{"table":"orderBook10","action":"update"', 3, 4)] == [
+        "p:ob10:{A}"], "no symbol shown: every ob10 stream not marked already"
+    assert s.malformed_gaps(b'{"table":"trade","action":"insert","data":5}', 3, 4) == []
     assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"Z"}]}', 3, 4) == []
     assert s.malformed_gaps(b'{"table":"orderBookL2","action":"x","data":[{"symbol":"B"}]}', 3, 4) == []
     assert s.foreign == ["Z"]
+
+
+def test_resubscribing_an_orderbook10_topic_gaps_its_own_stream() -> None:
+    s = session(("A",))
+    request = orjson.loads(s.subscribe_requests()[0])
+    for topic in ("orderBookL2:A", "orderBook10:A"):
+        s.on_ack(ack(topic, request), 0, 0)
+    route(s, ob10_text("A"))
+    unsubscribe = s.resubscribe("A", "orderBook10")
+    assert unsubscribe is not None and orjson.loads(unsubscribe) == {"op": "unsubscribe", "args": ["orderBook10:A"]}
+    assert s.resubscribe("A", "orderBook10") is None, "one on its way"
+    reaction = s.on_ack(ack("orderBook10:A", orjson.loads(unsubscribe), op="unsubscribe"), 7, 8)
+    assert [orjson.loads(text) for text in reaction.send] == [{"op": "subscribe", "args": ["orderBook10:A"]}]
+    [gap] = reaction.entries
+    assert (gap.stream, gap.fields["seq"], gap.fields["reason"]) == ("p:ob10:{A}", "2", "resubscribe")
+    assert state_of(s, "orderBookL2:A") is TopicState.SUBSCRIBED
