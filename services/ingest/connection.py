@@ -33,12 +33,12 @@ from services.common.config import Settings, mask_url
 from services.common.health import safe_error
 from services.common.keys import Keys
 from services.common.logs import EventLog, excerpt
+from services.common.ratelimit import LogLimit
 from services.ingest import metrics
 from services.ingest.backoff import ReconnectBackoff, parse_retry_after
 from services.ingest.publisher import Publisher
 from services.ingest.recorder import Recorder
 from services.ingest.session import Reaction, Session, TopicState
-from services.ingest.throttle import Throttle
 
 PING_AFTER: Final = 5.0
 PONG_TIMEOUT: Final = 5.0
@@ -88,7 +88,7 @@ class Feed:
         self._rate_limited = False
         self._retry_after: float | None = None
         self._quiet_since = time.monotonic()
-        self._malformed_log, self._unsubscribed_log = Throttle(), Throttle()
+        self._malformed_log, self._unsubscribed_log = LogLimit(), LogLimit()
         self._url = mask_url(settings.ws_url)
         self.connected = asyncio.Event()
         """Set when a session connects, so its liveness key is written at once, not at the next tick."""

@@ -10,7 +10,7 @@ publisher's batches never queue behind it):
 - every stream ingest appended to is checked against what Redis says it was ever given
   (`entries-added`): a stream that vanished or holds fewer entries than ingest appended since the last
   look lost history, and its symbol is resubscribed so consumers get a fresh partial to resync from;
-- about every `EVICTION_CHECK_EVERY` seconds, whether Redis runs with an evicting `maxmemory-policy`.
+- about every `EVICTION_CHECK_INTERVAL` seconds, whether Redis runs with an evicting `maxmemory-policy`.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from redis.exceptions import RedisError
 
 from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
 from services.common.logs import EventLog
-from services.common.redis_client import evicting_policy
+from services.common.redis_client import EvictionWatch
 from services.ingest import metrics
 from services.ingest.connection import Feed
 from services.ingest.publisher import Publisher, RedisStatus
 
 SCRIPT: Final = (Path(__file__).parent / "stream_check.lua").read_text()
-EVICTION_CHECK_EVERY: Final = 30.0
 MISSING: Final = -1
 UNKNOWN: Final = -2
 
@@ -67,17 +66,6 @@ class StreamWatch:
         return expected if found < expected else None
 
 
-class EvictionWatch:
-    """The last evicting `maxmemory-policy` seen; `update` says when it changed (each change logged once)."""
-
-    def __init__(self) -> None:
-        self.policy: str | None = None
-
-    def update(self, policy: str | None) -> bool:
-        changed, self.policy = policy != self.policy, policy
-        return changed
-
-
 class Heartbeat:
     """The once-a-second task described above; Redis failures are reported and retried, never raised."""
 
@@ -87,10 +75,9 @@ class Heartbeat:
         self._feed, self._publisher, self._status, self._log = feed, publisher, status, log
         self._check_streams = redis.register_script(SCRIPT)
         self._streams = StreamWatch()
-        self.eviction = EvictionWatch()
+        self.eviction = EvictionWatch(log)
         self.renewed: tuple[str, float] | None = None
         """(session, monotonic time) of the last liveness write."""
-        self._next_eviction_check = 0.0
 
     async def run(self) -> None:
         while True:
@@ -124,14 +111,7 @@ class Heartbeat:
                 metrics.REDIS_LOST.labels("symbols").inc(added)
                 self._log.warning("symbols_reannounced", added=added, symbols=len(symbols))
         await self._check_streams_kept(dict(self._publisher.appended))
-        if now >= self._next_eviction_check:
-            self._next_eviction_check = now + EVICTION_CHECK_EVERY
-            policy = await evicting_policy(self._redis)
-            if self.eviction.update(policy):
-                if policy is None:
-                    self._log.info("redis_eviction_safe")
-                else:
-                    self._log.warning("redis_evicting", policy=policy)
+        await self.eviction.check(self._redis, now)
 
     async def _check_streams_kept(self, acked: dict[str, int]) -> None:
         if not acked:

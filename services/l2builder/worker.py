@@ -39,11 +39,12 @@ from services.common.backoff import Backoff
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
 from services.common.health import safe_error
-from services.common.keys import SESSION_LOST_AFTER, Keys
+from services.common.keys import Keys
+from services.common.liveness import SessionTracker, sessions_alive
 from services.common.logs import EventLog, excerpt
-from services.common.redis_client import connect, evicting_policy
+from services.common.ratelimit import LogLimit
+from services.common.redis_client import EvictionWatch, connect
 from services.l2builder import metrics
-from services.l2builder.liveness import SessionWatch
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.store import (
@@ -84,10 +85,6 @@ MONGO_PING_EVERY = 2.0
 but healthy server never makes /healthz fail."""
 SHUTDOWN_FLUSH_SECONDS = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
-POLICY_CHECK_EVERY = 30.0
-"""How often Redis's maxmemory-policy is checked: an evicting policy loses leases and streams."""
-INVALID_LOG_EVERY = 10.0
-"""Least time between two log lines about invalid members of the symbols set (anyone may add some)."""
 INVALID_REMEMBERED = 10_000
 """Invalid names remembered so each is counted once; beyond that the memory starts afresh."""
 GC_GEN0_THRESHOLD = 50_000
@@ -140,11 +137,11 @@ class L2Builder:
         self._draining = False
         self._drain = asyncio.Event()
         self._wake_reader = asyncio.Event()
-        self.sessions = SessionWatch(SESSION_LOST_AFTER)
-        self.redis_policy_warning: str | None = None
-        self._policy_checked_at = -POLICY_CHECK_EVERY
+        self.sessions = SessionTracker()
+        self.eviction = EvictionWatch(log)
         self._invalid_seen: set[bytes] = set()
-        self._invalid_logged_at = -INVALID_LOG_EVERY
+        self._invalid_log = LogLimit(burst=1)
+        """Invalid members of the symbols set stay there (anyone may add some): one line per window."""
         self.invalid_symbols = 0
         self.read_paused: set[str] = set()
 
@@ -222,8 +219,7 @@ class L2Builder:
             "redis_ok_seconds_ago": round(redis_age, 3),
             "mongo_ok_seconds_ago": round(mongo_age, 3),
         }
-        if self.redis_policy_warning is not None:
-            detail["redis_policy_warning"] = self.redis_policy_warning
+        self.eviction.describe(detail)
         return redis_age < limit and mongo_age < limit, detail
 
     async def _pause(self, seconds: float) -> None:
@@ -271,9 +267,7 @@ class L2Builder:
             if now - self._inspected_at >= INSPECT_EVERY:
                 self._inspected_at = now
                 await self._inspect_streams()
-            if now - self._policy_checked_at >= POLICY_CHECK_EVERY:
-                self._policy_checked_at = now
-                await self._check_policy()
+            await self.eviction.check(self.redis, now)
         except RedisError as exc:
             self._redis_failed("ownership", exc)
         self._update_gauges()
@@ -288,16 +282,11 @@ class L2Builder:
                 self._invalid_seen.clear()
             self._invalid_seen.update(new)
             metrics.INVALID_SYMBOLS.inc(len(new))
-        if invalid and now - self._invalid_logged_at >= INVALID_LOG_EVERY:
-            self._invalid_logged_at = now
-            log.warning("invalid_symbols", count=len(invalid), example=excerpt(repr(min(invalid)), 80))
+        held = self._invalid_log.admit(now) if invalid else None
+        if held is not None:
+            log.warning("invalid_symbols", count=len(invalid), example=excerpt(repr(min(invalid)), 80),
+                        suppressed=held)
         return symbols
-
-    async def _check_policy(self) -> None:
-        policy = await evicting_policy(self.redis)
-        if policy != self.redis_policy_warning and policy is not None:
-            log.warning("redis_evicting", policy=policy)
-        self.redis_policy_warning = policy
 
     async def _renew(self, now: float, everything: bool = False) -> None:
         leases = [owned.lease for owned in self.owned.values()]
@@ -337,36 +326,42 @@ class L2Builder:
     async def _stale_in_place(self, marks: dict[str, tuple[StaleKind, str, bool]]) -> list[str]:
         """Mark books stale where they stand, by symbol (kind, reason, keep_levels); return those marked.
 
-        No entry moved them, and a document's version is (epoch, stream id): each lease first moves to a
-        new epoch, so the stale book is written over the live one stored at the same position.
+        The books turn stale in memory before anything is awaited: a flush running meanwhile must never
+        store one of them live under the new epoch, which would leave the stale document that follows at
+        the same version, refused. No entry moved them, and a document's version is (epoch, stream id), so
+        each lease then moves to a new epoch and its book is written again under it, over the live one
+        stored at the same position (a flush during the move wrote it under the old epoch, refused).
         """
-        targets = {symbol: owned for symbol in marks if (owned := self.owned.get(symbol)) is not None
-                   and owned.state is not None}
-        unmoved = await self.ownership.advance([owned.lease for owned in targets.values()])
+        targets: dict[str, tuple[Owned, SymbolState]] = {
+            symbol: (owned, owned.state) for symbol in marks
+            if (owned := self.owned.get(symbol)) is not None and owned.state is not None}
+        now = time.monotonic()
+        for symbol, (_, state) in targets.items():
+            kind, reason, keep_levels = marks[symbol]
+            state.mark_stale(kind, reason, now, keep_levels=keep_levels)
+            self._note(symbol, state, Outcome.STALE)
+        unmoved = await self.ownership.advance([owned.lease for owned, _ in targets.values()])
+        for _, state in targets.values():
+            state.dirty = True
         if unmoved:  # the epoch key is gone or another instance holds the lease
             await self._retake(unmoved)
             for lease in unmoved:
                 targets.pop(lease.symbol)
-        now = time.monotonic()
-        marked = []
-        for symbol, owned in targets.items():
-            if self.owned.get(symbol) is not owned or owned.state is None:
-                continue
-            kind, reason, keep_levels = marks[symbol]
-            owned.state.mark_stale(kind, reason, now, keep_levels=keep_levels)
-            self._note(symbol, owned.state, Outcome.STALE)
-            marked.append(symbol)
-        return marked
+        return [symbol for symbol, (owned, _) in targets.items() if self.owned.get(symbol) is owned]
 
     async def _check_liveness(self, now: float) -> None:
         """Mark stale the live books of ingest sessions whose liveness key has been gone too long."""
-        live = {symbol: owned.state for symbol, owned in self.owned.items()
-                if owned.state is not None and owned.state.live and owned.state.session is not None}
-        sessions = sorted({state.session for state in live.values() if state.session is not None})
-        lost = self.sessions.observe(await self.streams.alive(sessions) if sessions else {}, now)
-        marks = {symbol: (StaleKind.INGEST_LOST, f"ingest_lost: session {state.session} has had no liveness"
-                          f" key for {self.sessions.absent_for(state.session, now):.1f} s", True)
-                 for symbol, state in live.items() if state.session in lost and state.session is not None}
+        named = {owned.state.session for owned in self.owned.values()
+                 if owned.state is not None and owned.state.session is not None}
+        sessions = self.sessions.watch(named, now)
+        changes = self.sessions.observe(await sessions_alive(self.redis, self.keys, sessions), now)
+        for session in changes.lost:
+            log.warning("session_lost", session=session, absent_for_s=round(self.sessions.absent_for(session, now), 1))
+        # The books are read again after the await: one may have moved on to another session meanwhile.
+        marks = {symbol: (StaleKind.INGEST_LOST, self.sessions.lost_reason(state.session, now), True)
+                 for symbol, owned in self.owned.items()
+                 if (state := owned.state) is not None and state.live and state.session is not None
+                 and self.sessions.is_lost(state.session)}
         if marks:
             await self._stale_in_place(marks)
 
@@ -650,6 +645,11 @@ class L2Builder:
             if outcome is Outcome.HOLE:
                 complete = False
                 break
+            if outcome is Outcome.LIVE and state.session is not None and self.sessions.is_lost(state.session):
+                # A late partial of a dead session: exact once, but nothing says the market stayed there.
+                state.mark_stale(StaleKind.INGEST_LOST, self.sessions.lost_reason(state.session, now), now,
+                                 keep_levels=True)
+                outcome = Outcome.STALE
             self._note(symbol, state, outcome)
         frames, rows = state.frames_applied - frames, state.rows_applied - rows
         self.frames_applied += frames

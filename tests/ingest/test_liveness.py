@@ -1,9 +1,9 @@
-"""The pure parts of the heartbeat and the connection's health: lost streams, eviction, silence, topics."""
+"""The pure parts of the heartbeat and the connection's health: lost streams, silence, topics."""
 
 from __future__ import annotations
 
 from services.ingest.connection import PING_AFTER, PONG_TIMEOUT, subscription_verdict, venue_silent
-from services.ingest.liveness import MISSING, UNKNOWN, EvictionWatch, StreamWatch
+from services.ingest.liveness import MISSING, UNKNOWN, StreamWatch
 from services.ingest.session import TopicState
 
 
@@ -41,11 +41,6 @@ def test_a_stream_redis_cannot_count_is_not_judged() -> None:
     watch.check("s", 10, 10, 10)
     assert watch.check("s", 20, UNKNOWN, 20) is None
     assert watch.check("s", 30, 30, 30) is None
-
-
-def test_an_eviction_policy_change_is_reported_once() -> None:
-    watch = EvictionWatch()
-    assert [watch.update(policy) for policy in (None, "allkeys-lru", "allkeys-lru", None)] == [False, True, False, True]
 
 
 def test_the_venue_is_silent_only_after_the_whole_ping_pong_window() -> None:
