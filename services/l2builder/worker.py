@@ -150,10 +150,7 @@ class L2Builder:
     async def main(self, stop: asyncio.Event) -> int:
         gc.set_threshold(GC_GEN0_THRESHOLD)
         settings = self.settings
-        self.redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"l2builder:{self.instance}")
-        self.store = BookStore(settings.mongo_url, settings.mongo_database)
-        self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
-        self.streams = L2Streams(self.redis, self.keys, self.instance, settings.redis_url, REDIS_SOCKET_TIMEOUT)
+        self.open()
         log.info("config", instance=self.instance, mongo_url=mask_url(settings.mongo_url),
                  database=settings.mongo_database, lease_ttl=settings.lease_ttl,
                  flush_interval=settings.flush_interval)
@@ -168,6 +165,19 @@ class L2Builder:
         stopped.cancel()
         await self._shutdown(loops)
         return 1 if crashed else 0
+
+    def open(self) -> None:
+        """The clients of Redis and MongoDB (connected on first use)."""
+        settings = self.settings
+        self.redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"l2builder:{self.instance}")
+        self.store = BookStore(settings.mongo_url, settings.mongo_database)
+        self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
+        self.streams = L2Streams(self.redis, self.keys, self.instance, settings.redis_url, REDIS_SOCKET_TIMEOUT)
+
+    async def close(self) -> None:
+        self.streams.close()
+        await self.redis.aclose()
+        await self.store.close()
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
         """Flush, acknowledge and release everything, so other instances take over at once."""
@@ -196,9 +206,7 @@ class L2Builder:
             await self.streams.forget_consumer(handed)
         log.info("handed_off", symbols=len(handed), unsettled=self._unsettled(),
                  frames_applied=self.frames_applied, rows_applied=self.rows_applied)
-        self.streams.close()
-        await self.redis.aclose()
-        await self.store.close()
+        await self.close()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
