@@ -100,9 +100,12 @@ class SessionTracker:
         state = self._sessions.get(session)
         return 0.0 if state is None or state.absent_since is None else now - state.absent_since
 
+    def lost_detail(self, session: str, now: float) -> str:
+        return f"session {session} has had no liveness key for {self.absent_for(session, now):.1f} s"
+
     def lost_reason(self, session: str, now: float) -> str:
-        """The stale reason of a book or key whose session is lost (`ingest_lost: ...`)."""
-        return f"{INGEST_LOST}: session {session} has had no liveness key for {self.absent_for(session, now):.1f} s"
+        """The stale reason of a book or key whose session is lost: `ingest_lost: <lost_detail>`."""
+        return f"{INGEST_LOST}: {self.lost_detail(session, now)}"
 
 
 async def sessions_alive(redis: Redis, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:

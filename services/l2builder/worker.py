@@ -326,13 +326,12 @@ class L2Builder:
             if state is None:
                 owned.lost = "the lease's epoch vanished from Redis"
                 continue
-            state.mark_stale(StaleKind.REDIS_LOST, "redis_lost: the lease's epoch vanished from Redis",
-                             time.monotonic())
+            state.mark_stale(StaleKind.REDIS_LOST, "the lease's epoch vanished from Redis", time.monotonic())
             self._note(lease.symbol, state, Outcome.STALE)
             await self.streams.ensure_group(lease.symbol, state.stream_id)
 
     async def _stale_in_place(self, marks: dict[str, tuple[StaleKind, str, bool]]) -> list[str]:
-        """Mark books stale where they stand, by symbol (kind, reason, keep_levels); return those marked.
+        """Mark books stale where they stand, by symbol (kind, detail, keep_levels); return those marked.
 
         The books turn stale in memory before anything is awaited: a flush running meanwhile must never
         store one of them live under the new epoch, which would leave the stale document that follows at
@@ -366,7 +365,7 @@ class L2Builder:
         for session in changes.lost:
             log.warning("session_lost", session=session, absent_for_s=round(self.sessions.absent_for(session, now), 1))
         # The books are read again after the await: one may have moved on to another session meanwhile.
-        marks = {symbol: (StaleKind.INGEST_LOST, self.sessions.lost_reason(state.session, now), True)
+        marks = {symbol: (StaleKind.INGEST_LOST, self.sessions.lost_detail(state.session, now), True)
                  for symbol, owned in self.owned.items()
                  if (state := owned.state) is not None and state.live and state.session is not None
                  and self.sessions.is_lost(state.session)}
@@ -448,10 +447,10 @@ class L2Builder:
             if owned is None or owned.state is None:
                 continue
             if group is None:
-                marks[symbol] = (StaleKind.REDIS_LOST, "redis_lost: its stream or consumer group vanished", False)
+                marks[symbol] = (StaleKind.REDIS_LOST, "its stream or consumer group vanished", False)
             elif parse_stream_id(group.last_delivered) < owned.state.position:
-                marks[symbol] = (StaleKind.REDIS_LOST,
-                                 f"redis_lost: its consumer group went back to {group.last_delivered}", False)
+                marks[symbol] = (StaleKind.REDIS_LOST, f"its consumer group went back to {group.last_delivered}",
+                                 False)
             elif group.lag is not None:
                 metrics.LAG.labels(symbol).set(group.lag + self._unacked_of(symbol, owned.state))
         if not marks:
@@ -513,7 +512,7 @@ class L2Builder:
         now = time.monotonic()
         state = restore_state(symbol, document, self.settings.resubscribe_interval, now)
         if owned.lost is not None:
-            state.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: {owned.lost}", now)
+            state.mark_stale(StaleKind.REDIS_LOST, owned.lost, now)
             self._note(symbol, state, Outcome.STALE)
             owned.lost = None
         await self.streams.ensure_group(symbol, state.stream_id)
@@ -541,8 +540,8 @@ class L2Builder:
         until = await self.streams.last_delivered(symbol)
         if until is None:  # ensured when the document was loaded: Redis lost it since
             metrics.REDIS_LOST.labels("group").inc()
-            await self._stale_in_place({symbol: (StaleKind.REDIS_LOST,
-                                                 "redis_lost: its stream or consumer group vanished", False)})
+            await self._stale_in_place({symbol: (StaleKind.REDIS_LOST, "its stream or consumer group vanished",
+                                                 False)})
             await self.streams.ensure_group(symbol, state.stream_id)
             return True
         end = parse_stream_id(until)
@@ -655,7 +654,7 @@ class L2Builder:
                 break
             if outcome is Outcome.LIVE and state.session is not None and self.sessions.is_lost(state.session):
                 # A late partial of a dead session: exact once, but nothing says the market stayed there.
-                state.mark_stale(StaleKind.INGEST_LOST, self.sessions.lost_reason(state.session, now), now,
+                state.mark_stale(StaleKind.INGEST_LOST, self.sessions.lost_detail(state.session, now), now,
                                  keep_levels=True)
                 outcome = Outcome.STALE
             self._note(symbol, state, outcome)
@@ -734,11 +733,11 @@ class L2Builder:
                     log.warning("write_failed", symbol=symbol, error=decision.detail,
                                 failures=owned.write_backoff.failures)
             elif owned.state is not None:
-                assert decision.stale_kind is not None and decision.reason is not None
+                assert decision.stale_kind is not None and decision.detail is not None
                 metrics.FLUSH_ERRORS.inc()
                 log.error("book_unstorable", symbol=symbol, kind=decision.stale_kind, error=decision.detail)
                 # The stale document without levels is small: the next flush stores it and acks these ids.
-                owned.state.mark_stale(decision.stale_kind, decision.reason, now)
+                owned.state.mark_stale(decision.stale_kind, decision.detail, now)
                 self._note(symbol, owned.state, Outcome.STALE)
         await self._ack()
         await self._release_settled()

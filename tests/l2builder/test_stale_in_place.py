@@ -14,7 +14,7 @@ from services.l2builder.symbol_state import StaleKind
 from services.l2builder.worker import L2Builder
 from tests.l2builder.feeds import Books, Feed, make_frame
 
-REASON = "ingest_lost: session session-1 has had no liveness key for 3.0 s"
+DETAIL = "session session-1 has had no liveness key for 3.0 s"
 
 
 def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
@@ -36,7 +36,7 @@ def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
             assert owned.ready and owned.state is not None and owned.state.live
             await builder._flush()
             epoch = owned.lease.epoch
-            marking = asyncio.create_task(builder._stale_in_place({"XBTUSD": (StaleKind.INGEST_LOST, REASON, True)}))
+            marking = asyncio.create_task(builder._stale_in_place({"XBTUSD": (StaleKind.INGEST_LOST, DETAIL, True)}))
             await asyncio.sleep(0)  # the mark now waits for Redis to move the epoch
             assert not marking.done() and owned.lease.epoch == epoch
             assert not owned.state.live, "stale in memory before anything is awaited"
@@ -50,5 +50,5 @@ def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
     epoch = asyncio.run(scenario())
     document = books.get("XBTUSD")
     assert document is not None
-    assert (document["status"], document["reason"], document["epoch"]) == ("stale", REASON, epoch + 1)
+    assert (document["status"], document["reason"], document["epoch"]) == ("stale", f"ingest_lost: {DETAIL}", epoch + 1)
     assert (document["bids"], document["asks"]) == ([[100.0, 20, 2]], [[101.0, 10, 1]]), "last levels kept"
