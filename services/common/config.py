@@ -272,8 +272,8 @@ _CONSUMER = ("redis_url", "key_prefix", "instance_name", "consumer_expiry", "hea
 SERVICE_SETTINGS: Mapping[str, tuple[str, ...]] = {
     "exchange": ("symbols", *_SERVER),
     "ingest": ("redis_url", "ws_url", "symbols", "key_prefix", "l2_table", "stream_maxlen", "ingest_buffer_frames",
-               "resubscribe_interval", "instance_name", "health_stale_after", *_SERVER),
-    "top10": (*_CONSUMER, "claim_idle"),
+               "resubscribe_interval", "instance_name", "health_stale_after", "retry_after_max", *_SERVER),
+    "top10": (*_CONSUMER, "claim_idle", "timestamp_tolerance"),
     "l2builder": (*_CONSUMER, "mongo_url", "mongo_database", "flush_interval", "lease_ttl", "resubscribe_interval"),
     "status": ("redis_url", "mongo_url", "mongo_database", "key_prefix", "claim_idle", "health_stale_after"),
 }

@@ -444,12 +444,13 @@ class Top10Service:
         sessions = self._sessions.watch({key.session for key in keys.values()}, time.monotonic())
         if not sessions:
             return
+        alive = await sessions_alive(self._redis, self._keys, sessions)
         now = time.monotonic()
-        changes = self._sessions.observe(await sessions_alive(self._redis, self._keys, sessions), now)
+        changes = self._sessions.observe(alive, now)
         for session in changes.lost:
             metrics.SESSIONS_LOST.inc()
             log.warning("session_lost", session=session, keys=sum(key.session == session for key in keys.values()),
-                        absent_for_s=SESSION_LOST_AFTER)
+                        absent_for_s=round(self._sessions.absent_for(session, now), 1))
         for session in changes.back:
             log.info("session_back", session=session, hint="its keys turn live with their next snapshot")
         marks = keys_to_mark(keys, self._sessions.lost)
