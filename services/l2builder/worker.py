@@ -344,8 +344,8 @@ class L2Builder:
             if (owned := self.owned.get(symbol)) is not None and owned.state is not None}
         now = time.monotonic()
         for symbol, (_, state) in targets.items():
-            kind, reason, keep_levels = marks[symbol]
-            state.mark_stale(kind, reason, now, keep_levels=keep_levels)
+            kind, detail, keep_levels = marks[symbol]
+            state.mark_stale(kind, detail, now, keep_levels=keep_levels)
             self._note(symbol, state, Outcome.STALE)
         unmoved = await self.ownership.advance([owned.lease for owned, _ in targets.values()])
         for _, state in targets.values():

@@ -6,7 +6,8 @@ writes succeeded. The housekeeping loop joins the streams of newly seen symbols,
 consumers left pending, and removes members long gone. Any instance may process any entry: the script, not
 the order of processing, decides what a key holds, so instances can be added, killed or restarted at will.
 The liveness loop marks `stale` the keys whose ingest session is gone (see liveness.py); every instance
-does it for every key, which the marking script makes harmless.
+does it for every key, which the marking script makes harmless. A gap marker read from a stream marks its
+key `stale` the same way, unless the key holds a snapshot from after the gap (mark_gap.lua).
 
 Redis being down is a state, not a crash: each loop logs, counts, backs off and retries, and /healthz fails
 once no Redis call has succeeded for HEALTH_STALE_AFTER seconds. Redis losing state (FLUSHALL, a failover

@@ -2,7 +2,8 @@
 
 A batch read from the streams becomes a `BatchPlan`. Every `orderBook10` row is a whole top 10, so of
 the valid snapshots a batch holds for one symbol only the newest by (exchange time, stream id) needs
-writing: the script would refuse the older ones anyway, or let the newest replace them a moment later.
+writing: the script would refuse the older ones anyway, or let the newest replace them a moment later. Likewise
+only the newest gap marker per symbol needs marking the key stale.
 Every entry, good or bad, is acknowledged once the writes are done; a bad one is reported with an
 excerpt, so the log shows what arrived, and never reaches the store.
 
