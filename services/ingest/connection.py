@@ -366,7 +366,7 @@ class Feed:
         if held is not None:
             self._log.warning("malformed_frame", session=session.id, error=reason, excerpt=excerpt(raw),
                               gap_markers=len(gaps), symbols=",".join(gap.symbol for gap in gaps),
-                              not_logged_before=held)
+                              suppressed=held)
         if session.foreign:
             self._unsubscribed(session)
 
@@ -376,7 +376,7 @@ class Feed:
         held = self._unsubscribed_log.admit(time.monotonic())
         if held is not None:
             self._log.warning("unsubscribed_symbol", session=session.id, symbol=excerpt(session.foreign[0], 40),
-                              parts=len(session.foreign), not_logged_before=held)
+                              parts=len(session.foreign), suppressed=held)
         session.foreign.clear()
 
     async def _watch(self, ws: ClientConnection, session: Session) -> str:
