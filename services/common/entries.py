@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+from services.common.config import SESSION_PATTERN
+from services.common.logs import excerpt
+
 GAP_ACTION = "gap"
 FRAME_ACTIONS = frozenset({"partial", "insert", "update", "delete"})
 ENTRY_ACTIONS = FRAME_ACTIONS | {GAP_ACTION}
@@ -62,7 +65,8 @@ def encode_gap(table: str, session: str, seq: int, recv_us: int, reason: str) ->
 
 
 def decode_entry(stream_id: bytes | str, fields: RawFields) -> StreamEntry:
-    """Decode one entry's fields (bytes names and values); raise EntryError if malformed.
+    """Decode one entry's fields (bytes names and values); raise EntryError if malformed, a session that
+    does not match SESSION_PATTERN included (it would become a key, a log field, a document).
 
     Every consumer calls this once per entry. The common case, a frame entry laid out as ingest writes it
     and passed as the flat list Redis sends, is read by position after one comparison of the names;
@@ -77,7 +81,7 @@ def decode_entry(stream_id: bytes | str, fields: RawFields) -> StreamEntry:
         except ValueError:
             pass  # diagnosed below
         else:
-            if entry.action in FRAME_ACTIONS:
+            if entry.action in FRAME_ACTIONS and SESSION_PATTERN.fullmatch(entry.session):
                 return entry
     named = field_map(fields)
     try:
@@ -90,6 +94,8 @@ def decode_entry(stream_id: bytes | str, fields: RawFields) -> StreamEntry:
         raise _diagnose(sid, named) from None
     if action not in ENTRY_ACTIONS:
         raise EntryError(f"entry {sid} has unknown action {action!r}")
+    if not SESSION_PATTERN.fullmatch(entry.session):
+        raise EntryError(f"entry {sid} has an invalid session {excerpt(ascii(entry.session), 40)}")
     return entry
 
 

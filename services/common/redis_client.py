@@ -19,12 +19,15 @@ retried for seconds would hide that.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
+
+from services.common.logs import EventLog
 
 CONNECT_TIMEOUT = 2.0
 RAW_REPLIES = ("XREADGROUP", "XRANGE")
@@ -71,6 +74,50 @@ async def evicting_policy(client: aioredis.Redis) -> str | None:
     if not policy or policy in EVICTION_SAFE_POLICIES:
         return None
     return str(policy)
+
+
+EVICTION_CHECK_INTERVAL: Final = 30.0
+"""How often every service asks for Redis's `maxmemory-policy`: a setting, not an event, so rarely."""
+
+
+class EvictionWatch:
+    """Every service's check of `evicting_policy`: each change logged once (`redis_evicting` when Redis may
+    evict, `redis_eviction_safe` when it no longer may), the current one shown in /healthz (`describe`).
+    It never makes /healthz fail: nothing is lost yet, and the services recover if something is."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self.policy: str | None = None
+        self._next_check = float("-inf")
+
+    async def check(self, client: aioredis.Redis, now: float) -> None:
+        """Ask Redis when a check is due (monotonic `now`); a failed ask raises, and is retried next call."""
+        if now < self._next_check:
+            return
+        policy = await evicting_policy(client)
+        self._next_check = now + EVICTION_CHECK_INTERVAL
+        if self.update(policy):
+            if policy is None:
+                self._log.info("redis_eviction_safe")
+            else:
+                self._log.warning("redis_evicting", policy=policy,
+                                  hint="set maxmemory-policy noeviction: an evicting Redis drops streams and keys")
+
+    def update(self, policy: str | None) -> bool:
+        """Take in the policy found; whether it changed."""
+        changed, self.policy = policy != self.policy, policy
+        return changed
+
+    def describe(self, detail: dict[str, Any]) -> None:
+        """Add `redis_policy_warning` to a /healthz detail while Redis may evict."""
+        if self.policy is not None:
+            detail["redis_policy_warning"] = (f"maxmemory-policy {self.policy} may evict streams and keys; "
+                                              "bookstream needs noeviction")
+
+
+def redis_lost_counter(service: str, documentation: str) -> Counter:
+    """`bookstream_<service>_redis_lost_total{what}`: Redis state the service relied on and found gone."""
+    return Counter(f"bookstream_{service}_redis_lost_total", documentation, ["what"])
 
 
 def stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:

@@ -35,12 +35,12 @@ from services.common.config import Settings, mask_url
 from services.common.health import safe_error
 from services.common.keys import Keys
 from services.common.logs import EventLog, excerpt
+from services.common.ratelimit import LogLimit
 from services.ingest import metrics
 from services.ingest.backoff import ReconnectBackoff, parse_retry_after
 from services.ingest.publisher import Publisher
 from services.ingest.recorder import Recorder
 from services.ingest.session import Reaction, Session, TopicState
-from services.ingest.throttle import Throttle
 
 PING_AFTER: Final = 1.0
 """Silence before a `ping`: well inside the liveness window (liveness.HEARD_WITHIN), so a quiet venue's
@@ -101,7 +101,7 @@ class Feed:
         self._retry_after: float | None = None
         self._heard_ns = time.perf_counter_ns()
         """`perf_counter_ns()` when the venue last said anything (a frame, a `pong`), or the session began."""
-        self._malformed_log, self._unsubscribed_log = Throttle(), Throttle()
+        self._malformed_log, self._unsubscribed_log = LogLimit(), LogLimit()
         self._url = mask_url(settings.ws_url)
         self.connected = asyncio.Event()
         """Set when a session connects, so its liveness key is written at once, not at the next tick."""
@@ -383,7 +383,7 @@ class Feed:
         if held is not None:
             self._log.warning("malformed_frame", session=session.id, error=reason, excerpt=excerpt(raw),
                               gap_markers=len(gaps), symbols=",".join(sorted({gap.symbol for gap in gaps})),
-                              not_logged_before=held)
+                              suppressed=held)
         if session.foreign:
             self._unsubscribed(session)
 
@@ -393,7 +393,7 @@ class Feed:
         held = self._unsubscribed_log.admit(time.monotonic())
         if held is not None:
             self._log.warning("unsubscribed_symbol", session=session.id, symbol=excerpt(session.foreign[0], 40),
-                              parts=len(session.foreign), not_logged_before=held)
+                              parts=len(session.foreign), suppressed=held)
         session.foreign.clear()
 
     async def _watch(self, ws: ClientConnection, session: Session) -> str:

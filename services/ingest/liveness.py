@@ -14,7 +14,7 @@ publisher's batches never queue behind it):
   (`entries-added`): a stream that vanished or holds fewer entries than ingest appended since the last
   look lost history, and that stream's topic (L2 or orderBook10) is resubscribed so its consumers get a
   fresh partial to resync from;
-- about every `EVICTION_CHECK_EVERY` seconds, whether Redis runs with an evicting `maxmemory-policy`.
+- about every `EVICTION_CHECK_INTERVAL` seconds, whether Redis runs with an evicting `maxmemory-policy`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,12 @@ from redis.exceptions import RedisError
 from services.common.bitmex import ORDERBOOK10_TABLE
 from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
 from services.common.logs import EventLog
-from services.common.redis_client import evicting_policy
+from services.common.redis_client import EvictionWatch
 from services.ingest import metrics
 from services.ingest.connection import Feed
 from services.ingest.publisher import Publisher, RedisStatus
 
 SCRIPT: Final = (Path(__file__).parent / "stream_check.lua").read_text()
-EVICTION_CHECK_EVERY: Final = 30.0
 UNKNOWN: Final = -1
 """What the stream check answers for a stream whose `entries-added` Redis cannot tell."""
 HEARD_WITHIN: Final = 3.0
@@ -80,17 +79,6 @@ class StreamWatch:
         return expected if found < expected else None
 
 
-class EvictionWatch:
-    """The last evicting `maxmemory-policy` seen; `update` says when it changed (each change logged once)."""
-
-    def __init__(self) -> None:
-        self.policy: str | None = None
-
-    def update(self, policy: str | None) -> bool:
-        changed, self.policy = policy != self.policy, policy
-        return changed
-
-
 def renewal_withheld(quiet_s: float | None, stalled_s: float) -> str | None:
     """Why the liveness key must not be renewed now, or None when it must.
 
@@ -115,14 +103,13 @@ class Heartbeat:
         self._feed, self._publisher, self._status, self._log = feed, publisher, status, log
         self._check_streams = redis.register_script(SCRIPT)
         self._streams = StreamWatch()
-        self.eviction = EvictionWatch()
+        self.eviction = EvictionWatch(log)
         self.renewed: tuple[str, float] | None = None
         """(session, monotonic time) of the last liveness write."""
         self.withheld: str | None = None
         """Why the current session's key is not being renewed (see `renewal_withheld`), None while it is."""
         self._withheld_from: str | None = None
         """The session whose withheld renewal was logged, until its renewal resumes."""
-        self._next_eviction_check = 0.0
 
     async def run(self) -> None:
         while True:
@@ -154,14 +141,7 @@ class Heartbeat:
                 metrics.REDIS_LOST.labels("symbols").inc(added)
                 self._log.warning("symbols_reannounced", added=added, symbols=len(symbols))
         await self._check_streams_kept(dict(self._publisher.appended))
-        if now >= self._next_eviction_check:
-            self._next_eviction_check = now + EVICTION_CHECK_EVERY
-            policy = await evicting_policy(self._redis)
-            if self.eviction.update(policy):
-                if policy is None:
-                    self._log.info("redis_eviction_safe")
-                else:
-                    self._log.warning("redis_evicting", policy=policy)
+        await self.eviction.check(self._redis, now)
 
     async def _renew(self, now: float) -> None:
         current = self._feed.quiet()

@@ -17,6 +17,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.common.redis_client import redis_lost_counter
+
 LATENCY_BUCKETS: Final = (
     *(step / 20_000 for step in range(1, 21)), 0.00125, 0.0015, 0.00175, 0.002, 0.0025, 0.003, 0.004, 0.005,
     0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -110,7 +112,6 @@ REDIS_UP: Final = Gauge("bookstream_ingest_redis_up",
                         "1 when Redis answered the last operation (publish, control, heartbeat), else 0", ["operation"])
 REDIS_ERRORS: Final = Counter("bookstream_ingest_redis_errors_total", "Failed Redis operations, by operation",
                               ["operation"])
-REDIS_LOST: Final = Counter("bookstream_ingest_redis_lost_total",
-                            "State Redis lost and ingest restored: symbols re-added, streams found short",
-                            ["what"])
+REDIS_LOST: Final = redis_lost_counter("ingest", "State Redis lost and ingest restored: symbols re-added, "
+                                                  "streams found short")
 RECORDED: Final = Counter("bookstream_ingest_recorded_frames_total", "Frames written to the --record capture")

@@ -136,7 +136,5 @@ class IngestService:
             "liveness": self.heartbeat.describe(), "exactly_once_fence": self.publisher.fence}
         if rejected and subscription_problem is None:
             detail["degraded"] = rejected
-        if self.heartbeat.eviction.policy is not None:
-            detail["redis_policy_warning"] = (f"maxmemory-policy {self.heartbeat.eviction.policy} may evict "
-                                              "streams and keys; bookstream requires noeviction")
+        self.heartbeat.eviction.describe(detail)
         return not problems, detail

@@ -43,7 +43,7 @@ from services.common.book import L2Book
 from services.common.config import ConfigError, mask_url
 from services.common.entries import EntryError, parse_stream_id
 from services.common.health import safe_error
-from services.l2builder.symbol_state import StaleKind, SymbolState
+from services.l2builder.symbol_state import StaleKind, SymbolState, stale_reason
 
 COLLECTION = "orderbooks"
 DUPLICATE_KEY = 11000
@@ -53,7 +53,6 @@ bytes); the rest is headroom for the update command that wraps the document."""
 LEVEL_BYTES_MAX = 47
 """The most BSON bytes one `[price, size, id]` level of an `L2Book` takes (a double and two int64, under
 an array index of up to seven digits); it bounds a book's size without encoding its levels."""
-TOO_LARGE = "too_large"
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -123,12 +122,14 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
     if not isinstance(document.get("version"), str):
         # Written by someone else: neither its levels nor its position can be trusted. The stream is read
         # from its start and the book waits for a partial.
-        kind, reason = StaleKind.INVALID_DOCUMENT, "foreign document: no version written by l2builder"
+        kind, reason = StaleKind.INVALID_DOCUMENT, stale_reason(StaleKind.INVALID_DOCUMENT,
+                                                           "foreign document: no version written by l2builder")
         position.update(stream_id=None, session=None, seq=0)
     elif not _valid_position(position):
         # Without a trustworthy position the stream is read from its start; the book waits for a partial,
         # so nothing read before it is applied, let alone twice.
-        kind, reason = StaleKind.INVALID_DOCUMENT, f"stored position is invalid: {position['stream_id']!r}"
+        kind, reason = StaleKind.INVALID_DOCUMENT, stale_reason(StaleKind.INVALID_DOCUMENT,
+                                                           f"stored position is invalid: {position['stream_id']!r}")
         position.update(stream_id=None, session=None, seq=0)
     else:
         try:
@@ -136,7 +137,8 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
                                                  "asks": _plain_levels(document.get("asks"))})
         except ValueError as exc:
             if document.get("status") == "live":
-                kind, reason = StaleKind.INVALID_DOCUMENT, f"stored book is invalid: {exc}"
+                kind, reason = StaleKind.INVALID_DOCUMENT, stale_reason(StaleKind.INVALID_DOCUMENT,
+                                                                   f"stored book is invalid: {exc}")
         if document.get("status") != "live":
             kind = StaleKind.RESTORED  # its levels, if valid, stay in the document until the next partial
     return SymbolState.restored(symbol, resync_interval, now, book=book, stale_kind=kind, reason=reason,
@@ -239,9 +241,8 @@ class FlushAction(enum.Enum):
 class FlushDecision:
     action: FlushAction
     stale_kind: StaleKind | None = None
-    reason: str | None = None
     detail: str | None = None
-    """What went wrong, for the log."""
+    """What went wrong, for the log (and, after `stale_kind`, the stale reason)."""
 
 
 def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[str, FlushDecision]:
@@ -255,11 +256,10 @@ def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[
             decision = FlushDecision(FlushAction.DROP, detail=f"stored version {result.superseded[symbol]}")
         elif symbol in result.too_large:
             detail = f"{result.too_large[symbol]} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit"
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.TOO_LARGE, f"{TOO_LARGE}: {detail}", detail)
+            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.TOO_LARGE, detail)
         elif symbol in result.unwritable:
             problem = result.unwritable[symbol]
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE,
-                                     f"book cannot be stored: {problem}", problem)
+            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE, f"book cannot be stored: {problem}")
         elif symbol in result.failed:
             decision = FlushDecision(FlushAction.RETRY, detail=result.failed[symbol])
         else:

@@ -82,14 +82,6 @@ class L2Streams:
                 invalid.append(member)
         return valid, invalid
 
-    async def alive(self, sessions: list[str]) -> dict[str, bool]:
-        """Whether each ingest session's liveness key exists, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for session in sessions:
-                pipe.exists(self.keys.ingest_alive(session))
-            replies = await pipe.execute()
-        return {session: bool(found) for session, found in zip(sessions, replies, strict=True)}
-
     async def ensure_group(self, symbol: str, start: str | None) -> None:
         """Create the group (and the stream) unless it exists, delivering what comes after `start`.
 

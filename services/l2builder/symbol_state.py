@@ -75,6 +75,11 @@ UNSTORABLE_KINDS = frozenset({StaleKind.UNWRITABLE, StaleKind.TOO_LARGE})
 """Kinds whose levels are what cannot be stored: their stale document keeps no levels."""
 
 
+def stale_reason(kind: StaleKind, detail: str) -> str:
+    """A stale book's reason, `<kind>: <detail>`: its machine-readable kind is `reason.split(":")[0]`."""
+    return f"{kind}: {detail}"
+
+
 class Outcome(enum.Enum):
     APPLIED = "applied"
     """Consumed: a live book took the frame, or a book waiting for its partial dropped it."""
@@ -112,7 +117,7 @@ class SymbolState:
     last_book: L2Book | None = None
     live: bool = False
     stale_kind: StaleKind | None = StaleKind.NO_PARTIAL
-    reason: str | None = "waiting for the first partial"
+    reason: str | None = stale_reason(StaleKind.NO_PARTIAL, "waiting for the first partial")
     stream_id: str | None = None
     session: str | None = None
     seq: int = 0
@@ -131,13 +136,14 @@ class SymbolState:
                  stream_id: str | None, session: str | None, seq: int, received_us: int | None,
                  stale_kind: StaleKind | None, reason: str | None) -> SymbolState:
         """The state a previous owner persisted: a stale kind means not live, and `book` (if any) is then
-        the stale document's last levels, kept until the next partial."""
+        the stale document's last levels, kept until the next partial. `reason` is stored as it came."""
         state = cls(symbol, resync_interval)
         state.stream_id, state.session, state.seq, state.received_us = stream_id, session, seq, received_us
         if book is not None and stale_kind is None:
             state.book, state.live, state.stale_kind, state.reason = book, True, None, None
         else:
-            state.mark_stale(stale_kind or StaleKind.RESTORED, reason or "restored stale", now)
+            state.mark_stale(stale_kind or StaleKind.RESTORED, "restored stale", now)
+            state.reason = reason or state.reason
             state.last_book = book
         return state
 
@@ -187,7 +193,7 @@ class SymbolState:
                 first = self.seq + 1 if same_session else 1
                 self._take(entry)
                 self.mark_stale(StaleKind.HOLE, f"entries missing from the stream: seq {first}..{entry.seq - 1}"
-                                                f" of session {entry.session}", now)
+                                f" of session {entry.session}", now)
                 return Outcome.STALE
             if self.session is not None:
                 self._take(entry)
@@ -207,7 +213,7 @@ class SymbolState:
             return Outcome.DUPLICATE
         self.stream_id = stream_id
         self.pending_ids.append(stream_id)
-        self.mark_stale(StaleKind.MALFORMED, f"malformed entry {stream_id}: {problem}", now)
+        self.mark_stale(StaleKind.MALFORMED, f"entry {stream_id}: {problem}", now)
         return Outcome.STALE
 
     def check_retained(self, first_id: str | None, first: StreamEntry | None, max_deleted_id: str,
@@ -239,12 +245,14 @@ class SymbolState:
         lost the entries the book was built from and whatever followed them: go stale and say False."""
         if parse_stream_id(last_generated_id) >= self.position:
             return True
-        self.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: the stream ends at {last_generated_id}, before the"
-                        f" stored position {self.stream_id}", now)
+        self.mark_stale(StaleKind.REDIS_LOST, f"the stream ends at {last_generated_id}, before the stored"
+                        f" position {self.stream_id}", now)
         return False
 
-    def mark_stale(self, kind: StaleKind, reason: str, now: float, keep_levels: bool = False) -> None:
+    def mark_stale(self, kind: StaleKind, detail: str, now: float, keep_levels: bool = False) -> None:
         """Stop trusting the book until the next partial; urgent kinds ask for a resync at once.
+
+        The reason is `stale_reason(kind, detail)`.
 
         The last exact levels stay in the document (a stale book says it cannot be trusted, but shows
         where the market was), unless they are what cannot be stored; a book that contradicted a frame
@@ -257,7 +265,7 @@ class SymbolState:
             self.last_book = None
         if not keep_levels:
             self.book = L2Book(self.symbol)
-        self.live, self.stale_kind, self.reason = False, kind, reason
+        self.live, self.stale_kind, self.reason = False, kind, stale_reason(kind, detail)
         self.next_resync_at = now if kind in URGENT_KINDS else now + self.resync_interval
         self.dirty = True
 
@@ -277,7 +285,7 @@ class SymbolState:
     def _gap(self, entry: StreamEntry, now: float) -> Outcome:
         if not self.live:
             return Outcome.APPLIED
-        self.mark_stale(StaleKind.GAP, f"gap: {entry.reason or 'unspecified'}", now)
+        self.mark_stale(StaleKind.GAP, entry.reason or "unspecified", now)
         return Outcome.STALE
 
     def _apply(self, text: str | bytes, now: float) -> Outcome:
@@ -287,10 +295,10 @@ class SymbolState:
                 raise ProtocolError("not a table frame", text)
             rows = self.book.apply(frame)  # a ValueError for a frame of another table or symbol
         except BookInconsistency as exc:
-            self.mark_stale(StaleKind.INCONSISTENT, f"inconsistency: {exc}", now)
+            self.mark_stale(StaleKind.INCONSISTENT, str(exc), now)
             return Outcome.STALE
         except ValueError as exc:  # ProtocolError, or a frame of another symbol
-            self.mark_stale(StaleKind.MALFORMED, f"malformed frame: {excerpt(str(exc), 300)}", now)
+            self.mark_stale(StaleKind.MALFORMED, f"frame: {excerpt(str(exc), 300)}", now)
             return Outcome.STALE
         except Exception as exc:  # input the parser or the book did not foresee costs this book, not the service
             self.mark_stale(StaleKind.MALFORMED, f"frame not applicable: {excerpt(repr(exc), 300)}", now)

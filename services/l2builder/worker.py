@@ -39,11 +39,12 @@ from services.common.backoff import Backoff
 from services.common.config import Settings, mask_url
 from services.common.entries import EntryError, decode_entry, parse_stream_id
 from services.common.health import safe_error
-from services.common.keys import SESSION_LOST_AFTER, Keys
+from services.common.keys import Keys
+from services.common.liveness import SessionTracker, sessions_alive
 from services.common.logs import EventLog, excerpt
-from services.common.redis_client import connect, evicting_policy
+from services.common.ratelimit import LogLimit
+from services.common.redis_client import EvictionWatch, connect
 from services.l2builder import metrics
-from services.l2builder.liveness import SessionWatch
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.store import (
@@ -84,10 +85,6 @@ MONGO_PING_EVERY = 2.0
 but healthy server never makes /healthz fail."""
 SHUTDOWN_FLUSH_SECONDS = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
-POLICY_CHECK_EVERY = 30.0
-"""How often Redis's maxmemory-policy is checked: an evicting policy loses leases and streams."""
-INVALID_LOG_EVERY = 10.0
-"""Least time between two log lines about invalid members of the symbols set (anyone may add some)."""
 INVALID_REMEMBERED = 10_000
 """Invalid names remembered so each is counted once; beyond that the memory starts afresh."""
 GC_GEN0_THRESHOLD = 50_000
@@ -140,11 +137,11 @@ class L2Builder:
         self._draining = False
         self._drain = asyncio.Event()
         self._wake_reader = asyncio.Event()
-        self.sessions = SessionWatch(SESSION_LOST_AFTER)
-        self.redis_policy_warning: str | None = None
-        self._policy_checked_at = -POLICY_CHECK_EVERY
+        self.sessions = SessionTracker()
+        self.eviction = EvictionWatch(log)
         self._invalid_seen: set[bytes] = set()
-        self._invalid_logged_at = -INVALID_LOG_EVERY
+        self._invalid_log = LogLimit(burst=1)
+        """Invalid members of the symbols set stay there (anyone may add some): one line per window."""
         self.invalid_symbols = 0
         self.read_paused: set[str] = set()
 
@@ -153,10 +150,7 @@ class L2Builder:
     async def main(self, stop: asyncio.Event) -> int:
         gc.set_threshold(GC_GEN0_THRESHOLD)
         settings = self.settings
-        self.redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"l2builder:{self.instance}")
-        self.store = BookStore(settings.mongo_url, settings.mongo_database)
-        self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
-        self.streams = L2Streams(self.redis, self.keys, self.instance, settings.redis_url, REDIS_SOCKET_TIMEOUT)
+        self.open()
         log.info("config", instance=self.instance, mongo_url=mask_url(settings.mongo_url),
                  database=settings.mongo_database, lease_ttl=settings.lease_ttl,
                  flush_interval=settings.flush_interval)
@@ -171,6 +165,19 @@ class L2Builder:
         stopped.cancel()
         await self._shutdown(loops)
         return 1 if crashed else 0
+
+    def open(self) -> None:
+        """The clients of Redis and MongoDB (connected on first use)."""
+        settings = self.settings
+        self.redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"l2builder:{self.instance}")
+        self.store = BookStore(settings.mongo_url, settings.mongo_database)
+        self.ownership = Ownership(self.redis, self.keys, self.instance, settings.lease_ttl)
+        self.streams = L2Streams(self.redis, self.keys, self.instance, settings.redis_url, REDIS_SOCKET_TIMEOUT)
+
+    async def close(self) -> None:
+        self.streams.close()
+        await self.redis.aclose()
+        await self.store.close()
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
         """Flush, acknowledge and release everything, so other instances take over at once."""
@@ -199,9 +206,7 @@ class L2Builder:
             await self.streams.forget_consumer(handed)
         log.info("handed_off", symbols=len(handed), unsettled=self._unsettled(),
                  frames_applied=self.frames_applied, rows_applied=self.rows_applied)
-        self.streams.close()
-        await self.redis.aclose()
-        await self.store.close()
+        await self.close()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
@@ -222,8 +227,7 @@ class L2Builder:
             "redis_ok_seconds_ago": round(redis_age, 3),
             "mongo_ok_seconds_ago": round(mongo_age, 3),
         }
-        if self.redis_policy_warning is not None:
-            detail["redis_policy_warning"] = self.redis_policy_warning
+        self.eviction.describe(detail)
         return redis_age < limit and mongo_age < limit, detail
 
     async def _pause(self, seconds: float) -> None:
@@ -271,9 +275,7 @@ class L2Builder:
             if now - self._inspected_at >= INSPECT_EVERY:
                 self._inspected_at = now
                 await self._inspect_streams()
-            if now - self._policy_checked_at >= POLICY_CHECK_EVERY:
-                self._policy_checked_at = now
-                await self._check_policy()
+            await self.eviction.check(self.redis, now)
         except RedisError as exc:
             self._redis_failed("ownership", exc)
         self._update_gauges()
@@ -288,16 +290,11 @@ class L2Builder:
                 self._invalid_seen.clear()
             self._invalid_seen.update(new)
             metrics.INVALID_SYMBOLS.inc(len(new))
-        if invalid and now - self._invalid_logged_at >= INVALID_LOG_EVERY:
-            self._invalid_logged_at = now
-            log.warning("invalid_symbols", count=len(invalid), example=excerpt(repr(min(invalid)), 80))
+        held = self._invalid_log.admit(now) if invalid else None
+        if held is not None:
+            log.warning("invalid_symbols", count=len(invalid), example=excerpt(repr(min(invalid)), 80),
+                        suppressed=held)
         return symbols
-
-    async def _check_policy(self) -> None:
-        policy = await evicting_policy(self.redis)
-        if policy != self.redis_policy_warning and policy is not None:
-            log.warning("redis_evicting", policy=policy)
-        self.redis_policy_warning = policy
 
     async def _renew(self, now: float, everything: bool = False) -> None:
         leases = [owned.lease for owned in self.owned.values()]
@@ -329,44 +326,49 @@ class L2Builder:
             if state is None:
                 owned.lost = "the lease's epoch vanished from Redis"
                 continue
-            state.mark_stale(StaleKind.REDIS_LOST, "redis_lost: the lease's epoch vanished from Redis",
-                             time.monotonic())
+            state.mark_stale(StaleKind.REDIS_LOST, "the lease's epoch vanished from Redis", time.monotonic())
             self._note(lease.symbol, state, Outcome.STALE)
             await self.streams.ensure_group(lease.symbol, state.stream_id)
 
     async def _stale_in_place(self, marks: dict[str, tuple[StaleKind, str, bool]]) -> list[str]:
-        """Mark books stale where they stand, by symbol (kind, reason, keep_levels); return those marked.
+        """Mark books stale where they stand, by symbol (kind, detail, keep_levels); return those marked.
 
-        No entry moved them, and a document's version is (epoch, stream id): each lease first moves to a
-        new epoch, so the stale book is written over the live one stored at the same position.
+        The books turn stale in memory before anything is awaited: a flush running meanwhile must never
+        store one of them live under the new epoch, which would leave the stale document that follows at
+        the same version, refused. No entry moved them, and a document's version is (epoch, stream id), so
+        each lease then moves to a new epoch and its book is written again under it, over the live one
+        stored at the same position (a flush during the move wrote it under the old epoch, refused).
         """
-        targets = {symbol: owned for symbol in marks if (owned := self.owned.get(symbol)) is not None
-                   and owned.state is not None}
-        unmoved = await self.ownership.advance([owned.lease for owned in targets.values()])
+        targets: dict[str, tuple[Owned, SymbolState]] = {
+            symbol: (owned, owned.state) for symbol in marks
+            if (owned := self.owned.get(symbol)) is not None and owned.state is not None}
+        now = time.monotonic()
+        for symbol, (_, state) in targets.items():
+            kind, detail, keep_levels = marks[symbol]
+            state.mark_stale(kind, detail, now, keep_levels=keep_levels)
+            self._note(symbol, state, Outcome.STALE)
+        unmoved = await self.ownership.advance([owned.lease for owned, _ in targets.values()])
+        for _, state in targets.values():
+            state.dirty = True
         if unmoved:  # the epoch key is gone or another instance holds the lease
             await self._retake(unmoved)
             for lease in unmoved:
                 targets.pop(lease.symbol)
-        now = time.monotonic()
-        marked = []
-        for symbol, owned in targets.items():
-            if self.owned.get(symbol) is not owned or owned.state is None:
-                continue
-            kind, reason, keep_levels = marks[symbol]
-            owned.state.mark_stale(kind, reason, now, keep_levels=keep_levels)
-            self._note(symbol, owned.state, Outcome.STALE)
-            marked.append(symbol)
-        return marked
+        return [symbol for symbol, (owned, _) in targets.items() if self.owned.get(symbol) is owned]
 
     async def _check_liveness(self, now: float) -> None:
         """Mark stale the live books of ingest sessions whose liveness key has been gone too long."""
-        live = {symbol: owned.state for symbol, owned in self.owned.items()
-                if owned.state is not None and owned.state.live and owned.state.session is not None}
-        sessions = sorted({state.session for state in live.values() if state.session is not None})
-        lost = self.sessions.observe(await self.streams.alive(sessions) if sessions else {}, now)
-        marks = {symbol: (StaleKind.INGEST_LOST, f"ingest_lost: session {state.session} has had no liveness"
-                          f" key for {self.sessions.absent_for(state.session, now):.1f} s", True)
-                 for symbol, state in live.items() if state.session in lost and state.session is not None}
+        named = {owned.state.session for owned in self.owned.values()
+                 if owned.state is not None and owned.state.session is not None}
+        sessions = self.sessions.watch(named, now)
+        changes = self.sessions.observe(await sessions_alive(self.redis, self.keys, sessions), now)
+        for session in changes.lost:
+            log.warning("session_lost", session=session, absent_for_s=round(self.sessions.absent_for(session, now), 1))
+        # The books are read again after the await: one may have moved on to another session meanwhile.
+        marks = {symbol: (StaleKind.INGEST_LOST, self.sessions.lost_detail(state.session, now), True)
+                 for symbol, owned in self.owned.items()
+                 if (state := owned.state) is not None and state.live and state.session is not None
+                 and self.sessions.is_lost(state.session)}
         if marks:
             await self._stale_in_place(marks)
 
@@ -445,10 +447,10 @@ class L2Builder:
             if owned is None or owned.state is None:
                 continue
             if group is None:
-                marks[symbol] = (StaleKind.REDIS_LOST, "redis_lost: its stream or consumer group vanished", False)
+                marks[symbol] = (StaleKind.REDIS_LOST, "its stream or consumer group vanished", False)
             elif parse_stream_id(group.last_delivered) < owned.state.position:
-                marks[symbol] = (StaleKind.REDIS_LOST,
-                                 f"redis_lost: its consumer group went back to {group.last_delivered}", False)
+                marks[symbol] = (StaleKind.REDIS_LOST, f"its consumer group went back to {group.last_delivered}",
+                                 False)
             elif group.lag is not None:
                 metrics.LAG.labels(symbol).set(group.lag + self._unacked_of(symbol, owned.state))
         if not marks:
@@ -510,7 +512,7 @@ class L2Builder:
         now = time.monotonic()
         state = restore_state(symbol, document, self.settings.resubscribe_interval, now)
         if owned.lost is not None:
-            state.mark_stale(StaleKind.REDIS_LOST, f"redis_lost: {owned.lost}", now)
+            state.mark_stale(StaleKind.REDIS_LOST, owned.lost, now)
             self._note(symbol, state, Outcome.STALE)
             owned.lost = None
         await self.streams.ensure_group(symbol, state.stream_id)
@@ -538,8 +540,8 @@ class L2Builder:
         until = await self.streams.last_delivered(symbol)
         if until is None:  # ensured when the document was loaded: Redis lost it since
             metrics.REDIS_LOST.labels("group").inc()
-            await self._stale_in_place({symbol: (StaleKind.REDIS_LOST,
-                                                 "redis_lost: its stream or consumer group vanished", False)})
+            await self._stale_in_place({symbol: (StaleKind.REDIS_LOST, "its stream or consumer group vanished",
+                                                 False)})
             await self.streams.ensure_group(symbol, state.stream_id)
             return True
         end = parse_stream_id(until)
@@ -650,6 +652,11 @@ class L2Builder:
             if outcome is Outcome.HOLE:
                 complete = False
                 break
+            if outcome is Outcome.LIVE and state.session is not None and self.sessions.is_lost(state.session):
+                # A late partial of a dead session: exact once, but nothing says the market stayed there.
+                state.mark_stale(StaleKind.INGEST_LOST, self.sessions.lost_detail(state.session, now), now,
+                                 keep_levels=True)
+                outcome = Outcome.STALE
             self._note(symbol, state, outcome)
         frames, rows = state.frames_applied - frames, state.rows_applied - rows
         self.frames_applied += frames
@@ -726,11 +733,11 @@ class L2Builder:
                     log.warning("write_failed", symbol=symbol, error=decision.detail,
                                 failures=owned.write_backoff.failures)
             elif owned.state is not None:
-                assert decision.stale_kind is not None and decision.reason is not None
+                assert decision.stale_kind is not None and decision.detail is not None
                 metrics.FLUSH_ERRORS.inc()
                 log.error("book_unstorable", symbol=symbol, kind=decision.stale_kind, error=decision.detail)
                 # The stale document without levels is small: the next flush stores it and acks these ids.
-                owned.state.mark_stale(decision.stale_kind, decision.reason, now)
+                owned.state.mark_stale(decision.stale_kind, decision.detail, now)
                 self._note(symbol, owned.state, Outcome.STALE)
         await self._ack()
         await self._release_settled()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.redis_client import redis_lost_counter
+
 ENTRIES = Counter(
     "bookstream_top10_entries",
     "ob10 stream entries processed (written, refused or set aside), by how they were read: new (>), pending "
@@ -62,11 +64,10 @@ SESSIONS_LOST = Counter(
     "ingest sessions whose liveness key stayed absent for SESSION_LOST_AFTER while top10 keys named them")
 STALE_MARKS = Counter(
     "bookstream_top10_stale_marks",
-    "top10 keys this instance marked stale (each key once per lost session, whichever instance gets there "
-    "first)",
+    "top10 keys this instance marked stale, by kind: ingest_lost (each key once per lost session), gap (a "
+    "gap marker newer than the key's snapshot); whichever instance gets there first",
     ["reason"])
-REDIS_STATE_LOST = Counter(
-    "bookstream_top10_redis_state_lost",
+REDIS_LOST = redis_lost_counter(
+    "top10",
     "Redis state top10 relied on and found gone, then rebuilt: group (the top10 group of a stream it "
-    "consumed, recreated from id 0)",
-    ["what"])
+    "consumed, recreated from id 0)")

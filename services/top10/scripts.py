@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from services.common.redis_wire import Command
-from services.top10.snapshots import Top10Write
+from services.top10.snapshots import GapMark, Top10Write
 
 
 class LuaScript:
@@ -38,25 +38,25 @@ class LuaScript:
 STORE_TOP10 = LuaScript.from_package("store_top10.lua")
 REMOVE_CONSUMER = LuaScript.from_package("remove_consumer.lua")
 MARK_STALE = LuaScript.from_package("mark_stale.lua")
+MARK_GAP = LuaScript.from_package("mark_gap.lua")
 
 LIVE, STALE = "live", "stale"
-INGEST_LOST = "ingest_lost"
 
 ScriptCall = tuple[Sequence[str | bytes], Sequence[bytes | str | int | float]]
 
 
-def store_top10_call(key: str, write: Top10Write, tolerance_us: int, session_lost: bool = False) -> ScriptCall:
+def store_top10_call(key: str, write: Top10Write, tolerance_us: int, lost_reason: str | None = None) -> ScriptCall:
     """The keys and arguments of `store_top10.lua` for one write to the hash (and channel) `key`.
 
-    A snapshot of a session known to be lost is still the newest there is, but nothing says the market has
-    not moved since: it is written `stale`.
+    A snapshot of a session known to be lost (`lost_reason`) is still the newest there is, but nothing says
+    the market has not moved since: it is written `stale`. The script appends status and reason to the
+    message (it may write the snapshot stale itself, see there).
     """
     snapshot = write.snapshot
     ts_us, id_ms, id_seq = write.order
-    status, reason = (STALE, INGEST_LOST) if session_lost else (LIVE, "")
+    status, reason = (STALE, lost_reason) if lost_reason is not None else (LIVE, "")
     message = orjson.dumps({"symbol": write.symbol, "bids": snapshot.bids, "asks": snapshot.asks,
-                            "timestamp": snapshot.timestamp, "stream_id": write.stream_id,
-                            "status": status, "reason": reason})
+                            "timestamp": snapshot.timestamp, "stream_id": write.stream_id})[:-1]
     return [key], [ts_us, id_ms, id_seq, write.stream_id, orjson.dumps(snapshot.bids), orjson.dumps(snapshot.asks),
                    snapshot.timestamp, write.recv_us, message, write.session, status, reason, tolerance_us]
 
@@ -65,6 +65,13 @@ def mark_stale_call(key: str, symbol: str, session: str, reason: str) -> ScriptC
     """The keys and arguments of `mark_stale.lua`: mark `key` stale if it still holds a snapshot of `session`."""
     message = orjson.dumps({"symbol": symbol, "status": STALE, "reason": reason, "session": session})
     return [key], [session, reason, message]
+
+
+def mark_gap_call(key: str, gap: GapMark) -> ScriptCall:
+    """The keys and arguments of `mark_gap.lua`: mark `key` stale unless it holds a snapshot newer than `gap`."""
+    message = orjson.dumps({"symbol": gap.symbol, "status": STALE, "reason": gap.reason, "session": gap.session,
+                            "stream_id": gap.stream_id})
+    return [key], [*gap.position, gap.stream_id, gap.reason, message]
 
 
 async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:

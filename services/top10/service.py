@@ -6,7 +6,8 @@ writes succeeded. The housekeeping loop joins the streams of newly seen symbols,
 consumers left pending, and removes members long gone. Any instance may process any entry: the script, not
 the order of processing, decides what a key holds, so instances can be added, killed or restarted at will.
 The liveness loop marks `stale` the keys whose ingest session is gone (see liveness.py); every instance
-does it for every key, which the marking script makes harmless.
+does it for every key, which the marking script makes harmless. A gap marker read from a stream marks its
+key `stale` the same way, unless the key holds a snapshot from after the gap (mark_gap.lua).
 
 Redis being down is a state, not a crash: each loop logs, counts, backs off and retries, and /healthz fails
 once no Redis call has succeeded for HEALTH_STALE_AFTER seconds. Redis losing state (FLUSHALL, a failover
@@ -26,35 +27,30 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT
 
 from services.common.backoff import Backoff
-from services.common.config import SYMBOL_PATTERN, Settings
+from services.common.config import SESSION_PATTERN, SYMBOL_PATTERN, Settings
 from services.common.health import safe_error
 from services.common.keys import SESSION_LOST_AFTER, TOP10_GROUP, Keys
+from services.common.liveness import INGEST_LOST, SessionTracker, sessions_alive
 from services.common.logs import EventLog, excerpt
-from services.common.redis_client import connect, evicting_policy, stream_pairs
+from services.common.ratelimit import LogLimit
+from services.common.redis_client import EvictionWatch, connect, stream_pairs
 from services.common.redis_wire import RedisWire
 from services.top10 import group, metrics
-from services.top10.liveness import KeyLiveness, SessionWatch, keys_to_mark
-from services.top10.ratelimit import LogRateLimit
+from services.top10.liveness import KeyLiveness, keys_to_mark
 from services.top10.scripts import (
-    INGEST_LOST,
+    MARK_GAP,
     MARK_STALE,
     STORE_TOP10,
+    LuaScript,
     ScriptCall,
     evalsha_command,
+    mark_gap_call,
     mark_stale_call,
     raise_first_error,
     run_pipelined,
     store_top10_call,
 )
-from services.top10.snapshots import (
-    SESSION_PATTERN,
-    Acks,
-    BatchPlan,
-    RawEntry,
-    Top10Write,
-    plan_batch,
-    stream_symbol,
-)
+from services.top10.snapshots import Acks, BatchPlan, GapMark, RawEntry, Top10Write, plan_batch, stream_symbol
 
 READ_BLOCK_MS: Final = 1000
 WRITING_BLOCK_MS: Final = 10
@@ -67,9 +63,6 @@ SOCKET_TIMEOUT: Final = READ_BLOCK_MS / 1000 + 4.0
 HOUSEKEEPING_INTERVAL: Final = 1.0
 LIVENESS_INTERVAL: Final = 1.0
 """How often the sessions behind the keys are checked: the contract says at least once a second."""
-SESSION_RETAIN: Final = 60.0
-"""How long a session stays watched after the last key naming it, so a late snapshot of it is known lost."""
-EVICTION_CHECK_INTERVAL: Final = 30.0
 SHOWN_SYMBOLS: Final = 20
 """Symbols named in one log line; the count says how many there were."""
 SHUTDOWN_DRAIN_SECONDS: Final = 5.0
@@ -98,9 +91,9 @@ class Top10Service:
         self._stream_symbols: dict[bytes, str] = {}
         """ob10 stream key as Redis returns it -> its symbol, for the stream keys validated so far."""
         self._tolerance_us = int(settings.timestamp_tolerance * 1_000_000)
-        self._watch = SessionWatch(SESSION_LOST_AFTER, SESSION_RETAIN)
-        self._future_log, self._invalid_log = LogRateLimit(), LogRateLimit()
-        self._policy_warning: str | None = None
+        self._sessions = SessionTracker()
+        self._future_log, self._invalid_log = LogLimit(burst=1), LogLimit(burst=1)
+        self._eviction = EvictionWatch(log)
         self._streams_joined = asyncio.Event()
         self._skipped_symbols: set[str] = set()
         self._unacknowledged: Acks = {}
@@ -141,10 +134,8 @@ class Top10Service:
         detail: dict[str, Any] = {
             "consumer": self._consumer, "group": TOP10_GROUP, "streams": len(self._symbols),
             "redis_ok_seconds_ago": round(since_ok, 3), "read_ok_seconds_ago": round(since_read, 3),
-            "sessions_lost": len(self._watch.lost), "last_error": self._last_error}
-        if self._policy_warning is not None:
-            # Not a failure: nothing is lost yet, and the services recover if it happens.
-            detail["redis_policy_warning"] = self._policy_warning
+            "sessions_lost": len(self._sessions.lost), "last_error": self._last_error}
+        self._eviction.describe(detail)
         return max(since_ok, since_read) <= self._settings.health_stale_after, detail
 
     # The read loop
@@ -189,21 +180,25 @@ class Top10Service:
         """
         plan, self._planned = self._planned, None
         writes = list(plan.writes.values()) if plan is not None else []
-        calls = self._store_calls(writes)
+        gaps = list(plan.gap_marks.values()) if plan is not None else []
+        calls, gap_calls = self._store_calls(writes), self._gap_calls(gaps)
         acks = [("XACK", stream, TOP10_GROUP, *ids) for stream, ids in self._unacknowledged.items()]
         streams = list(self._symbols.values())
         read_new = ("XREADGROUP", "GROUP", TOP10_GROUP, self._consumer, "COUNT", READ_COUNT,
-                    "BLOCK", WRITING_BLOCK_MS if calls else READ_BLOCK_MS, "STREAMS", *streams, *(">",) * len(streams))
-        replies = await self._wire.call([*acks, *(evalsha_command(STORE_TOP10, call) for call in calls), read_new])
+                    "BLOCK", WRITING_BLOCK_MS if calls or gap_calls else READ_BLOCK_MS,
+                    "STREAMS", *streams, *(">",) * len(streams))
+        # The scripts make the order of snapshot writes and gap marks irrelevant (stream ids decide).
+        replies = await self._wire.call([*acks, *(evalsha_command(STORE_TOP10, call) for call in calls),
+                                         *(evalsha_command(MARK_GAP, call) for call in gap_calls), read_new])
         acks_done = len(acks)
         raise_first_error(replies[:acks_done])
         self._unacknowledged = {}
         if plan is not None:
-            results = replies[acks_done:acks_done + len(calls)]
-            if any(isinstance(result, NoScriptError) for result in results):
-                results = await run_pipelined(self._redis, STORE_TOP10, calls)
-            raise_first_error(results)
+            written = acks_done + len(calls)
+            results = await self._retried(STORE_TOP10, calls, replies[acks_done:written])
+            marked = await self._retried(MARK_GAP, gap_calls, replies[written:written + len(gap_calls)])
             self._count_writes(writes, results)
+            self._count_gap_marks(gaps, marked)
             self._report(plan, "new")
             self._unacknowledged = plan.acks
         read_reply = replies[-1]
@@ -212,6 +207,13 @@ class Top10Service:
         batch = list(stream_pairs(read_reply))
         if batch:
             self._planned = self._plan(batch)
+
+    async def _retried(self, script: LuaScript, calls: list[ScriptCall], results: list[Any]) -> list[Any]:
+        """The replies of `calls` sent by SHA with the read; sent again with the script loaded after NOSCRIPT."""
+        if any(isinstance(result, NoScriptError) for result in results):
+            results = await run_pipelined(self._redis, script, calls)
+        raise_first_error(results)
+        return results
 
     async def _process_own_pending(self) -> bool:
         """Process a page of the entries delivered to us but not acknowledged; False once there are none."""
@@ -240,15 +242,32 @@ class Top10Service:
     async def _process(self, batch: Iterable[tuple[bytes, list[RawEntry]]], source: str) -> Acks:
         """Write the newest snapshot per symbol; return the entries to acknowledge, now that it is done."""
         plan = self._plan(batch)
-        writes = list(plan.writes.values())
+        writes, gaps = list(plan.writes.values()), list(plan.gap_marks.values())
         if writes:
             self._count_writes(writes, await run_pipelined(self._redis, STORE_TOP10, self._store_calls(writes)))
+        if gaps:
+            self._count_gap_marks(gaps, await run_pipelined(self._redis, MARK_GAP, self._gap_calls(gaps)))
         self._report(plan, source)
         return plan.acks
 
     def _store_calls(self, writes: list[Top10Write]) -> list[ScriptCall]:
+        now = time.monotonic()
         return [store_top10_call(self._keys.top10(write.symbol), write, self._tolerance_us,
-                                 self._watch.is_lost(write.session)) for write in writes]
+                                 self._sessions.lost_reason(write.session, now)
+                                 if self._sessions.is_lost(write.session) else None) for write in writes]
+
+    def _gap_calls(self, gaps: list[GapMark]) -> list[ScriptCall]:
+        return [mark_gap_call(self._keys.top10(gap.symbol), gap) for gap in gaps]
+
+    @staticmethod
+    def _count_gap_marks(gaps: list[GapMark], results: list[Any]) -> None:
+        marked = [gap for gap, result in zip(gaps, results, strict=True) if result == 1]
+        if not marked:
+            return
+        metrics.STALE_MARKS.labels("gap").inc(len(marked))
+        symbols = [gap.symbol for gap in marked]
+        log.warning("keys_marked_stale", kind="gap", reason=marked[0].reason, keys=len(marked),
+                    symbols=",".join(symbols[:SHOWN_SYMBOLS]))
 
     @staticmethod
     def _count_writes(writes: list[Top10Write], results: list[Any]) -> None:
@@ -287,7 +306,7 @@ class Top10Service:
         _report_trimmed(plan.trimmed)
         if plan.future:
             metrics.FUTURE_TIMESTAMPS.inc(len(plan.future))
-            held = self._future_log.allow(time.monotonic())
+            held = self._future_log.admit(time.monotonic())
             if held is not None:
                 first = plan.future[0]
                 log.warning("future_timestamp", symbol=first.symbol, id=first.stream_id,
@@ -298,7 +317,7 @@ class Top10Service:
     def _invalid_name(self, source: str, name: bytes | str) -> None:
         """Count a name read from Redis that failed validation; log it rate-limited, escaped and cut short."""
         metrics.INVALID_NAMES.labels(source).inc()
-        held = self._invalid_log.allow(time.monotonic())
+        held = self._invalid_log.admit(time.monotonic())
         if held is not None:
             log.warning("invalid_name", source=source, name=excerpt(ascii(name), 60), suppressed=held)
 
@@ -310,13 +329,11 @@ class Top10Service:
         loop = asyncio.get_running_loop()
         # Departed consumers are rare and harmless, so look for them a few times per expiry period only.
         janitor_interval = min(max(self._settings.consumer_expiry / 4, HOUSEKEEPING_INTERVAL), 15.0)
-        next_janitor = next_eviction_check = 0.0
+        next_janitor = 0.0
         while True:
             operation = "eviction_check"
             try:
-                if loop.time() >= next_eviction_check:
-                    await self._check_eviction_policy()
-                    next_eviction_check = loop.time() + EVICTION_CHECK_INTERVAL
+                await self._eviction.check(self._redis, time.monotonic())
                 operation = "discover"
                 await self._join_new_streams()
                 operation = "claim"
@@ -388,21 +405,10 @@ class Top10Service:
             for symbol in sorted(refused):
                 self._skip(symbol, joined.refused[self._keys.ob10_stream(symbol)])
         if joined.created:
-            metrics.REDIS_STATE_LOST.labels("group").inc(len(joined.created))
+            metrics.REDIS_LOST.labels("group").inc(len(joined.created))
             symbols = [self._keys.symbol_of(stream) for stream in joined.created]
             log.warning("redis_state_lost", what="group", action="recreated", operation=operation,
                         streams=len(joined.created), symbols=",".join(symbols[:SHOWN_SYMBOLS]))
-
-    async def _check_eviction_policy(self) -> None:
-        policy = await evicting_policy(self._redis)
-        if policy == self._policy_warning:
-            return
-        if policy is not None:
-            log.warning("redis_evicting", policy=policy,
-                        hint="set maxmemory-policy noeviction: an evicting Redis drops streams and keys")
-        else:
-            log.info("redis_evicting_ended", previous=self._policy_warning)
-        self._policy_warning = policy
 
     # Liveness
 
@@ -440,25 +446,24 @@ class Top10Service:
                 self._invalid_name("key_session", reply[0])
                 continue
             keys[symbol] = KeyLiveness(session, _text(reply[1] or b""))
-        self._watch.reference({key.session for key in keys.values()}, time.monotonic())
-        sessions = self._watch.watched()
+        sessions = self._sessions.watch({key.session for key in keys.values()}, time.monotonic())
         if not sessions:
             return True
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for session in sessions:
-                pipe.exists(self._keys.ingest_alive(session))
-            exists = await pipe.execute()
-        changes = self._watch.observe(dict(zip(sessions, map(bool, exists), strict=True)), time.monotonic())
+        alive = await sessions_alive(self._redis, self._keys, sessions)
+        now = time.monotonic()
+        changes = self._sessions.observe(alive, now)
         for session in changes.lost:
             metrics.SESSIONS_LOST.inc()
             log.warning("session_lost", session=session, keys=sum(key.session == session for key in keys.values()),
-                        absent_for_s=SESSION_LOST_AFTER)
+                        absent_for_s=round(self._sessions.absent_for(session, now), 1))
         for session in changes.back:
             log.info("session_back", session=session, hint="its keys turn live with their next snapshot")
-        marks = keys_to_mark(keys, self._watch.lost)
+        marks = keys_to_mark(keys, self._sessions.lost)
         if not marks:
             return True
-        calls = [mark_stale_call(self._keys.top10(symbol), symbol, session, INGEST_LOST) for symbol, session in marks]
+        reasons = {session: self._sessions.lost_reason(session, now) for _, session in marks}
+        calls = [mark_stale_call(self._keys.top10(symbol), symbol, session, reasons[session])
+                 for symbol, session in marks]
         results = await run_pipelined(self._redis, MARK_STALE, calls)
         marked: dict[str, list[str]] = {}
         for (symbol, session), result in zip(marks, results, strict=True):
@@ -466,8 +471,8 @@ class Top10Service:
                 marked.setdefault(session, []).append(symbol)
         for session, marked_symbols in marked.items():
             metrics.STALE_MARKS.labels(INGEST_LOST).inc(len(marked_symbols))
-            log.warning("keys_marked_stale", reason=INGEST_LOST, session=session, keys=len(marked_symbols),
-                        symbols=",".join(marked_symbols[:SHOWN_SYMBOLS]))
+            log.warning("keys_marked_stale", kind=INGEST_LOST, reason=reasons[session], session=session,
+                        keys=len(marked_symbols), symbols=",".join(marked_symbols[:SHOWN_SYMBOLS]))
         return True
 
     async def _claim_abandoned(self) -> None:

@@ -2,7 +2,8 @@
 
 A batch read from the streams becomes a `BatchPlan`. Every `orderBook10` row is a whole top 10, so of
 the valid snapshots a batch holds for one symbol only the newest by (exchange time, stream id) needs
-writing: the script would refuse the older ones anyway, or let the newest replace them a moment later.
+writing: the script would refuse the older ones anyway, or let the newest replace them a moment later. Likewise
+only the newest gap marker per symbol needs marking the key stale.
 Every entry, good or bad, is acknowledged once the writes are done; a bad one is reported with an
 excerpt, so the log shows what arrived, and never reaches the store.
 
@@ -13,19 +14,23 @@ so it cannot hold the key against the real snapshots that follow it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from services.common.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, parse_frame
 from services.common.config import SYMBOL_PATTERN
-from services.common.entries import EntryError, RawFields, StreamEntry, decode_entry, field_map, parse_stream_id
+from services.common.entries import (
+    GAP_ACTION,
+    EntryError,
+    RawFields,
+    StreamEntry,
+    decode_entry,
+    field_map,
+    parse_stream_id,
+)
 from services.common.keys import Keys
 from services.common.logs import excerpt
 from services.common.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
-
-SESSION_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-"""What an ingest session id may look like: it becomes part of a Redis key (the session's liveness key)."""
 
 OrderKey = tuple[int, int, int]
 """(order time in epoch microseconds, stream id ms, stream id seq): the order the script keeps. The order
@@ -50,6 +55,18 @@ class Top10Write:
     snapshot: Top10Snapshot
     future: bool = False
     """The exchange time led the receive time by more than the tolerance: ordered by receive time."""
+
+
+@dataclass(frozen=True, slots=True)
+class GapMark:
+    """The newest gap marker of a symbol in a batch: its key turns stale unless it holds a newer snapshot."""
+
+    symbol: str
+    stream_id: str
+    position: tuple[int, int]
+    session: str
+    reason: str
+    """The key's stale reason, `gap: <the marker's reason>`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +95,7 @@ class BatchPlan:
     rejected: list[Rejection] = field(default_factory=list)
     future: list[Top10Write] = field(default_factory=list)
     """Every valid snapshot stamped beyond the tolerance, superseded in the batch or not."""
+    gap_marks: dict[str, GapMark] = field(default_factory=dict)
 
     def add(self, stream: bytes | str, symbol: str, entry_id: bytes | str, fields: RawFields | None) -> None:
         """Classify one entry of `stream` (the ob10 stream of `symbol`) and schedule its acknowledgement."""
@@ -92,8 +110,9 @@ class BatchPlan:
         try:
             entry = decode_entry(stream_id, fields)
             if entry.is_gap:
-                # A gap says frames may be missing; the next snapshot replaces everything anyway.
+                # Frames may be missing from here on: the key cannot be trusted until the next snapshot.
                 self.gaps += 1
+                self._add_gap(symbol, entry)
                 return
             write = read_snapshot(symbol, entry, self.tolerance_us)
         except (EntryError, ProtocolError) as exc:
@@ -113,14 +132,20 @@ class BatchPlan:
             self.writes[symbol] = write
 
 
+    def _add_gap(self, symbol: str, entry: StreamEntry) -> None:
+        position = parse_stream_id(entry.stream_id)
+        current = self.gap_marks.get(symbol)
+        if current is None or position > current.position:
+            self.gap_marks[symbol] = GapMark(symbol, entry.stream_id, position, entry.session,
+                                             f"{GAP_ACTION}: {entry.reason or 'unspecified'}")
+
+
 def read_snapshot(symbol: str, entry: StreamEntry, tolerance_us: int) -> Top10Write | None:
     """The write an entry of `symbol`'s ob10 stream asks for; None for a frame with no rows.
 
-    Raises EntryError or ProtocolError when the frame is malformed, is not an orderBook10 frame, is
-    about another symbol, or names a session that cannot be an ingest session id.
+    Raises EntryError or ProtocolError when the frame is malformed, is not an orderBook10 frame or is
+    about another symbol (`decode_entry` has checked the session already).
     """
-    if not SESSION_PATTERN.fullmatch(entry.session):
-        raise EntryError(f"entry {entry.stream_id} has an invalid session {excerpt(ascii(entry.session), 40)}")
     if entry.table != ORDERBOOK10_TABLE:
         raise EntryError(f"entry {entry.stream_id} of table {entry.table!r} in an {ORDERBOOK10_TABLE} stream")
     frame = parse_frame(entry.frame)

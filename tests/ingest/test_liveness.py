@@ -1,4 +1,4 @@
-"""The pure parts of the heartbeat and the connection's health: lost streams, eviction, silence, topics."""
+"""The pure parts of the heartbeat and the connection's health: lost streams, silence, topics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from services.ingest.liveness import (
     HEARD_WITHIN,
     PUBLISH_STALL_AFTER,
     UNKNOWN,
-    EvictionWatch,
     StreamWatch,
     renewal_withheld,
 )
@@ -50,11 +49,6 @@ def test_a_stream_redis_cannot_count_is_not_judged() -> None:
     watch.check("s", 10, 10, 10)
     assert watch.check("s", 20, UNKNOWN, 20) is None
     assert watch.check("s", 30, 30, 30) is None
-
-
-def test_an_eviction_policy_change_is_reported_once() -> None:
-    watch = EvictionWatch()
-    assert [watch.update(policy) for policy in (None, "allkeys-lru", "allkeys-lru", None)] == [False, True, False, True]
 
 
 def test_the_watchdog_pings_after_a_short_silence_and_gives_up_on_an_unanswered_ping() -> None:

@@ -54,11 +54,11 @@ def test_bad_input_makes_one_book_stale_until_the_resync(
     reasons = {symbol: doc["reason"] for symbol, doc in documents.items() if doc["status"] == "stale"}
     assert set(reasons) == set(symbols) - {"HEALTHY"}
     assert reasons["GAP"] == "gap: disconnect"
-    assert reasons["MALFORMED"].startswith("malformed frame: invalid JSON")
-    assert reasons["UNDECODABLE"].startswith("malformed entry")
+    assert reasons["MALFORMED"].startswith("malformed: frame: invalid JSON")
+    assert reasons["UNDECODABLE"].startswith("malformed: entry")
     assert reasons["INCONSISTENT"].startswith("inconsistency:") and "unknown id" in reasons["INCONSISTENT"]
-    assert reasons["HOLE"].startswith("entries missing from the stream: seq 2..2 of session session-1")
-    assert reasons["SESSION"].startswith("new ingest session session-2")
+    assert reasons["HOLE"].startswith("hole: entries missing from the stream: seq 2..2 of session session-1")
+    assert reasons["SESSION"].startswith("session: new ingest session session-2")
     # A stale book keeps its last exact levels, without the deltas after the fault; a book that contradicted
     # a frame has none left to keep.
     last = {"bids": [[100.0, 20, 2], [99.5, 5, 3]], "asks": [[101.0, 10, 1]]}

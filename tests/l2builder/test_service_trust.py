@@ -90,6 +90,42 @@ def test_a_lost_ingest_session_makes_its_books_stale_until_a_partial_of_a_live_s
         quiet_alive.stop()
 
 
+def test_a_late_partial_of_a_lost_session_leaves_the_book_stale(
+        run_service: RunService, service_env: dict[str, str], redis_url: str, mongo_url: str, key_prefix: str,
+        mongo_database: str) -> None:
+    books = Books(mongo_url, mongo_database)
+    feed = Feed(redis_url, key_prefix, "s-dead", alive=False)
+    dead_alive = Liveness(redis_url, key_prefix, "s-dead")
+    dead_alive.start()
+    feed.frames([partial("LATE")])
+    builder = run_service("l2builder", env={**service_env, "INSTANCE_NAME": "builder-late"}, name="builder")
+    wait_settled(feed, books)
+    assert status(books, "LATE") == ("live", "")
+    dead_alive.stop()
+    wait_until(lambda: status(books, "LATE")[0] == "stale", HEALTH_STALE_AFTER, "the book of the lost session stale")
+
+    # A partial of the dead session, late (a backlog ingest wrote before it died): exact, but not live.
+    feed.frames([partial("LATE", size=33)])
+    wait_settled(feed, books)
+    document = book(books, "LATE")
+    assert (document["status"], document["session"]) == ("stale", "s-dead")
+    assert document["reason"].startswith("ingest_lost: session s-dead has had no liveness key for ")
+    assert {"bids": document["bids"], "asks": document["asks"]} == levels(33)
+
+    # A partial of a live session makes it live.
+    feed.new_session("s-live")
+    live_alive = Liveness(redis_url, key_prefix, "s-live")
+    live_alive.start()
+    try:
+        feed.frames([partial("LATE", size=44)])
+        wait_settled(feed, books)
+        assert status(books, "LATE") == ("live", "")
+        assert {key: book(books, "LATE")[key] for key in ("bids", "asks")} == levels(44)
+        assert builder.metric("bookstream_l2builder_stale_total", 'kind="ingest_lost"') == 2
+    finally:
+        live_alive.stop()
+
+
 def test_flushall_mid_run_makes_the_books_stale_then_live_again_with_fresh_partials(
         run_service: RunService, service_env: dict[str, str], mongo_url: str, key_prefix: str,
         mongo_database: str, redis_server: RedisServer) -> None:
@@ -195,4 +231,5 @@ def test_an_evicting_redis_is_reported_in_the_log_and_healthz(
     wait_until(lambda: "event=redis_evicting" in builder.logs(), 10, "the eviction warning")
     assert list(log_values(builder, "redis_evicting", "policy")) == ["allkeys-lru"]
     status_code, body = builder.health()
-    assert status_code == 200 and orjson.loads(body)["redis_policy_warning"] == "allkeys-lru"
+    assert status_code == 200 and orjson.loads(body)["redis_policy_warning"] == (
+        "maxmemory-policy allkeys-lru may evict streams and keys; bookstream needs noeviction")

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from services.common.book import L2Book
 from services.l2builder.store import (
     MAX_DOCUMENT_BYTES,
-    TOO_LARGE,
     UTC,
     BookStore,
     FlushAction,
@@ -66,8 +65,8 @@ def test_a_stale_book_keeps_its_last_levels_until_the_next_partial_unless_they_c
     state.mark_stale(StaleKind.HOLE, "another fault while stale", now=0)
     kept = book_document(state, 7, NOW)
     assert (kept["bids"], kept["asks"], kept["reason"]) == ([[100.0, 20, 2], [99.5, 5, 3]], [[101.0, 10, 1]],
-                                                            "another fault while stale")
-    state.mark_stale(StaleKind.TOO_LARGE, f"{TOO_LARGE}: 17000000 bytes", now=0)
+                                                            "hole: another fault while stale")
+    state.mark_stale(StaleKind.TOO_LARGE, "17000000 bytes", now=0)
     emptied = book_document(state, 7, NOW)
     assert (emptied["status"], emptied["bids"], emptied["asks"]) == ("stale", [], [])
     state.feed(entry(4, "partial", frame("partial", [row(7, "Sell", 1, 105.0)])), now=0)
@@ -276,7 +275,7 @@ def test_flush_decisions_follow_the_write_result() -> None:
         "BIG": FlushAction.MARK_STALE, "ODD": FlushAction.MARK_STALE}
     assert decisions["BAD"].detail == "E11000" and decisions["OLD"].detail == "stored version v9"
     assert decisions["BIG"].stale_kind is StaleKind.TOO_LARGE
-    assert decisions["BIG"].reason == "too_large: 17000000 bytes, over the 16000000-byte limit"
-    assert decisions["ODD"].stale_kind is StaleKind.UNWRITABLE and "int too large" in str(decisions["ODD"].reason)
+    assert decisions["BIG"].detail == "17000000 bytes, over the 16000000-byte limit"
+    assert decisions["ODD"].stale_kind is StaleKind.UNWRITABLE and "int too large" in str(decisions["ODD"].detail)
     # A write that raised decided nothing: every symbol it carried retries, each after its own backoff.
     assert flush_decisions(["OK", "BIG"], None) == dict.fromkeys(["OK", "BIG"], FlushDecision(FlushAction.RETRY))

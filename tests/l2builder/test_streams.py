@@ -58,8 +58,6 @@ def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> N
             await client.sadd(keys.symbols, "XBTUSD", "bad\x1b[31m", "A" * 500, b"\xff\xfe")
             valid, invalid = await owner.symbols()
             assert valid == {"XBTUSD"} and len(invalid) == 3
-            await client.set(keys.ingest_alive("s1"), "ingest")
-            assert await owner.alive(["s1", "s2"]) == {"s1": True, "s2": False}
             await owner.request_resync("XBTUSD", "gap: disconnect", "owner")
             [(_, fields)] = cast(list[tuple[bytes, list[bytes]]], await client.xrange(keys.control))
             assert fields == [b"op", b"resubscribe", b"symbol", b"XBTUSD", b"reason", b"gap: disconnect",

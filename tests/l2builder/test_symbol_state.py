@@ -188,6 +188,15 @@ def test_an_undecodable_entry_is_consumed_and_makes_the_book_stale() -> None:
     assert state.feed_malformed("1000-2", "again", now=3) is Outcome.DUPLICATE
 
 
+def test_an_entry_whose_session_cannot_be_an_ingest_session_is_malformed() -> None:
+    state = live_state()
+    hostile = encode_entry(PARTIAL, "orderBookL2", "partial", "evil\x1b[31m*", 1, 1_700_000_000_000_002)
+    fields = [part.encode() for pair in hostile.items() for part in pair]
+    assert state.feed_raw(b"1000-2", fields, now=3) is Outcome.STALE
+    assert state.stale_kind is StaleKind.MALFORMED and state.session == "s1", "the session never reaches the book"
+    assert state.reason is not None and "invalid session" in state.reason and "\x1b" not in state.reason
+
+
 def test_retained_history_is_checked_by_seq() -> None:
     def check(first: StreamEntry | None, first_id: str | None = None, deleted: str = "0-0",
               state: SymbolState | None = None) -> bool:
@@ -216,6 +225,31 @@ def test_a_stream_that_ends_before_the_position_lost_the_book() -> None:
     assert not state.check_stream_end("0-0", now=0)  # recreated empty after FLUSHALL
     assert state.stale_kind is StaleKind.REDIS_LOST and (state.reason or "").startswith("redis_lost: the stream")
     assert levels(state) == ([], []) and state.resync_due(0)
+
+
+def test_every_stale_reason_starts_with_its_kind() -> None:
+    def fed(*entries: StreamEntry, refilled: bool = False) -> SymbolState:
+        state = live_state()
+        for item in entries:
+            state.feed(item, now=0, refilled=refilled)
+        return state
+
+    trimmed = live_state()
+    trimmed.check_retained("1000-5", entry(5, "update", seq=4), "0-0", now=0)
+    ended = live_state()
+    ended.check_stream_end("0-0", now=0)
+    undecodable = live_state()
+    undecodable.feed_malformed("1000-2", "no 'seq' field", now=0)
+    states = [SymbolState(SYMBOL, INTERVAL), fed(entry(2, "gap", reason="disconnect")),
+              fed(entry(9, "update", frame("update", [row(2, "Buy", 3)]), seq=7), refilled=True),
+              fed(entry(2, "update", frame("update", [row(2, "Buy", 1)]), session="s2", seq=1)),
+              fed(entry(2, "update", "{not json")), fed(entry(2, "delete", frame("delete", [row(42, "Buy")]))),
+              trimmed, ended, undecodable]
+    assert [state.stale_kind for state in states] == [
+        StaleKind.NO_PARTIAL, StaleKind.GAP, StaleKind.HOLE, StaleKind.SESSION, StaleKind.MALFORMED,
+        StaleKind.INCONSISTENT, StaleKind.TRIMMED, StaleKind.REDIS_LOST, StaleKind.MALFORMED]
+    for state in states:
+        assert state.reason is not None and state.reason.split(":")[0] == state.stale_kind, state.reason
 
 
 def test_a_flush_ticket_hands_out_the_ids_and_takes_them_back_on_failure() -> None:

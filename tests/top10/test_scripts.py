@@ -12,15 +12,17 @@ from redis.asyncio import Redis
 from services.common.entries import EntryError, decode_entry
 from services.common.keys import TOP10_GROUP, Keys
 from services.top10.scripts import (
+    MARK_GAP,
     MARK_STALE,
     REMOVE_CONSUMER,
     STORE_TOP10,
     ScriptCall,
+    mark_gap_call,
     mark_stale_call,
     run_pipelined,
     store_top10_call,
 )
-from services.top10.snapshots import Top10Write, read_snapshot
+from services.top10.snapshots import GapMark, Top10Write, read_snapshot
 from tests.top10.feed import BASE_US, ChannelListener, cached, snapshot
 
 TOLERANCE_US = 5_000_000
@@ -37,10 +39,13 @@ def write_of(ts_ms: int, stream_id: str, mid: float = 1000.0, session: str = "s"
     return write
 
 
-async def store(url: str, key: str, *writes: Top10Write, session_lost: bool = False) -> list[int]:
+LOST = "ingest_lost: session gone has had no liveness key for 3.0 s"
+
+
+async def store(url: str, key: str, *writes: Top10Write, lost_reason: str | None = None) -> list[int]:
     client = Redis.from_url(url)
     try:
-        return await run_pipelined(client, STORE_TOP10, [store_top10_call(key, write, TOLERANCE_US, session_lost)
+        return await run_pipelined(client, STORE_TOP10, [store_top10_call(key, write, TOLERANCE_US, lost_reason)
                                                          for write in writes])
     finally:
         await client.aclose()
@@ -49,9 +54,53 @@ async def store(url: str, key: str, *writes: Top10Write, session_lost: bool = Fa
 async def mark(url: str, key: str, session: str) -> list[int]:
     client = Redis.from_url(url)
     try:
-        return await run_pipelined(client, MARK_STALE, [mark_stale_call(key, "XBTUSD", session, "ingest_lost")])
+        return await run_pipelined(client, MARK_STALE, [mark_stale_call(key, "XBTUSD", session, LOST)])
     finally:
         await client.aclose()
+
+
+def gap_at(stream_id: str, reason: str = "gap: malformed") -> GapMark:
+    ms, seq = stream_id.split("-")
+    return GapMark("XBTUSD", stream_id, (int(ms), int(seq)), "s", reason)
+
+
+async def mark_gap(url: str, key: str, gap: GapMark) -> list[int]:
+    client = Redis.from_url(url)
+    try:
+        return await run_pipelined(client, MARK_GAP, [mark_gap_call(key, gap)])
+    finally:
+        await client.aclose()
+
+
+def test_a_gap_newer_than_the_snapshot_marks_it_stale_and_only_a_snapshot_after_the_gap_is_live(
+        redis_url: str, key_prefix: str) -> None:
+    key = Keys(key_prefix).top10("XBTUSD")
+    client = redis.Redis.from_url(redis_url)
+    assert asyncio.run(mark_gap(redis_url, key, gap_at("1-0"))) == [0], "no key yet: nothing to mark"
+    assert not client.exists(key)
+    listener = ChannelListener(client, key)
+    asyncio.run(store(redis_url, key, write_of(10, "5-0")))
+    assert asyncio.run(mark_gap(redis_url, key, gap_at("4-0"))) == [0], "the snapshot is newer than the gap"
+    assert asyncio.run(mark_gap(redis_url, key, gap_at("6-0"))) == [1]
+    assert asyncio.run(mark_gap(redis_url, key, gap_at("6-0"))) == [0], "a second instance changes nothing"
+    assert client.hmget(key, "status", "reason", "gap_id") == [b"stale", b"gap: malformed", b"6-0"]
+    # Processed late, a snapshot from before the gap is written (newer exchange time) but not trusted.
+    asyncio.run(store(redis_url, key, write_of(20, "5-5")))
+    assert client.hmget(key, "status", "stream_id") == [b"stale", b"5-5"]
+    assert client.hget(key, "reason") == b"gap: the snapshot is older than the gap 6-0"
+    asyncio.run(store(redis_url, key, write_of(30, "7-0")))
+    assert client.hmget(key, "status", "reason") == [b"live", b""]
+    assert asyncio.run(mark_gap(redis_url, key, gap_at("6-5"))) == [0], "the snapshot after it wins"
+    messages = listener.collect(4)
+    assert [(message["status"], message["reason"]) for message in messages] == [
+        ("live", ""), ("stale", "gap: malformed"), ("stale", "gap: the snapshot is older than the gap 6-0"),
+        ("live", "")]
+    assert messages[1] == {"symbol": "XBTUSD", "status": "stale", "reason": "gap: malformed", "session": "s",
+                           "stream_id": "6-0"}
+    listener.close()
+    client.delete(key)
+    client.set(key, "not a hash")
+    assert asyncio.run(mark_gap(redis_url, key, gap_at("9-0"))) == [0]
 
 
 def test_the_greatest_exchange_time_then_stream_id_wins_in_every_processing_order(
@@ -174,17 +223,16 @@ def test_a_lost_session_is_marked_stale_once_and_a_newer_snapshot_wins(redis_url
     assert asyncio.run(mark(redis_url, key, "gone")) == [1]
     assert asyncio.run(mark(redis_url, key, "gone")) == [0], "a second instance deciding the same changes nothing"
     value = cached(client, Keys(key_prefix), "XBTUSD")
-    assert (value["status"], value["reason"], value["session"], value["stream_id"]) == ("stale", "ingest_lost", "gone",
-                                                                                          "1-0")
+    assert (value["status"], value["reason"], value["session"], value["stream_id"]) == ("stale", LOST, "gone", "1-0")
     asyncio.run(store(redis_url, key, write_of(20, "2-0", session="fresh")))
     assert (cached(client, Keys(key_prefix), "XBTUSD")["status"], client.hget(key, "reason")) == ("live", b"")
     # A snapshot of a session known lost is written, but stale.
-    asyncio.run(store(redis_url, key, write_of(30, "3-0", session="gone"), session_lost=True))
-    assert client.hmget(key, "status", "reason", "stream_id") == [b"stale", b"ingest_lost", b"3-0"]
+    asyncio.run(store(redis_url, key, write_of(30, "3-0", session="gone"), lost_reason=LOST))
+    assert client.hmget(key, "status", "reason", "stream_id") == [b"stale", LOST.encode(), b"3-0"]
     messages = listener.collect(4)
     assert [(message.get("status"), message.get("reason"), message.get("stream_id")) for message in messages] == [
-        ("live", "", "1-0"), ("stale", "ingest_lost", None), ("live", "", "2-0"), ("stale", "ingest_lost", "3-0")]
-    assert messages[1] == {"symbol": "XBTUSD", "status": "stale", "reason": "ingest_lost", "session": "gone"}
+        ("live", "", "1-0"), ("stale", LOST, None), ("live", "", "2-0"), ("stale", LOST, "3-0")]
+    assert messages[1] == {"symbol": "XBTUSD", "status": "stale", "reason": LOST, "session": "gone"}
     client.delete(key)
     client.set(key, "not a hash")
     assert asyncio.run(mark(redis_url, key, "gone")) == [0]

@@ -11,6 +11,7 @@ import time
 
 import redis
 
+from services.common.entries import encode_gap
 from services.common.keys import SESSION_LOST_AFTER, Keys
 from tests.harness import RedisServer, base_env, wait_until
 from tests.top10.feed import (
@@ -53,7 +54,9 @@ def test_keys_of_a_lost_session_turn_stale_and_live_again_with_a_live_sessions_s
     wait_until(lambda: cached(client, keys, "LOSTUSD").get("status") == "stale",
                last_renewal + HEALTH_STALE_AFTER - time.monotonic(), "the key stale within HEALTH_STALE_AFTER")
     value = cached(client, keys, "LOSTUSD")
-    assert (value["reason"], value["session"]) == ("ingest_lost", "doomed")
+    lost_reason = value["reason"]
+    assert lost_reason.startswith("ingest_lost: session doomed has had no liveness key for ")
+    assert value["session"] == "doomed"
     assert holds(client, keys, lost), "the data stays, only its status changes"
     # Quiet for longer than the grace, but its ingest session is alive: not a fault.
     assert time.monotonic() - last_renewal >= SESSION_LOST_AFTER
@@ -79,9 +82,34 @@ def test_keys_of_a_lost_session_turn_stale_and_live_again_with_a_live_sessions_s
     messages = listener.collect(4)
     assert [(message["status"], message.get("stream_id")) for message in messages] == [
         ("live", lost.stream_id), ("stale", None), ("stale", late.stream_id), ("live", back.stream_id)]
-    assert messages[1] == {"symbol": "LOSTUSD", "status": "stale", "reason": "ingest_lost", "session": "doomed"}
+    assert messages[1] == {"symbol": "LOSTUSD", "status": "stale", "reason": lost_reason, "session": "doomed"}
     listener.close()
     assert all(watcher.health()[0] == 200 for watcher in watchers)
+
+
+def test_a_gap_marker_makes_the_key_stale_until_the_next_snapshot(
+        run_service: RunService, top10_env: dict[str, str], redis_url: str, keys: Keys, heartbeat: Heartbeat) -> None:
+    client = redis.Redis.from_url(redis_url)
+    listener = ChannelListener(client, keys.top10("XBTUSD"))
+    heartbeat.start(SESSION)
+    top10 = start(run_service, top10_env, "gapwatch")
+    [first] = add(client, keys, snapshot("XBTUSD", 1))
+    wait_for_all(client, keys, [first])
+    # ingest could not parse an orderBook10 frame: frames may be missing from here on.
+    gap = add_raw(client, keys, "XBTUSD", encode_gap("orderBook10", SESSION, 2, now_us(), "malformed"))
+    wait_until(lambda: cached(client, keys, "XBTUSD").get("status") == "stale", 10, "the key stale")
+    value = cached(client, keys, "XBTUSD")
+    assert (value["reason"], value["gap_id"]) == ("gap: malformed", gap)
+    assert holds(client, keys, first), "the data stays, only its status changes"
+    wait_until(lambda: top10.metric("bookstream_top10_stale_marks_total", 'reason="gap"') == 1, 5, "the mark counted")
+    [fresh] = add(client, keys, snapshot("XBTUSD", 3), seq=3)
+    wait_for_all(client, keys, [fresh])
+    assert (cached(client, keys, "XBTUSD")["status"], cached(client, keys, "XBTUSD")["reason"]) == ("live", "")
+    messages = listener.collect(3)
+    assert [(message["status"], message["reason"], message.get("stream_id")) for message in messages] == [
+        ("live", "", first.stream_id), ("stale", "gap: malformed", gap), ("live", "", fresh.stream_id)]
+    assert top10.metric("bookstream_top10_skipped_entries_total", 'reason="gap"') == 1
+    listener.close()
 
 
 def test_a_snapshot_stamped_in_2099_never_pins_the_key_even_across_a_restart(
@@ -131,7 +159,7 @@ def test_after_flushall_the_groups_come_back_and_the_keys_equal_the_last_snapsho
         more = add(client, keys, snapshot("XBTUSD", 3, mid=1600), register=False)
         wait_for_all(client, keys, more)
         assert [cached(client, keys, symbol)["status"] for symbol in ("XBTUSD", "ETHUSD")] == ["live", "live"]
-        assert top10.metric("bookstream_top10_redis_state_lost_total", 'what="group"') == 2
+        assert top10.metric("bookstream_top10_redis_lost_total", 'what="group"') == 2
         top10.wait_log("event=redis_state_lost what=group action=recreated")
         assert top10.alive() and top10.health()[0] == 200
     finally:
@@ -175,4 +203,5 @@ def test_an_evicting_redis_is_reported_in_the_log_and_healthz(
     top10.wait_log("event=redis_evicting policy=allkeys-lru")
     status, body = top10.health()
     assert status == 200, "a warning, not a failure"
-    assert json.loads(body)["redis_policy_warning"] == "allkeys-lru"
+    assert json.loads(body)["redis_policy_warning"] == ("maxmemory-policy allkeys-lru may evict streams and keys; "
+                                                        "bookstream needs noeviction")

@@ -135,3 +135,11 @@ def test_stream_ids_compare_as_integer_pairs() -> None:
     assert parse_stream_id("99-0") < parse_stream_id("100-0")  # but "99-0" > "100-0" as text
     with pytest.raises(EntryError):
         parse_stream_id("abc-1")
+
+
+@pytest.mark.parametrize("session", ["a b", "x" * 65, "\x1b[31m", "", "key*"])
+def test_a_session_that_cannot_name_a_liveness_key_is_refused(session: str) -> None:
+    for fields in (encode_entry("{}", "orderBookL2", "insert", session, 1, 2),
+                   encode_gap("orderBookL2", session, 1, 2, "disconnect")):
+        with pytest.raises(EntryError, match="invalid session"):
+            decode_entry(b"1-0", as_wire(fields))

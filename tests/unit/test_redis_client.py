@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import logging
+from typing import Any, cast
 
 import pytest
+import redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from services.common.entries import decode_entry, encode_entry
-from services.common.redis_client import connect, stream_pairs
+from services.common.logs import EventLog
+from services.common.redis_client import EVICTION_CHECK_INTERVAL, EvictionWatch, connect, stream_pairs
+from tests.harness import RedisServer
 
 
 def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:
@@ -48,3 +52,32 @@ def test_stream_replies_are_raw_in_both_protocols(redis_url: str, key_prefix: st
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_eviction_watch_logs_each_change_once_and_shows_it_in_healthz(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    watch = EvictionWatch(EventLog("test"))
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def check(now: float) -> dict[str, Any]:
+        client = connect(redis_server.url, 5.0)
+        try:
+            await watch.check(client, now)
+        finally:
+            await client.aclose()
+        detail: dict[str, Any] = {}
+        watch.describe(detail)
+        return detail
+
+    caplog.set_level(logging.INFO, logger="bookstream.test")
+    assert asyncio.run(check(0.0)) == {}
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    assert asyncio.run(check(1.0)) == {}, "not asked again before the interval"
+    detail = asyncio.run(check(EVICTION_CHECK_INTERVAL))
+    assert detail == {"redis_policy_warning": "maxmemory-policy allkeys-lru may evict streams and keys; "
+                                              "bookstream needs noeviction"}
+    assert asyncio.run(check(2 * EVICTION_CHECK_INTERVAL)) == detail
+    admin.config_set("maxmemory-policy", "noeviction")
+    assert asyncio.run(check(3 * EVICTION_CHECK_INTERVAL)) == {}
+    assert [(record.getMessage(), record.levelname) for record in caplog.records] == [
+        ("redis_evicting", "WARNING"), ("redis_eviction_safe", "INFO")]

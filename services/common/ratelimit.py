@@ -1,8 +1,8 @@
-"""Rate-limited logging of events a hostile or broken venue can repeat at line rate.
+"""Rate-limited logging of events that hostile or broken input can repeat at line rate.
 
-Every occurrence is still counted by a metric; only the log lines are bounded, so a flood of bad frames
-cannot fill a disk or drown the other events. The first lines of a burst go through as they come, the rest
-are held back and the next line let through says how many were.
+Every occurrence is still counted by a metric; only the log lines are bounded, so a flood of bad frames or
+names cannot fill a disk or drown the other events. The first lines of a burst go through as they come,
+the rest are held back, and the next line let through says how many were (its `suppressed` field).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ BURST: Final = 5
 WINDOW: Final = 10.0
 
 
-class Throttle:
+class LogLimit:
     """At most `burst` log lines per `window` seconds for one kind of event; times in monotonic seconds."""
+
+    __slots__ = ("_held", "_lines", "_window_start", "burst", "window")
 
     def __init__(self, burst: int = BURST, window: float = WINDOW) -> None:
         self.burst, self.window = burst, window

@@ -1,0 +1,119 @@
+"""Which ingest sessions are lost, from repeated looks at their liveness keys: the consumers' shared tracker.
+
+ingest renews `Keys.ingest_alive(session)` while its websocket session is healthy and lets it expire when
+the session ends, however it ends (a `kill -9` writes no gap marker). A key seen absent once proves
+nothing: a new session's first entries may reach a consumer before its first liveness write. So a session
+is lost only once its key has been seen absent continuously for `lost_after` seconds, and a single look
+that finds it present starts the count again (a lost session whose key returns, a frozen ingest that
+resumed, is back). A session without entries for a while is not lost as long as its key is renewed: a
+quiet symbol is not a fault.
+
+A session stays tracked for `retain` seconds after the last book or key that named it, lost or not: an
+entry of a dead session may still arrive late (a backlog, an entry claimed from a dead consumer, a slow
+catch-up), and it must then be known as lost, so that it never makes a book or key live.
+
+`SessionTracker` is the pure part; `sessions_alive` is the one lookup (EXISTS, pipelined) both consumers use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from redis.asyncio import Redis
+
+from services.common.keys import SESSION_LOST_AFTER, Keys
+
+SESSION_RETAIN: Final = 60.0
+INGEST_LOST: Final = "ingest_lost"
+
+
+@dataclass(slots=True)
+class _Session:
+    named_at: float
+    absent_since: float | None = None
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChanges:
+    """What one look changed: sessions newly lost, and lost ones whose key is present again."""
+
+    lost: list[str] = field(default_factory=list)
+    back: list[str] = field(default_factory=list)
+
+
+class SessionTracker:
+    """The sessions named lately by the books or keys a consumer serves, and which of them are lost."""
+
+    def __init__(self, lost_after: float = SESSION_LOST_AFTER, retain: float = SESSION_RETAIN) -> None:
+        self.lost_after = lost_after
+        self.retain = retain
+        self._sessions: dict[str, _Session] = {}
+
+    def watch(self, named: Iterable[str], now: float) -> list[str]:
+        """Record that books or keys name these sessions now; return every tracked session, to look up.
+
+        Sessions nothing named for `retain` seconds are forgotten.
+        """
+        for session in named:
+            state = self._sessions.get(session)
+            if state is None:
+                self._sessions[session] = _Session(now)
+            else:
+                state.named_at = now
+        self._sessions = {session: state for session, state in self._sessions.items()
+                          if now - state.named_at <= self.retain}
+        return list(self._sessions)
+
+    def observe(self, alive: Mapping[str, bool], now: float) -> SessionChanges:
+        """Take in one look at the liveness keys (session -> key present); untracked sessions are ignored."""
+        changes = SessionChanges()
+        for session, present in alive.items():
+            state = self._sessions.get(session)
+            if state is None:
+                continue
+            if present:
+                state.absent_since = None
+                if state.lost:
+                    state.lost = False
+                    changes.back.append(session)
+                continue
+            if state.absent_since is None:
+                state.absent_since = now
+            if not state.lost and now - state.absent_since >= self.lost_after:
+                state.lost = True
+                changes.lost.append(session)
+        return changes
+
+    def is_lost(self, session: str | None) -> bool:
+        state = self._sessions.get(session) if session is not None else None
+        return state is not None and state.lost
+
+    @property
+    def lost(self) -> set[str]:
+        return {session for session, state in self._sessions.items() if state.lost}
+
+    def absent_for(self, session: str, now: float) -> float:
+        """How long the session's key has been seen absent without a break (0 when present at the last look)."""
+        state = self._sessions.get(session)
+        return 0.0 if state is None or state.absent_since is None else now - state.absent_since
+
+    def lost_detail(self, session: str, now: float) -> str:
+        return f"session {session} has had no liveness key for {self.absent_for(session, now):.1f} s"
+
+    def lost_reason(self, session: str, now: float) -> str:
+        """The stale reason of a book or key whose session is lost: `ingest_lost: <lost_detail>`."""
+        return f"{INGEST_LOST}: {self.lost_detail(session, now)}"
+
+
+async def sessions_alive(redis: Redis, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:
+    """Whether each session's liveness key exists, in one round trip (none for no sessions)."""
+    if not sessions:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for session in sessions:
+            pipe.exists(keys.ingest_alive(session))
+        replies = await pipe.execute()
+    return {session: bool(found) for session, found in zip(sessions, replies, strict=True)}

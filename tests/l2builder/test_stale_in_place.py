@@ -1,0 +1,54 @@
+"""A book turning stale where it stands, against a flush running meanwhile (real Redis and MongoDB server).
+
+The builder is driven method by method, so the flush can be made to run exactly while the stale mark
+waits for Redis to move the lease to a new epoch: the moment a flush used to store the book live under the
+new epoch, leaving the stale document that followed at the same version, refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common.config import load_settings
+from services.l2builder.symbol_state import StaleKind
+from services.l2builder.worker import L2Builder
+from tests.l2builder.feeds import Books, Feed, make_frame
+
+DETAIL = "session session-1 has had no liveness key for 3.0 s"
+
+
+def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
+        service_env: dict[str, str], redis_url: str, key_prefix: str, mongo_url: str, mongo_database: str) -> None:
+    feed = Feed(redis_url, key_prefix)
+    feed.frames([make_frame("XBTUSD", "partial", [(1, "Sell", 10, 101.0), (2, "Buy", 20, 100.0)])])
+    books = Books(mongo_url, mongo_database)
+
+    async def scenario() -> int:
+        builder = L2Builder(load_settings(environ=service_env))
+        builder.open()
+        try:
+            await builder._acquire(["XBTUSD"])
+            owned = builder.owned["XBTUSD"]
+            assert owned.restore is not None
+            await asyncio.wait_for(owned.restore, 10)
+            for symbol, entries in await builder.streams.read_new(["XBTUSD"], 100, 100):
+                builder._apply(symbol, entries)
+            assert owned.ready and owned.state is not None and owned.state.live
+            await builder._flush()
+            epoch = owned.lease.epoch
+            marking = asyncio.create_task(builder._stale_in_place({"XBTUSD": (StaleKind.INGEST_LOST, DETAIL, True)}))
+            await asyncio.sleep(0)  # the mark now waits for Redis to move the epoch
+            assert not marking.done() and owned.lease.epoch == epoch
+            assert not owned.state.live, "stale in memory before anything is awaited"
+            await builder._flush()  # under the old epoch: refused, the live document has that version
+            assert await marking == ["XBTUSD"] and owned.lease.epoch == epoch + 1
+            await builder._flush()
+            return epoch
+        finally:
+            await builder.close()
+
+    epoch = asyncio.run(scenario())
+    document = books.get("XBTUSD")
+    assert document is not None
+    assert (document["status"], document["reason"], document["epoch"]) == ("stale", f"ingest_lost: {DETAIL}", epoch + 1)
+    assert (document["bids"], document["asks"]) == ([[100.0, 20, 2]], [[101.0, 10, 1]]), "last levels kept"
