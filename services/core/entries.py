@@ -22,6 +22,12 @@ _FRAME_ACTION_BYTES = frozenset(action.encode() for action in FRAME_ACTIONS)
 
 RawFields = Sequence[bytes] | Mapping[bytes, bytes]
 """Entry fields as Redis sends them (`[name, value, name, value, ...]`) or as redis-py parses them (a dict)."""
+RawEntry = tuple[bytes, RawFields]
+"""One entry as the clients return it: its id and its fields (XREADGROUP and XRANGE replies stay raw, see
+services.runtime.redis_client)."""
+PendingEntry = tuple[bytes, RawFields | None]
+"""An entry re-read from a pending list (XREADGROUP from 0, XAUTOCLAIM): its fields are None, or empty, when
+MAXLEN trimmed it away after it was delivered."""
 
 
 class EntryError(ValueError):

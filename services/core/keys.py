@@ -17,6 +17,8 @@ log field and a document, so one read from a stream entry or a key is checked ag
 
 TOP10_GROUP = "top10"
 L2BUILDER_GROUP = "l2builder"
+BOOKS_COLLECTION = "orderbooks"
+"""The MongoDB collection of l2builder's books, one document per symbol: `bookstream status` reads it too."""
 # Resync requests are only useful for seconds; the bound keeps a forgotten control stream small.
 CONTROL_MAXLEN = 10_000
 INGEST_ALIVE_TTL_MS = 3000

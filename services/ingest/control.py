@@ -19,13 +19,14 @@ from redis.exceptions import RedisError
 
 from services.core.keys import CONTROL_MAXLEN, Keys
 from services.ingest import metrics
-from services.ingest.connection import Feed
-from services.ingest.publisher import RedisStatus
+from services.ingest.feed import Feed
+from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 
 READ_COUNT: Final = 100
 MAX_BLOCK: Final = 1.0
 RETRY_DELAY: Final = 0.5
+OPERATION: Final = "control"
 
 
 class ResubscribeSchedule:
@@ -60,10 +61,10 @@ class ControlReader:
     """Follows `<prefix>:control` and asks the feed for the resubscriptions it requests."""
 
     def __init__(self, redis: Redis, keys: Keys, symbols: tuple[str, ...], feed: Feed, interval: float,
-                 status: RedisStatus, log: EventLog) -> None:
+                 redis_health: DependencyHealth, log: EventLog) -> None:
         self._redis, self._stream, self._symbols, self._feed = redis, keys.control, frozenset(symbols), feed
         self._schedule = ResubscribeSchedule(interval)
-        self._status, self._log = status, log
+        self._health, self._log = redis_health, log
 
     async def run(self) -> None:
         """Read and apply requests until cancelled; Redis failures are retried, never raised."""
@@ -74,12 +75,12 @@ class ControlReader:
                     last_id = await self._end_of_stream()
                     self._log.info("control_following", stream=self._stream, after=last_id)
                 entries = await self._read(last_id)
-                self._status.succeeded()
+                self._health.succeeded(OPERATION)
                 if entries:
                     last_id = entries[-1][0].decode()
                     await self._redis.xtrim(self._stream, maxlen=CONTROL_MAXLEN, approximate=True)
-            except (RedisError, OSError) as exc:
-                self._status.failed(exc)
+            except RedisError as exc:
+                self._health.failed(OPERATION, exc)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             now = time.monotonic()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -31,17 +30,20 @@ from redis.exceptions import RedisError
 from services.core.bitmex import ORDERBOOK10_TABLE
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
 from services.ingest import metrics
-from services.ingest.connection import Feed
-from services.ingest.publisher import Publisher, RedisStatus
+from services.ingest.feed import Feed
+from services.ingest.publisher import Publisher
+from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import EvictionWatch
+from services.runtime.scripts import LuaScript
 
-SCRIPT: Final = (Path(__file__).parent / "stream_check.lua").read_text()
+STREAM_CHECK: Final = LuaScript.beside(__file__, "stream_check.lua")
+OPERATION: Final = "heartbeat"
 UNKNOWN: Final = -1
 """What the stream check answers for a stream whose `entries-added` Redis cannot tell."""
 HEARD_WITHIN: Final = 3.0
 """The venue must have said something this recently for the key to be renewed. With a ping after
-connection.PING_AFTER of silence, a healthy quiet venue is heard again long before; a silent one has its
+feed.PING_AFTER of silence, a healthy quiet venue is heard again long before; a silent one has its
 key stop being renewed within this, expire INGEST_ALIVE_TTL_MS later, and be called lost by consumers
 SESSION_LOST_AFTER (plus their check interval) after that: inside HEALTH_STALE_AFTER."""
 PUBLISH_STALL_AFTER: Final = 3.0
@@ -98,10 +100,9 @@ class Heartbeat:
     """The once-a-second task described above; Redis failures are reported and retried, never raised."""
 
     def __init__(self, redis: Redis, keys: Keys, instance: str, feed: Feed, publisher: Publisher,
-                 status: RedisStatus, log: EventLog) -> None:
+                 redis_health: DependencyHealth, log: EventLog) -> None:
         self._redis, self._keys, self._instance = redis, keys, instance
-        self._feed, self._publisher, self._status, self._log = feed, publisher, status, log
-        self._check_streams = redis.register_script(SCRIPT)
+        self._feed, self._publisher, self._health, self._log = feed, publisher, redis_health, log
         self._streams = StreamWatch()
         self.eviction = EvictionWatch(log)
         self.renewed: tuple[str, float] | None = None
@@ -116,10 +117,10 @@ class Heartbeat:
             started = time.monotonic()
             try:
                 await self.tick(started)
-            except (RedisError, OSError) as exc:
-                self._status.failed(exc)
+            except RedisError as exc:
+                self._health.failed(OPERATION, exc)
             else:
-                self._status.succeeded()
+                self._health.succeeded(OPERATION)
             connected = self._feed.connected
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(connected.wait(), max(0.0, INGEST_ALIVE_RENEW - (time.monotonic() - started)))
@@ -167,7 +168,7 @@ class Heartbeat:
         if not acked:
             return
         streams = sorted(acked)
-        replies: Any = await self._check_streams(keys=streams)
+        replies: Any = await STREAM_CHECK(self._redis, streams)
         sent = dict(self._publisher.appended)
         for stream, count in self._publisher.unconfirmed_by_stream().items():
             sent[stream] = sent.get(stream, 0) + count

@@ -30,7 +30,6 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from itertools import islice
-from pathlib import Path
 from typing import Any, Final
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -38,11 +37,14 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from services.core.entries import GAP_ACTION
 from services.ingest import metrics
 from services.ingest.session import Entry
-from services.runtime.health import safe_error
+from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_wire import Command, RedisWire
+from services.runtime.scripts import LuaScript
 
-SCRIPT: Final = (Path(__file__).parent / "xadd_batch.lua").read_text()
+XADD_BATCH: Final = LuaScript.beside(__file__, "xadd_batch.lua")
+OPERATION: Final = "publish"
+"""The publisher's operation in the Redis health (log lines, metrics, /healthz)."""
 MAX_BATCH_ENTRIES: Final = 500
 """Also bounds how long one batch holds Redis (about 2 ms), during which its other clients wait."""
 MAX_BATCH_CHARS: Final = 8 << 20
@@ -54,33 +56,6 @@ PERMANENT_ERRORS: Final = ("WRONGTYPE",)
 every other symbol behind them forever."""
 
 
-class RedisStatus:
-    """Whether Redis answered the last `operation` (publish, control), as /healthz and metrics report it."""
-
-    def __init__(self, operation: str, log: EventLog) -> None:
-        self.operation = operation
-        self.up: bool | None = None
-        self.since = time.monotonic()
-        self.error = ""
-        self._log = log
-
-    def succeeded(self) -> None:
-        if self.up is not True:
-            if self.up is False:
-                self._log.info("redis_recovered", operation=self.operation,
-                               down_s=round(time.monotonic() - self.since, 3))
-            self.up, self.since, self.error = True, time.monotonic(), ""
-            metrics.REDIS_UP.labels(self.operation).set(1)
-
-    def failed(self, error: BaseException) -> None:
-        metrics.REDIS_ERRORS.labels(self.operation).inc()
-        self.error = safe_error(error)
-        if self.up is not False:
-            self._log.error("redis_unavailable", operation=self.operation, error=self.error)
-            self.up, self.since = False, time.monotonic()
-            metrics.REDIS_UP.labels(self.operation).set(0)
-
-
 class RedisRefused(RedisError):
     """Redis answered but refused to append some entries (e.g. OOM, READONLY); they are retried."""
 
@@ -89,14 +64,14 @@ class Publisher:
     """The bounded buffer of entries and the task that appends them to their streams."""
 
     def __init__(self, wire: RedisWire, symbols_key: str, capacity: int, maxlen: int,
-                 status: RedisStatus, log: EventLog) -> None:
+                 redis_health: DependencyHealth, log: EventLog) -> None:
         """`wire` is the publisher's own connection: batches must not queue behind other commands."""
         self.capacity = capacity
         # Reading resumes only once a tenth of the buffer is free again, not at the first free slot, so a
         # long catch-up after an outage is not a pause/resume cycle per batch.
         self._resume_at = capacity - max(1, capacity // 10)
         self._wire, self._symbols_key, self._maxlen = wire, symbols_key, maxlen
-        self._status, self._log = status, log
+        self._health, self._log = redis_health, log
         self._buffer: deque[Entry] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -105,7 +80,6 @@ class Publisher:
         self._idle = False
         self._unconfirmed = 0
         self._announced: set[str] = set()
-        self._sha = ""
         self._unconfirmed_on: int | None = None
         self._progress_at = time.monotonic()
         """When Redis last acknowledged entries, or the buffer last went from empty to holding some."""
@@ -152,7 +126,7 @@ class Publisher:
         if count:
             streams = sorted({entry.stream for entry in self._buffer})
             self._log.error("entries_dropped", reason=reason, entries=count, streams=len(streams),
-                            first_stream=streams[0], redis_error=self._status.error)
+                            first_stream=streams[0], redis_error=self._health.operation(OPERATION).error)
             metrics.DROPPED.labels(reason).inc(count)
             self._buffer.clear()
         return count
@@ -173,14 +147,14 @@ class Publisher:
                 if self._unconfirmed:
                     await self._reconcile()
                 await self._publish_batch()
-            except (RedisError, OSError) as exc:
-                self._status.failed(exc)
+            except RedisError as exc:
+                self._health.failed(OPERATION, exc)
                 self._announced.clear()  # a Redis that restarted empty must learn the symbols again
                 self._wire.close()
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_DELAY, delay * 2)
             else:
-                self._status.succeeded()
+                self._health.succeeded(OPERATION)
                 delay = RETRY_MIN_DELAY
 
     def stalled_for(self, now: float) -> float:
@@ -245,7 +219,7 @@ class Publisher:
             argv.append(len(fields))
             for item in fields.items():
                 argv += item
-        return ("EVALSHA", self._sha, len(streams), *streams, *argv)
+        return XADD_BATCH.command(streams, argv)
 
     def _sadd_command(self, symbols: set[str]) -> Command:
         return ("SADD", self._symbols_key, *sorted(symbols))
@@ -278,10 +252,9 @@ class Publisher:
                           consequence="after a failed batch, entries may land twice")
 
     async def _load_script(self) -> None:
-        [reply] = await self._wire.call([("SCRIPT", "LOAD", SCRIPT)])
+        [reply] = await self._wire.call([XADD_BATCH.load_command()])
         if isinstance(reply, ResponseError):
             raise reply
-        self._sha = reply.decode()
 
     def _settle(self, batch: list[Entry], failures: dict[str, tuple[int, str]], done_ns: int) -> None:
         """Remove the appended entries from the buffer; keep the refused ones at its head, in order."""

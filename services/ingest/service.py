@@ -15,23 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from services.core.keys import Keys
-from services.ingest.connection import Feed
+from services.ingest import control, liveness, metrics, publisher
 from services.ingest.control import ControlReader
+from services.ingest.feed import Feed
 from services.ingest.liveness import Heartbeat
-from services.ingest.publisher import CALL_TIMEOUT, Publisher, RedisStatus
+from services.ingest.publisher import CALL_TIMEOUT, Publisher
 from services.ingest.recorder import Recorder
 from services.runtime.config import Settings
+from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
+from services.runtime.redis_client import connect
 from services.runtime.redis_wire import RedisWire
 
 DRAIN_TIMEOUT: Final = 5.0
 REDIS_SOCKET_TIMEOUT: Final = 5.0
 REDIS_CONNECT_TIMEOUT: Final = 2.0
+REDIS_OPERATIONS: Final = (publisher.OPERATION, control.OPERATION, liveness.OPERATION)
 EXIT_ENTRIES_LOST: Final = 3
 """Exit code of a stop that had to give up entries Redis never took (documented in `bookstream ingest --help`)."""
 
@@ -51,27 +51,23 @@ class IngestService:
         self._settings = settings
         self._log = log = EventLog("ingest")
         keys = Keys(settings.key_prefix)
-        # No redis-py retries: the control loop retries on its own terms. The publisher has its own lean
-        # connection (RedisWire, no retries either: re-sending a batch Redis may already have applied would
-        # duplicate entries; it retries itself, after checking what landed).
-        no_retry = Retry(NoBackoff(), 0)
-        self._control_pool = ConnectionPool.from_url(settings.redis_url, retry=no_retry,
-                                                     socket_timeout=REDIS_SOCKET_TIMEOUT,
-                                                     socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
-        self._redis = Redis(connection_pool=self._control_pool)
-        self._publish_status, self._control_status = RedisStatus("publish", log), RedisStatus("control", log)
-        self._heartbeat_status = RedisStatus("heartbeat", log)
+        # The control and heartbeat loops share the services' redis-py client (no retries: they retry on
+        # their own terms). The publisher has its own lean connection (RedisWire, no retries either:
+        # re-sending a batch Redis may already have applied would duplicate entries; it retries itself,
+        # after checking what landed).
+        self._redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"ingest:{settings.instance_name}:control")
+        self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS, metrics.REDIS_UP)
         publish_wire = RedisWire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
                                  REDIS_CONNECT_TIMEOUT)
         self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,
-                                   settings.stream_maxlen, self._publish_status, log)
+                                   settings.stream_maxlen, self._redis_health, log)
         self.recorder = None if options.record is None else Recorder(
             options.record, options.record_rotate_bytes, options.record_rotate_seconds)
         self.feed = Feed(settings, self.publisher, self.recorder, options.extra_tables, log)
         self.control = ControlReader(self._redis, keys, settings.symbols, self.feed, settings.resubscribe_interval,
-                                     self._control_status, log)
+                                     self._redis_health, log)
         self.heartbeat = Heartbeat(self._redis, keys, settings.instance_name, self.feed, self.publisher,
-                                   self._heartbeat_status, log)
+                                   self._redis_health, log)
 
     async def main(self, stop: asyncio.Event) -> int:
         self._log.info("ingest_starting", symbols=len(self._settings.symbols), l2_table=self._settings.l2_table,
@@ -107,7 +103,6 @@ class IngestService:
             await asyncio.gather(publishing, controlling, beating, return_exceptions=True)
             self.publisher.close_connection()
             await self._redis.aclose()
-            await self._control_pool.disconnect()
             if self.recorder is not None:
                 self.recorder.close()
         return code
@@ -123,12 +118,8 @@ class IngestService:
         subscription_problem, rejected = self.feed.subscription_problem()
         if subscription_problem is not None:
             problems.append(subscription_problem)
-        redis: dict[str, Any] = {}
-        for status in (self._publish_status, self._control_status, self._heartbeat_status):
-            redis[status.operation] = {"up": status.up, "for_s": round(time.monotonic() - status.since, 3),
-                                       "error": status.error}
-            if status.up is False:
-                problems.append(f"redis unavailable ({status.operation}): {status.error}")
+        redis = self._redis_health.describe(REDIS_OPERATIONS)
+        problems += self._redis_health.problems(REDIS_OPERATIONS)
         detail: dict[str, Any] = {
             "problems": problems, "connection": self.feed.describe(), "redis": redis,
             "buffer": {"entries": len(self.publisher), "capacity": self.publisher.capacity,

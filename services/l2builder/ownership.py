@@ -18,16 +18,23 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from services.core.keys import Keys
-from services.l2builder.scripts import register
+from services.runtime.scripts import LuaScript, ScriptCall, raise_first_error
 
 LEASE_TRUST = 0.75
 """Fraction of LEASE_TTL a renewal is trusted for, leaving room for clock drift and network delay."""
 RENEW_FRACTION = 0.25
 """A lease is renewed once this fraction of LEASE_TTL has passed since its last renewal."""
+
+HEARTBEAT = LuaScript.beside(__file__, "heartbeat.lua")
+ACQUIRE = LuaScript.beside(__file__, "acquire_lease.lua")
+RENEW = LuaScript.beside(__file__, "renew_lease.lua")
+RELEASE = LuaScript.beside(__file__, "release_lease.lua")
+RAISE_EPOCH = LuaScript.beside(__file__, "raise_epoch.lua")
 
 
 @dataclass(slots=True)
@@ -56,20 +63,20 @@ class Ownership:
     def __init__(self, redis: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
         self.redis, self.keys, self.instance, self.ttl = redis, keys, instance, ttl
         self._ttl_ms = max(1, int(ttl * 1000))
-        self._heartbeat = register(redis, "heartbeat")
-        self._acquire = register(redis, "acquire_lease")
-        self._renew = register(redis, "renew_lease")
-        self._release = register(redis, "release_lease")
-        self._raise_epoch = register(redis, "raise_epoch")
 
     def _lease_keys(self, symbol: str) -> list[str]:
         return [self.keys.lease(symbol), self.keys.epoch(symbol)]
 
+    async def _run_each(self, script: LuaScript, calls: list[ScriptCall]) -> list[Any]:
+        """One pipelined run per call; the first error raises (after the whole pipeline ran)."""
+        replies = await script.run_each(self.redis, calls)
+        raise_first_error(replies)
+        return replies
+
     async def heartbeat(self) -> tuple[list[str], bool]:
         """Announce this instance for one more TTL; return the live members (this one included) and whether
         this instance was missing from them (first heartbeat, membership expired or lost by Redis)."""
-        added, members = await self._heartbeat(keys=[self.keys.l2builder_members],
-                                               args=[self.instance, self._ttl_ms])
+        added, members = await HEARTBEAT(self.redis, [self.keys.l2builder_members], [self.instance, self._ttl_ms])
         return sorted(member.decode() for member in members), bool(added)
 
     async def leave(self) -> None:
@@ -84,11 +91,9 @@ class Ownership:
             return []
         floors = floors or {}
         sent = time.monotonic()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for symbol in symbols:
-                await self._acquire(keys=self._lease_keys(symbol),
-                                    args=[self.instance, self._ttl_ms, floors.get(symbol, 0)], client=pipe)
-            epochs = await pipe.execute()
+        epochs = await self._run_each(ACQUIRE, [(self._lease_keys(symbol),
+                                                 [self.instance, self._ttl_ms, floors.get(symbol, 0)])
+                                                for symbol in symbols])
         return [Lease(symbol, int(epoch), sent, sent + self.ttl * LEASE_TRUST)
                 for symbol, epoch in zip(symbols, epochs, strict=True) if epoch is not None]
 
@@ -101,11 +106,8 @@ class Ownership:
         if not leases:
             return renewal
         sent = time.monotonic()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self._renew(keys=self._lease_keys(lease.symbol),
-                                  args=[self.instance, self._ttl_ms, lease.epoch], client=pipe)
-            replies = await pipe.execute()
+        replies = await self._run_each(RENEW, [(self._lease_keys(lease.symbol),
+                                                [self.instance, self._ttl_ms, lease.epoch]) for lease in leases])
         for lease, renewed in zip(leases, replies, strict=True):
             if renewed == 1:
                 lease.renewed_at, lease.valid_until = sent, sent + self.ttl * LEASE_TRUST
@@ -118,11 +120,8 @@ class Ownership:
     async def release(self, leases: list[Lease]) -> None:
         if not leases:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self._release(keys=self._lease_keys(lease.symbol), args=[self.instance, lease.epoch],
-                                    client=pipe)
-            await pipe.execute()
+        await self._run_each(RELEASE, [(self._lease_keys(lease.symbol), [self.instance, lease.epoch])
+                                       for lease in leases])
 
     async def advance(self, leases: list[Lease]) -> list[Lease]:
         """Move each lease to the next epoch, in place, in one round trip; return those no longer ours.
@@ -131,11 +130,9 @@ class Ownership:
         the one stored at the same position, and the version is (epoch, stream id)."""
         if not leases:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self._raise_epoch(keys=self._lease_keys(lease.symbol),
-                                        args=[self.instance, lease.epoch, lease.epoch + 1], client=pipe)
-            epochs = await pipe.execute()
+        epochs = await self._run_each(RAISE_EPOCH, [(self._lease_keys(lease.symbol),
+                                                     [self.instance, lease.epoch, lease.epoch + 1])
+                                                    for lease in leases])
         lost = []
         for lease, epoch in zip(leases, epochs, strict=True):
             if epoch is None:
@@ -146,8 +143,7 @@ class Ownership:
 
     async def raise_epoch(self, lease: Lease, floor: int) -> bool:
         """Make `lease.epoch` at least `floor`; False when the lease is no longer ours."""
-        epoch = await self._raise_epoch(keys=self._lease_keys(lease.symbol),
-                                        args=[self.instance, lease.epoch, floor])
+        epoch = await RAISE_EPOCH(self.redis, self._lease_keys(lease.symbol), [self.instance, lease.epoch, floor])
         if epoch is None:
             return False
         lease.epoch = int(epoch)

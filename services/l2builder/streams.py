@@ -8,7 +8,8 @@ XACK may acknowledge an entry pending under any consumer, so the new owner clear
 
 The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`: hiredis on bare streams, a
 fifth of redis-py's cost per round trip), one each because the reader always has a read in flight while the
-flusher acknowledges; everything else goes through redis-py. Either way a failure raises a `RedisError`.
+flusher acknowledges; everything else goes through redis-py. Either way a failure raises a `RedisError`
+(services.runtime), an error reply to a wire command included.
 """
 
 from __future__ import annotations
@@ -18,19 +19,17 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from services.core.entries import RawFields
+from services.core.entries import RawEntry
 from services.core.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, SYMBOL_PATTERN, Keys
-from services.l2builder.scripts import register
 from services.runtime.redis_client import stream_pairs
 from services.runtime.redis_wire import Command, RedisWire
+from services.runtime.scripts import LuaScript, raise_first_error
 
-RawEntry = tuple[bytes, RawFields]
-"""An entry as the client returns it: id and fields (a flat list from XREADGROUP/XRANGE, see
-services.runtime.redis_client)."""
+__all__ = ["GroupInfo", "L2Streams", "RawEntry", "StreamHead"]
 RANGE_PAGE = 1000
+REMOVE_IDLE_CONSUMERS = LuaScript.beside(__file__, "remove_idle_consumers.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,6 @@ class L2Streams:
         `timeout` must be longer than any BLOCK of `read_new`."""
         self.redis, self.keys, self.consumer = redis, keys, consumer
         self._symbol_of: dict[bytes, str] = {}
-        self._remove_idle = register(redis, "remove_idle_consumers")
         self._reads = RedisWire(url, timeout, f"l2builder:{consumer}:read")
         self._acks = RedisWire(url, timeout, f"l2builder:{consumer}:ack")
 
@@ -156,11 +154,9 @@ class L2Streams:
 
     async def remove_idle_consumers(self, symbols: list[str], idle: float) -> int:
         """Forget consumers idle for `idle` seconds that hold nothing, so the group lists live readers."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for symbol in symbols:
-                await self._remove_idle(keys=[self._key(symbol)],
-                                        args=[int(idle * 1000), self.consumer, L2BUILDER_GROUP], client=pipe)
-            removed = await pipe.execute()
+        removed = await REMOVE_IDLE_CONSUMERS.run_each(self.redis, [
+            ([self._key(symbol)], [int(idle * 1000), self.consumer, L2BUILDER_GROUP]) for symbol in symbols])
+        raise_first_error(removed)
         return sum(removed)
 
     async def ack(self, ids: dict[str, list[str]]) -> None:
@@ -183,13 +179,7 @@ class L2Streams:
 
 
 async def _call(wire: RedisWire, commands: Sequence[Command]) -> list[Any]:
-    """`wire.call`, with connection trouble and the first error reply raised as `RedisError`s, as redis-py
-    raises them, so the worker handles every Redis failure alike."""
-    try:
-        replies = await wire.call(commands)
-    except OSError as exc:  # TimeoutError too
-        raise RedisConnectionError(f"Redis connection failed: {exc!r}") from exc
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            raise reply
+    """`wire.call`, with the first error reply raised, as redis-py raises it."""
+    replies = await wire.call(commands)
+    raise_first_error(replies)
     return replies

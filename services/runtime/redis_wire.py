@@ -9,7 +9,8 @@ reply is in: about 45 µs per round trip on the same machine.
 It connects as the URL says (`redis://`, `rediss://`, `unix://`; username, password, db), names itself with
 CLIENT SETNAME, and speaks RESP2 (no HELLO): replies are plain lists, integers and bytes. One task uses it
 at a time. A failure, a timeout or a cancellation in the middle of a call closes the connection, because a
-reply left unread would otherwise be taken for the next call's; the next call connects again.
+reply left unread would otherwise be taken for the next call's; the next call connects again. Its errors
+are redis-py's (the contract of services.runtime), so callers catch `RedisError` whichever client they use.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[bytes | str | int | float]
 
@@ -55,6 +58,9 @@ class RedisWire:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self._connect()
+        except (OSError, EOFError) as exc:  # TimeoutError too
+            self._abandon()
+            raise _as_redis_error(exc) from exc
         except BaseException:
             self._abandon()
             raise
@@ -63,13 +69,17 @@ class RedisWire:
         """Send `commands` in one write and return their replies in order.
 
         An error reply comes back as a `ResponseError` (a `NoScriptError` for NOSCRIPT) in its place, not
-        raised, so the caller sees what the other commands did. Connection trouble raises `OSError`
-        (`TimeoutError` when the server does not answer within the timeout) or `InvalidResponse`.
+        raised, so the caller sees what the other commands did. Connection trouble raises redis-py's
+        `ConnectionError` (`TimeoutError` when the server does not answer within the timeout) or
+        `InvalidResponse`.
         """
         await self.connect()
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._exchange(commands)
+        except (OSError, EOFError) as exc:  # TimeoutError too
+            self._abandon()
+            raise _as_redis_error(exc) from exc
         except BaseException:
             self._abandon()
             raise
@@ -102,7 +112,7 @@ class RedisWire:
             if reply is False:
                 data = await reader.read(READ_SIZE)
                 if not data:
-                    raise ConnectionError("Redis closed the connection")
+                    raise RedisConnectionError("Redis closed the connection")
                 parser.feed(data)
             elif type(reply) is ResponseError and str(reply).startswith("NOSCRIPT"):
                 replies.append(NoScriptError(str(reply)))
@@ -131,6 +141,13 @@ class RedisWire:
                 raise reply
         # An ACL may refuse CLIENT ID; only ingest's fence after a failed batch uses it, and does without.
         self.client_id = client_id if isinstance(client_id, int) else None
+
+
+def _as_redis_error(exc: OSError | EOFError) -> RedisError:
+    """Socket trouble as redis-py raises it: its `TimeoutError` or `ConnectionError`."""
+    if isinstance(exc, TimeoutError):
+        return RedisTimeoutError("Redis did not answer in time")
+    return RedisConnectionError(f"Redis connection failed: {exc!r}")
 
 
 def _new_parser() -> hiredis.Reader:

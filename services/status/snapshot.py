@@ -45,24 +45,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.resources import files
 from typing import Any
 
 import orjson
 import pymongo
 import pymongo.errors
 import redis
+from redis.exceptions import NoScriptError
 
-from services.core.keys import SYMBOL_PATTERN, TOP10_GROUP, Keys
-from services.l2builder.store import COLLECTION as BOOKS_COLLECTION
+from services.core.keys import BOOKS_COLLECTION, SYMBOL_PATTERN, TOP10_GROUP, Keys
 from services.runtime.config import mask_url, redact
 from services.runtime.redis_client import connect, evicting_policy
+from services.status.reads import STREAM_SUMMARY, SymbolReplies, ok, queue_reads, split_reads
 
 SCHEMA = "bookstream.status/1"
 
 Level = tuple[float, float]
-PER_SYMBOL = 8
-"""Commands `_read_redis` pipelines per symbol: summary and groups of both streams, lease, epoch, TTL, top10."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,11 +265,6 @@ def _decoded(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _ok(result: object) -> Any:
-    """A pipeline result, or None for a failed command (XINFO on a missing key is an error)."""
-    return None if isinstance(result, Exception) else result
-
-
 class Collector:
     """Reads snapshots from one Redis and one MongoDB; keep it across `--watch` refreshes to reuse connections."""
 
@@ -286,8 +279,6 @@ class Collector:
         self._redis = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="replace",
                                            socket_timeout=3, socket_connect_timeout=2,
                                            client_name="bookstream-status")
-        self._summary = self._redis.register_script(
-            files(__package__).joinpath("stream_summary.lua").read_text(encoding="utf-8"))
         self._mongo: pymongo.MongoClient[dict[str, Any]] | None = None
 
     def close(self) -> None:
@@ -381,55 +372,50 @@ class Collector:
         discovered, ignored = self._discover_symbols()
         names = sorted(discovered | set(books) | set(self.symbols))
         keys = self.keys
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.time()
-        pipe.zrange(keys.l2builder_members, 0, -1, withscores=True)
-        for sym in names:
-            for stream in (keys.l2_stream(sym), keys.ob10_stream(sym)):
-                self._summary(keys=[stream], client=pipe)
-                pipe.xinfo_groups(stream)
-            pipe.get(keys.lease(sym))
-            pipe.get(keys.epoch(sym))
-            pipe.pttl(keys.lease(sym))
-            pipe.hmget(keys.top10(sym), ["updated_us", "stream_id", "timestamp", "bids", "asks", "status", "reason"])
-        results = pipe.execute(raise_on_error=False)
-        if isinstance(results[0], Exception):  # without the server's clock no age can be told: report Redis
-            raise results[0]
-        seconds, micros = results[0]
-        redis_now_ms = int(seconds) * 1000 + int(micros) // 1000
+        results = self._pipelined_reads(names)
+        if any(isinstance(result, NoScriptError) for result in results):  # Redis restarted or flushed its scripts
+            self._redis.script_load(STREAM_SUMMARY.source)
+            results = self._pipelined_reads(names)
+        reads = split_reads(results, names)
+        redis_now_ms = reads.redis_now_ms
         # Scores are expiry times on the Redis clock (l2builder's heartbeat uses TIME), so compare with it.
-        members = tuple(name for name, expiry in _ok(results[1]) or () if expiry > redis_now_ms)
-
-        per_symbol = [results[2 + i * PER_SYMBOL: 2 + (i + 1) * PER_SYMBOL] for i in range(len(names))]
-        consumers = self._read_consumers(names, per_symbol)
-        alive = self._alive({summary[4] for results in per_symbol for summary in (_ok(results[0]), _ok(results[2]))
-                             if summary and summary[4]})
+        members = tuple(name for name, expiry in reads.members or () if expiry > redis_now_ms)
+        consumers = self._read_consumers(names, reads.symbols)
+        alive = self._alive({summary[4] for replies in reads.symbols
+                             for summary in (replies.l2_summary, replies.ob10_summary) if summary and summary[4]})
         symbols = []
-        for sym, (l2_info, l2_groups, ob10_info, ob10_groups, lease, epoch, pttl, top10) in zip(
-                names, per_symbol, strict=True):
-            ttl = _ok(pttl)
+        for sym, replies in zip(names, reads.symbols, strict=True):
+            ttl = replies.lease_pttl
             symbols.append(SymbolStatus(
                 symbol=sym,
-                l2=_stream(keys.l2_stream(sym), _ok(l2_info), _ok(l2_groups), consumers, alive, redis_now_ms),
-                ob10=_stream(keys.ob10_stream(sym), _ok(ob10_info), _ok(ob10_groups), consumers, alive,
+                l2=_stream(keys.l2_stream(sym), replies.l2_summary, replies.l2_groups, consumers, alive,
+                           redis_now_ms),
+                ob10=_stream(keys.ob10_stream(sym), replies.ob10_summary, replies.ob10_groups, consumers, alive,
                              redis_now_ms),
-                owner=Owner(_ok(lease), _int_or_none(_ok(epoch)),
-                            ttl / 1000 if isinstance(ttl, int) and ttl >= 0 and _ok(lease) else None),
-                top10=_top10(_ok(top10), redis_now_ms / 1000),
+                owner=Owner(replies.lease, _int_or_none(replies.epoch),
+                            ttl / 1000 if isinstance(ttl, int) and ttl >= 0 and replies.lease else None),
+                top10=_top10(replies.top10, redis_now_ms / 1000),
                 book=books.get(sym)))
         return tuple(symbols), self._instances(symbols, members, alive), ignored
 
-    def _read_consumers(self, names: list[str], per_symbol: list[list[Any]]) -> dict[tuple[str, str], list[Any]]:
+    def _pipelined_reads(self, names: list[str]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        queue_reads(pipe, self.keys, names)
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        return results
+
+    def _read_consumers(self, names: list[str], replies: list[SymbolReplies]) -> dict[tuple[str, str], list[Any]]:
         wanted: list[tuple[str, str]] = []
-        for sym, results in zip(names, per_symbol, strict=True):
-            for stream, groups in ((self.keys.l2_stream(sym), results[1]), (self.keys.ob10_stream(sym), results[3])):
-                wanted.extend((stream, group["name"]) for group in _ok(groups) or ())
+        for sym, symbol_replies in zip(names, replies, strict=True):
+            for stream, groups in ((self.keys.l2_stream(sym), symbol_replies.l2_groups),
+                                   (self.keys.ob10_stream(sym), symbol_replies.ob10_groups)):
+                wanted.extend((stream, group["name"]) for group in groups or ())
         if not wanted:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for stream, group in wanted:
             pipe.xinfo_consumers(stream, group)
-        return {pair: _ok(found) or [] for pair, found in zip(wanted, pipe.execute(raise_on_error=False), strict=True)}
+        return {pair: ok(found) or [] for pair, found in zip(wanted, pipe.execute(raise_on_error=False), strict=True)}
 
     def _instances(self, symbols: list[SymbolStatus], members: tuple[str, ...], alive: set[str]) -> Instances:
         sessions = set(alive)

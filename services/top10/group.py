@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.core.entries import PendingEntry
 from services.core.keys import TOP10_GROUP
 from services.core.text import as_text
 from services.top10.scripts import REMOVE_CONSUMER, ScriptCall, run_pipelined
-from services.top10.snapshots import RawEntry
 
 CLAIM_COUNT = 200
 """Entries per stream per XAUTOCLAIM call; Redis scans at most ten times as many pending entries."""
@@ -53,7 +53,7 @@ async def join(redis: Redis, streams: Sequence[str]) -> Joined:
 class ClaimedPage:
     """Entries just claimed, per stream, and the ids Redis dropped because MAXLEN had trimmed them."""
 
-    entries: list[tuple[bytes, list[RawEntry]]] = field(default_factory=list)
+    entries: list[tuple[bytes, list[PendingEntry]]] = field(default_factory=list)
     trimmed: list[tuple[str, str]] = field(default_factory=list)
 
 

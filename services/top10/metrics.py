@@ -38,6 +38,10 @@ REDIS_ERRORS = Counter(
     "bookstream_top10_redis_errors",
     "failed Redis operations (each retried after a backoff)",
     ["operation"])
+REDIS_UP = Gauge(
+    "bookstream_top10_redis_up",
+    "1 when Redis answered the last attempt of an operation, else 0",
+    ["operation"])
 LATENCY = Histogram(
     "bookstream_top10_latency_seconds",
     "ingest receive time (recv_us) to the key written (by Redis's clock, in the script), per applied write",

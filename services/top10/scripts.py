@@ -1,48 +1,29 @@
-"""The Lua scripts of top10, read from package data and run by SHA in pipelines.
+"""The Lua scripts of top10 (`*.lua` beside this module) and the keys and arguments of each call.
 
-redis-py's `register_script` objects send SCRIPT EXISTS before every pipeline that uses them: one more
-round trip per batch, on the path whose latency we measure. Redis forgets scripts only when it restarts
-or is told to (SCRIPT FLUSH), so `run_pipelined` sends bare EVALSHAs and, on NOSCRIPT, loads the script
-and sends the whole batch again. That is safe because every script is idempotent.
+They run by SHA (services.runtime.scripts): in the read loop's round trip through `RedisWire`, elsewhere
+through redis-py's pipelines with `run_pipelined`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from importlib.resources import files
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
-from services.runtime.redis_wire import Command
+from services.runtime.scripts import LuaScript, ScriptCall, raise_first_error
 from services.top10.snapshots import GapMark, Top10Write
 
+__all__ = ["MARK_GAP", "MARK_STALE", "REMOVE_CONSUMER", "STORE_TOP10", "ScriptCall", "mark_gap_call",
+           "mark_stale_call", "run_pipelined", "store_top10_call"]
 
-class LuaScript:
-    """A script's source and the SHA1 that EVALSHA names it by."""
-
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    @classmethod
-    def from_package(cls, filename: str) -> LuaScript:
-        return cls(files(__package__).joinpath(filename).read_text(encoding="utf-8"))
-
-
-STORE_TOP10 = LuaScript.from_package("store_top10.lua")
-REMOVE_CONSUMER = LuaScript.from_package("remove_consumer.lua")
-MARK_STALE = LuaScript.from_package("mark_stale.lua")
-MARK_GAP = LuaScript.from_package("mark_gap.lua")
+STORE_TOP10 = LuaScript.beside(__file__, "store_top10.lua")
+REMOVE_CONSUMER = LuaScript.beside(__file__, "remove_consumer.lua")
+MARK_STALE = LuaScript.beside(__file__, "mark_stale.lua")
+MARK_GAP = LuaScript.beside(__file__, "mark_gap.lua")
 
 LIVE, STALE = "live", "stale"
-
-ScriptCall = tuple[Sequence[str | bytes], Sequence[bytes | str | int | float]]
 
 
 def store_top10_call(key: str, write: Top10Write, tolerance_us: int, lost_reason: str | None = None) -> ScriptCall:
@@ -75,34 +56,10 @@ def mark_gap_call(key: str, gap: GapMark) -> ScriptCall:
 
 
 async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
-    """EVALSHA `script` once per `(keys, args)` in one pipeline; return the replies in order.
+    """Run `script` once per `(keys, args)` in one pipeline; return the replies in order.
 
     Raises the first error other than a NOSCRIPT that a reload cured: a batch is never half-reported as done.
     """
-    replies = await _evalsha_each(redis, script, calls)
-    if any(isinstance(reply, NoScriptError) for reply in replies):
-        await redis.script_load(script.source)
-        replies = await _evalsha_each(redis, script, calls)
+    replies = await script.run_each(redis, calls)
     raise_first_error(replies)
-    return replies
-
-
-def evalsha_command(script: LuaScript, call: ScriptCall) -> Command:
-    """The EVALSHA of `script` for one call, as a command to send (its sender handles NOSCRIPT, see run_pipelined)."""
-    keys, args = call
-    return ("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-def raise_first_error(replies: Sequence[Any]) -> None:
-    """Raise the first error among a pipeline's replies, if any."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-
-
-async def _evalsha_each(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies

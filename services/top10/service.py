@@ -27,31 +27,32 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT
 
 from services.core.backoff import Backoff
+from services.core.entries import PendingEntry
 from services.core.keys import SESSION_LOST_AFTER, SESSION_PATTERN, SYMBOL_PATTERN, TOP10_GROUP, Keys
 from services.core.liveness import INGEST_LOST, SessionTracker
 from services.core.ratelimit import LogLimit
 from services.core.text import as_text, excerpt
 from services.runtime.config import Settings
+from services.runtime.dependency import DependencyHealth
 from services.runtime.health import safe_error
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import EvictionWatch, connect, sessions_alive, stream_pairs
 from services.runtime.redis_wire import RedisWire
+from services.runtime.scripts import LuaScript, raise_first_error
 from services.top10 import group, metrics
 from services.top10.liveness import KeyLiveness, keys_to_mark
+from services.top10.round_trip import round_trip
 from services.top10.scripts import (
     MARK_GAP,
     MARK_STALE,
     STORE_TOP10,
-    LuaScript,
     ScriptCall,
-    evalsha_command,
     mark_gap_call,
     mark_stale_call,
-    raise_first_error,
     run_pipelined,
     store_top10_call,
 )
-from services.top10.snapshots import Acks, BatchPlan, GapMark, RawEntry, Top10Write, plan_batch, stream_symbol
+from services.top10.snapshots import Acks, BatchPlan, GapMark, Top10Write, plan_batch, stream_symbol
 
 READ_BLOCK_MS: Final = 1000
 WRITING_BLOCK_MS: Final = 10
@@ -101,8 +102,8 @@ class Top10Service:
         """Entries whose writes are done, acknowledged in the next round trip."""
         self._planned: BatchPlan | None = None
         """The batch read last, written in the next round trip."""
-        self._redis_ok_at = self._read_ok_at = time.monotonic()
-        self._last_error = ""
+        self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS, metrics.REDIS_UP)
+        self._read_ok_at = time.monotonic()
 
     async def main(self, stop: asyncio.Event) -> int:
         log.info("consumer_started", consumer=self._consumer, group=TOP10_GROUP,
@@ -129,13 +130,14 @@ class Top10Service:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
-        since_ok = now - self._redis_ok_at
+        since_ok = now - self._redis_health.last_ok_at
         # The reads have a connection of their own: housekeeping succeeding proves nothing about them.
         since_read = now - self._read_ok_at if self._symbols else 0.0
         detail: dict[str, Any] = {
             "consumer": self._consumer, "group": TOP10_GROUP, "streams": len(self._symbols),
             "redis_ok_seconds_ago": round(since_ok, 3), "read_ok_seconds_ago": round(since_read, 3),
-            "sessions_lost": len(self._sessions.lost), "last_error": self._last_error}
+            "sessions_lost": len(self._sessions.lost), "last_error": self._redis_health.last_error,
+            "redis": self._redis_health.describe()}
         self._eviction.describe(detail)
         return max(since_ok, since_read) <= self._settings.health_stale_after, detail
 
@@ -156,7 +158,7 @@ class Top10Service:
                     own_pending_first = await self._process_own_pending()
                 else:
                     await self._process_new()
-            except (RedisError, OSError) as exc:
+            except RedisError as exc:
                 # The failed read may have been served: its entries are pending under our name, unseen,
                 # like those of a batch not acknowledged yet. Re-reading our pending list covers both.
                 own_pending_first = True
@@ -164,7 +166,7 @@ class Top10Service:
                 await self._redis_failed("read", exc, backoff)
             else:
                 self._read_ok_at = time.monotonic()
-                self._redis_ok("read", backoff)
+                self._redis_ok(("read",), backoff)
 
     async def _process_new(self) -> None:
         """One round trip: acknowledge the batch written last time, write the batch read last time, read on.
@@ -183,29 +185,24 @@ class Top10Service:
         writes = list(plan.writes.values()) if plan is not None else []
         gaps = list(plan.gap_marks.values()) if plan is not None else []
         calls, gap_calls = self._store_calls(writes), self._gap_calls(gaps)
-        acks = [("XACK", stream, TOP10_GROUP, *ids) for stream, ids in self._unacknowledged.items()]
         streams = list(self._symbols.values())
         read_new = ("XREADGROUP", "GROUP", TOP10_GROUP, self._consumer, "COUNT", READ_COUNT,
                     "BLOCK", WRITING_BLOCK_MS if calls or gap_calls else READ_BLOCK_MS,
                     "STREAMS", *streams, *(">",) * len(streams))
-        # The scripts make the order of snapshot writes and gap marks irrelevant (stream ids decide).
-        replies = await self._wire.call([*acks, *(evalsha_command(STORE_TOP10, call) for call in calls),
-                                         *(evalsha_command(MARK_GAP, call) for call in gap_calls), read_new])
-        acks_done = len(acks)
-        raise_first_error(replies[:acks_done])
+        trip = round_trip(self._unacknowledged, calls, gap_calls, read_new)
+        replies = trip.split(await self._wire.call(trip.commands))
+        raise_first_error(replies.acks)
         self._unacknowledged = {}
         if plan is not None:
-            written = acks_done + len(calls)
-            results = await self._retried(STORE_TOP10, calls, replies[acks_done:written])
-            marked = await self._retried(MARK_GAP, gap_calls, replies[written:written + len(gap_calls)])
+            results = await self._retried(STORE_TOP10, calls, replies.stores)
+            marked = await self._retried(MARK_GAP, gap_calls, replies.gap_marks)
             self._count_writes(writes, results)
             self._count_gap_marks(gaps, marked)
             self._report(plan, "new")
             self._unacknowledged = plan.acks
-        read_reply = replies[-1]
-        if isinstance(read_reply, Exception):
-            raise read_reply
-        batch = list(stream_pairs(read_reply))
+        if isinstance(replies.read, Exception):
+            raise replies.read
+        batch = list(stream_pairs(replies.read))
         if batch:
             self._planned = self._plan(batch)
 
@@ -226,7 +223,7 @@ class Top10Service:
         await self._acknowledge(await self._process(batch, "pending"))
         return True
 
-    def _plan(self, batch: Iterable[tuple[bytes, list[RawEntry]]]) -> BatchPlan:
+    def _plan(self, batch: Iterable[tuple[bytes, list[PendingEntry]]]) -> BatchPlan:
         streams = []
         for stream, entries in batch:
             symbol = self._stream_symbols.get(stream)
@@ -240,7 +237,7 @@ class Top10Service:
             streams.append((stream, symbol, entries))
         return plan_batch(streams, self._tolerance_us)
 
-    async def _process(self, batch: Iterable[tuple[bytes, list[RawEntry]]], source: str) -> Acks:
+    async def _process(self, batch: Iterable[tuple[bytes, list[PendingEntry]]], source: str) -> Acks:
         """Write the newest snapshot per symbol; return the entries to acknowledge, now that it is done."""
         plan = self._plan(batch)
         writes, gaps = list(plan.writes.values()), list(plan.gap_marks.values())
@@ -332,21 +329,28 @@ class Top10Service:
         janitor_interval = min(max(self._settings.consumer_expiry / 4, HOUSEKEEPING_INTERVAL), 15.0)
         next_janitor = 0.0
         while True:
+            done: list[str] = []
             operation = "eviction_check"
             try:
                 await self._eviction.check(self._redis, time.monotonic())
+                done.append(operation)
                 operation = "discover"
                 await self._join_new_streams()
+                done.append(operation)
                 operation = "claim"
                 await self._claim_abandoned()
+                done.append(operation)
                 if loop.time() >= next_janitor:
                     operation = "remove_consumers"
                     await self._remove_departed()
+                    done.append(operation)
                     next_janitor = loop.time() + janitor_interval
-            except (RedisError, OSError) as exc:
+            except RedisError as exc:
+                for succeeded in done:
+                    self._redis_health.succeeded(succeeded)
                 await self._redis_failed(operation, exc, backoff)
                 continue
-            self._redis_ok("housekeeping", backoff)
+            self._redis_ok(tuple(done), backoff)
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     async def _join_new_streams(self) -> None:
@@ -395,7 +399,7 @@ class Top10Service:
             return
         try:
             joined = await group.join(self._redis, streams)
-        except (RedisError, OSError) as exc:
+        except RedisError as exc:
             # The failing operation is retried after its backoff, and fails again into this.
             log.warning("group_recreate_failed", operation=operation, error=safe_error(exc))
             return
@@ -421,11 +425,11 @@ class Top10Service:
             started = loop.time()
             try:
                 asked_redis = await self._check_liveness()
-            except (RedisError, OSError) as exc:
+            except RedisError as exc:
                 await self._redis_failed("liveness", exc, backoff)
                 continue
             if asked_redis:  # a check with no key to look at proves nothing about Redis (/healthz relies on it)
-                self._redis_ok("liveness", backoff)
+                self._redis_ok(("liveness",), backoff)
             await asyncio.sleep(max(0.0, LIVENESS_INTERVAL - (loop.time() - started)))
 
     async def _check_liveness(self) -> bool:
@@ -512,23 +516,20 @@ class Top10Service:
                     pass
                 left = await group.leave(self._redis, streams, self._consumer)
             log.info("group_left", consumer=self._consumer, streams=left)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, TimeoutError) as exc:  # TimeoutError: the drain's own deadline
             log.warning("group_leave_failed", consumer=self._consumer, error=safe_error(exc))
 
     # Redis availability
 
-    def _redis_ok(self, operation: str, backoff: Backoff) -> None:
-        self._redis_ok_at = time.monotonic()
-        if backoff.failures:
-            log.info("redis_recovered", operation=operation, failures=backoff.failures)
-            backoff.reset()
+    def _redis_ok(self, operations: tuple[str, ...], backoff: Backoff) -> None:
+        for operation in operations:
+            self._redis_health.succeeded(operation)
+        backoff.reset()
 
     async def _redis_failed(self, operation: str, exc: BaseException, backoff: Backoff) -> None:
-        metrics.REDIS_ERRORS.labels(operation).inc()
-        self._last_error = f"{operation}: {safe_error(exc)}"
+        """Note the failure (logged once per change, counted every time) and wait out the loop's backoff."""
+        self._redis_health.failed(operation, exc)
         delay = backoff.next_delay()
-        log.warning("redis_error", operation=operation, error=safe_error(exc), failures=backoff.failures,
-                    retry_in_s=round(delay, 3))
         if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
             # A stream or its group was deleted (FLUSHALL, a failover to a replica behind, eviction).
             await self._recreate_groups(operation)

@@ -21,6 +21,7 @@ from services.core.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, p
 from services.core.entries import (
     GAP_ACTION,
     EntryError,
+    PendingEntry,
     RawFields,
     StreamEntry,
     decode_entry,
@@ -34,9 +35,6 @@ from services.core.text import excerpt
 OrderKey = tuple[int, int, int]
 """(order time in epoch microseconds, stream id ms, stream id seq): the order the script keeps. The order
 time is the exchange time, or the receive time when the exchange time leads it by more than the tolerance."""
-
-RawEntry = tuple[bytes | str, RawFields | None]
-"""One entry as the client returns it: its id and its fields (None or empty when the entry was trimmed away)."""
 
 Acks = dict[bytes | str, list[bytes | str]]
 """Entry ids to acknowledge, per stream."""
@@ -176,7 +174,7 @@ def stream_symbol(keys: Keys, stream: bytes) -> str | None:
     return symbol if SYMBOL_PATTERN.fullmatch(symbol) and keys.ob10_stream(symbol) == text else None
 
 
-def plan_batch(streams: Iterable[tuple[bytes | str, str, Sequence[RawEntry]]], tolerance_us: int) -> BatchPlan:
+def plan_batch(streams: Iterable[tuple[bytes | str, str, Sequence[PendingEntry]]], tolerance_us: int) -> BatchPlan:
     """Plan a batch given as `(stream key, symbol, entries)` per stream, entries in stream order."""
     plan = BatchPlan(tolerance_us)
     for stream, symbol, entries in streams:

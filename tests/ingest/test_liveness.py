@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, SESSION_LOST_AFTER
-from services.ingest.connection import PING_AFTER, PONG_TIMEOUT, WatchStep, subscription_verdict, watch_step
+from services.ingest.feed import PING_AFTER, PONG_TIMEOUT, WatchStep, subscription_verdict, watch_step
 from services.ingest.liveness import (
     HEARD_WITHIN,
     PUBLISH_STALL_AFTER,

@@ -15,8 +15,9 @@ from redis.asyncio import Redis as AsyncRedis
 from services.core.entries import decode_entry, encode_entry, encode_gap
 from services.core.keys import Keys
 from services.ingest import metrics
-from services.ingest.publisher import Publisher, RedisStatus
+from services.ingest.publisher import OPERATION, Publisher
 from services.ingest.session import Entry
+from services.runtime.dependency import DependencyHealth, OperationHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_wire import RedisWire
 from tests.harness import RedisServer, free_port
@@ -53,14 +54,14 @@ def stream_frames(url: str, stream: str) -> list[tuple[str, str]]:
 
 
 def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awaitable[None]],
-                  capacity: int = 10_000, timeout: float = 5.0) -> RedisStatus:
+                  capacity: int = 10_000, timeout: float = 5.0) -> OperationHealth:
     """Run a publisher while `scenario` feeds it, then drain it; returns its Redis status."""
     log = EventLog("ingest-test")
-    status = RedisStatus("publish", log)
+    health = DependencyHealth("redis", log, metrics.REDIS_ERRORS, metrics.REDIS_UP)
 
     async def main() -> None:
         wire = RedisWire(url, timeout, "ingest-test", connect_timeout=timeout)
-        publisher = Publisher(wire, Keys(key_prefix).symbols, capacity, 100_000, status, log)
+        publisher = Publisher(wire, Keys(key_prefix).symbols, capacity, 100_000, health, log)
         task = asyncio.create_task(publisher.run())
         try:
             await scenario(publisher)
@@ -71,7 +72,7 @@ def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awa
             publisher.close_connection()
 
     asyncio.run(main())
-    return status
+    return health.operation(OPERATION)
 
 
 async def until_empty(publisher: Publisher) -> None:

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import orjson
 
-from services.core.entries import encode_entry, encode_gap
+from services.core.entries import PendingEntry, encode_entry, encode_gap
 from services.core.keys import Keys
-from services.top10.snapshots import BatchPlan, RawEntry, plan_batch, stream_symbol
+from services.top10.snapshots import BatchPlan, plan_batch, stream_symbol
 from tests.top10.feed import BASE_US, snapshot
 
 STREAM = b"p:ob10:{XBTUSD}"
@@ -22,13 +22,13 @@ def entry(frame: str, seq: int = 1, recv_us: int = RECEIVED_US, session: str = "
     return {name.encode(): value.encode() for name, value in fields.items()}
 
 
-def plan_of(streams: Sequence[tuple[bytes, str, Sequence[RawEntry]]]) -> BatchPlan:
+def plan_of(streams: Sequence[tuple[bytes, str, Sequence[PendingEntry]]]) -> BatchPlan:
     return plan_batch(streams, TOLERANCE_US)
 
 
 def test_newest_by_exchange_time_wins_whatever_the_stream_order() -> None:
     newest, older, oldest = snapshot("XBTUSD", 30), snapshot("XBTUSD", 20), snapshot("XBTUSD", 10)
-    entries: list[RawEntry] = [(b"5-0", entry(oldest.frame())),
+    entries: list[PendingEntry] = [(b"5-0", entry(oldest.frame())),
                                (b"6-0", entry(newest.frame(), recv_us=RECEIVED_US + 99)),
                                (b"7-0", entry(older.frame()))]
     plan = plan_of([(STREAM, "XBTUSD", entries)])

@@ -1,4 +1,4 @@
-"""The websocket side of ingest: connect, subscribe, read every frame, and keep the connection honest.
+"""The websocket feed of ingest (`Feed`): connect, subscribe, read every frame, and keep the connection honest.
 
 One task reads frames as fast as they come: each is timestamped, recorded, parsed once and routed into
 the publisher's buffer, and the task only stops reading while that buffer is full (backpressure reaches

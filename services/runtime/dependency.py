@@ -1,0 +1,89 @@
+"""Whether a dependency (Redis, MongoDB) answers, per operation: one vocabulary for every service.
+
+Each operation (a loop's kind of work: publish, read, claim, flush...) is up or down on its own, because
+one connection or command may fail while another works. A change is logged once, never per retry:
+`<dependency>_unavailable` (operation, error) when an operation fails after succeeding or before it ever
+did, `<dependency>_recovered` (operation, down_s) when it succeeds again. Every failure counts in
+`bookstream_<service>_<dependency>_errors_total{operation}`; `bookstream_<service>_<dependency>_up{operation}`
+is 1 or 0. `describe` and `problems` give the /healthz detail.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from services.runtime.health import safe_error
+from services.runtime.logs import EventLog
+
+
+@dataclass(slots=True)
+class OperationHealth:
+    up: bool | None
+    """None until the operation first succeeded or failed."""
+    since: float
+    """Monotonic time of the last change (or of the start)."""
+    error: str
+    """The last failure's safe description (empty while up)."""
+
+
+class DependencyHealth:
+    """The up/down state of one dependency, per operation; time is `time.monotonic()` throughout."""
+
+    def __init__(self, dependency: str, log: EventLog, errors: Counter | None = None,
+                 up: Gauge | None = None) -> None:
+        """`errors` and `up` are labelled by `operation` alone."""
+        self.dependency = dependency
+        self._log, self._errors, self._up = log, errors, up
+        self._operations: dict[str, OperationHealth] = {}
+        self.last_ok_at = time.monotonic()
+        """When any operation last succeeded (the start, before any did)."""
+        self.last_error = ""
+        """`<operation>: <safe error>` of the last failure of any operation, kept after recovery."""
+
+    def operation(self, name: str) -> OperationHealth:
+        """The state of `name` (unknown until it first succeeds or fails)."""
+        found = self._operations.get(name)
+        if found is None:
+            found = self._operations[name] = OperationHealth(None, time.monotonic(), "")
+        return found
+
+    def succeeded(self, operation: str) -> None:
+        state = self.operation(operation)
+        self.last_ok_at = now = time.monotonic()
+        if state.up is True:
+            return
+        if state.up is False:
+            self._log.info(f"{self.dependency}_recovered", operation=operation, down_s=round(now - state.since, 3))
+        state.up, state.since, state.error = True, now, ""
+        if self._up is not None:
+            self._up.labels(operation).set(1)
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        state = self.operation(operation)
+        state.error = safe_error(exc)
+        self.last_error = f"{operation}: {state.error}"
+        if self._errors is not None:
+            self._errors.labels(operation).inc()
+        if state.up is False:
+            return
+        self._log.error(f"{self.dependency}_unavailable", operation=operation, error=state.error)
+        state.up, state.since = False, time.monotonic()
+        if self._up is not None:
+            self._up.labels(operation).set(0)
+
+    def describe(self, operations: tuple[str, ...] = ()) -> dict[str, Any]:
+        """`{operation: {"up", "for_s", "error"}}` for `operations` (default: every one seen so far)."""
+        now = time.monotonic()
+        shown = operations or tuple(self._operations)
+        return {name: {"up": state.up, "for_s": round(now - state.since, 3), "error": state.error}
+                for name, state in ((name, self.operation(name)) for name in shown)}
+
+    def problems(self, operations: tuple[str, ...] = ()) -> list[str]:
+        """One /healthz problem per operation down: `<dependency> unavailable (<operation>): <error>`."""
+        return [f"{self.dependency} unavailable ({name}): {state.error}"
+                for name, state in ((name, self.operation(name)) for name in operations or tuple(self._operations))
+                if state.up is False]
