@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: install
-	$(BIN)/ruff check services tests bench examples
+	$(BIN)/ruff check services testkit tests bench examples
 
 typecheck: install
 	$(BIN)/mypy

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import pipeline, plots, soak
 from bench.pipeline import STAGES, PipelineResults, RateRun
-from tests.drills.chaos import DrillReport
+from testkit.chaos import DrillReport
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORIGINAL_REBUILD = plots.ORIGINAL_REBUILD_FRAMES_PER_S

@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.processes import cpu_seconds
-from tests.harness import bookstream_argv, free_port, wait_until
+from testkit.harness import bookstream_argv, free_port, wait_until
 
 CASES = ((5_000, 1), (20_000, 1), (0, 1), (20_000, 3))
 

@@ -33,7 +33,7 @@ import redis
 
 from bench.processes import cpu_seconds, service
 from bench.prometheus import delta, histogram, metric, quantile
-from tests.harness import RedisServer, ServiceProcess, base_env, free_port, wait_until
+from testkit.harness import RedisServer, ServiceProcess, base_env, free_port, wait_until
 
 SYMBOLS = 50
 PUBLISHED = 'bookstream_ingest_entries_published_total{kind="frame"}'

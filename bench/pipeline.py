@@ -55,7 +55,7 @@ from services.core.keys import L2BUILDER_GROUP, Keys
 from services.core.orderbook10 import timestamp_key
 from services.exchange.market import symbol_names
 from services.l2builder.store import stored_epoch_us
-from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, wait_until
+from testkit.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 RATES = (500, 2_000, 4_000, 0)

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.harness import ServiceProcess, free_port
+from testkit.harness import ServiceProcess, free_port
 
 TERMINATE_SECONDS = 30.0
 """Long enough for l2builder's last bulk write and ingest's last XADD on a busy machine, before SIGKILL."""

@@ -1,6 +1,6 @@
 """The fault drills of `tests/drills`, longer and harder: `python -m bench.soak [--seconds S] [--seed N]`.
 
-Same drill logic (`tests/drills/chaos.py`), with three top10 and three l2builder instances, a faster
+Same drill logic (`testkit/chaos.py`), with three top10 and three l2builder instances, a faster
 market over more symbols, bigger storms and 429s without `Retry-After` (ingest must then back off for
 seconds, as the venue demands), on the simulator and on every real capture that is present. Each drill
 prints its one-line report; any mismatch makes the command exit with status 1.
@@ -19,8 +19,8 @@ from typing import Any
 
 from bench.book import CAPTURES
 from bench.pipeline import Launcher, launcher
-from tests.drills.chaos import CaptureTruth, ChaosPlan, DrillReport, SimTruth, Stack, Truth, run_drill
-from tests.harness import MongoServer, RedisServer, ServiceProcess
+from testkit.chaos import CaptureTruth, ChaosPlan, DrillReport, SimTruth, Stack, Truth, run_drill
+from testkit.harness import MongoServer, RedisServer, ServiceProcess
 
 SIM_SYMBOLS = ("XBTUSD", "ETHUSD", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "LINKUSDT", "ADAUSDT", "LTCUSD", "BCHUSD",
                "XBTEUR")

@@ -31,7 +31,7 @@ from bench.prometheus import delta, histogram, quantile
 from services.core.entries import encode_entry
 from services.core.keys import TOP10_GROUP, Keys
 from services.exchange.market import symbol_names
-from tests.harness import RedisServer, ServiceProcess, base_env, free_port, wait_until
+from testkit.harness import RedisServer, ServiceProcess, base_env, free_port, wait_until
 
 PREFIX = "bench"
 LATENCY_METRIC = "bookstream_top10_latency_seconds"

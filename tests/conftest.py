@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, stop_all
+from testkit.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE_CANDIDATES = (REPO.parent / "shared/data/bitmex-2021", Path("/work/shared/data/bitmex-2021"))

@@ -16,8 +16,8 @@ import pytest
 
 from services.cli import SUBCOMMANDS
 from services.runtime.config import SERVICE_SETTINGS, SETTINGS
+from testkit.harness import ServiceProcess, base_env, bookstream_argv, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import ServiceProcess, base_env, bookstream_argv, free_port, wait_until
 
 
 def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ from typing import Any
 import pymongo
 import redis
 
+from testkit.harness import ServiceProcess, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import ServiceProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SYMBOLS = ("XBTUSD", "ETHUSD")

@@ -11,7 +11,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter
 
 from services.runtime.health import HealthCheck, HealthServer
-from tests.harness import RedisServer
+from testkit.harness import RedisServer
 
 
 def test_redis_server_answers(redis_url: str, key_prefix: str) -> None:

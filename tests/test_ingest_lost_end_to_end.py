@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from services.core.keys import Keys
+from testkit.harness import MongoServer, ServiceProcess, wait_until
+from testkit.l2feeds import Books
 from tests.conftest import RunService
-from tests.harness import MongoServer, ServiceProcess, wait_until
 from tests.ingest.test_hostile_venue import l2_frame, start_ingest
-from tests.l2builder.feeds import Books
 from tests.top10.feed import cached
 from tests.venue import Venue
 

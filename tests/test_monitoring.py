@@ -12,8 +12,8 @@ import promql_parser
 import pytest
 import yaml
 
+from testkit.harness import free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"

@@ -19,8 +19,8 @@ from packaging.requirements import Requirement
 
 from services.cli import SUBCOMMANDS, build_parser
 from services.runtime.config import SETTINGS_BY_ENV, ConfigError, load_settings
+from testkit.harness import RedisServer, base_env, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import RedisServer, base_env, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -21,8 +21,8 @@ import pymongo
 import pytest
 import redis
 
+from testkit.harness import RedisServer, bookstream_argv, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import RedisServer, bookstream_argv, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 ACL_PAGE = REPO / "docs" / "redis-acl.md"

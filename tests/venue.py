@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tests.harness import free_port, wait_until
+from testkit.harness import free_port, wait_until
 
 WELCOME = orjson.dumps({"info": "Welcome to the hostile venue.", "version": "test", "timestamp": "",
                         "docs": "", "limit": {"remaining": 40}}).decode()

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from services.dev.state import read_state
-from tests.harness import base_env, bookstream_argv, wait_until
+from testkit.harness import base_env, bookstream_argv, wait_until
 
 BOOKS_WITHIN_S = 30.0
 

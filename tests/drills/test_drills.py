@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from testkit.chaos import CaptureTruth, ChaosPlan, SimTruth, Stack, run_drill
+from testkit.harness import MongoServer, RedisServer
 from tests.conftest import RunService
-from tests.drills.chaos import CaptureTruth, ChaosPlan, SimTruth, Stack, run_drill
-from tests.harness import MongoServer, RedisServer
 
 SEED = int(os.environ.get("BOOKSTREAM_DRILL_SEED", "20260923"))
 SIM_SYMBOLS = ("XBTUSD", "ETHUSD", "SOLUSD", "XRPUSD", "DOGEUSD", "LTCUSD")

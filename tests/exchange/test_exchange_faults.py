@@ -13,9 +13,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
+from testkit.harness import ServiceProcess, base_env, free_port
 from tests.conftest import RunService
 from tests.exchange.wire import http_get, open_client, recv_json, recv_until_closed, tables_only
-from tests.harness import ServiceProcess, base_env, free_port
 
 TOPIC = "orderBookL2:XBTUSD"
 

@@ -13,9 +13,9 @@ import orjson
 from services.core.bitmex import TableFrame, parse_frame
 from services.core.capture import iter_capture
 from services.core.orderbook10 import parse_orderbook10
+from testkit.harness import free_port
 from tests.conftest import RunService
 from tests.exchange.wire import Book, health, open_client, recv_json, recv_until_idle, rest_levels, tables_only, truth
-from tests.harness import free_port
 
 CAPTURE = "2021-07-22.capture"
 

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from services.exchange.market import symbol_names
+from testkit.harness import free_port, wait_until
 from tests.conftest import RunService
 from tests.exchange.wire import (
     Book,
@@ -27,7 +28,6 @@ from tests.exchange.wire import (
     truth,
     ws_url,
 )
-from tests.harness import free_port, wait_until
 
 L2_KEYS = ["symbol", "id", "side"]
 L2_TYPES_CURRENT = {"symbol": "symbol", "id": "long", "side": "symbol", "size": "long", "price": "float",

@@ -15,8 +15,8 @@ import redis
 
 from services.core.entries import StreamEntry, decode_entry
 from services.core.keys import Keys
+from testkit.harness import ServiceProcess, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import ServiceProcess, free_port, wait_until
 
 Levels = dict[tuple[str, int], tuple[int, float]]
 

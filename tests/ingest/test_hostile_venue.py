@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from services.core.keys import INGEST_ALIVE_TTL_MS, Keys
+from testkit.harness import MongoServer, RedisServer, ServiceProcess, free_port, wait_until
+from testkit.l2feeds import Books
 from tests.conftest import RunService
-from tests.harness import MongoServer, RedisServer, ServiceProcess, free_port, wait_until
 from tests.ingest.streams import health_detail, l2, read_stream, sessions_of
-from tests.l2builder.feeds import Books
 from tests.venue import Venue
 
 Row = tuple[int, str, int, float]

@@ -11,8 +11,8 @@ import redis
 
 from services.core.capture import iter_capture
 from services.core.keys import Keys
+from testkit.harness import RedisServer, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import RedisServer, free_port, wait_until
 from tests.ingest.streams import (
     health_detail,
     l2,

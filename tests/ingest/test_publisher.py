@@ -20,7 +20,7 @@ from services.ingest.session import Entry
 from services.runtime.dependency import DependencyHealth, OperationHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_wire import RedisWire
-from tests.harness import RedisServer, free_port
+from testkit.harness import RedisServer, free_port
 
 BUSY_SCRIPT = """
 local started = redis.call('TIME')

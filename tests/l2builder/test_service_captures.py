@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.l2feeds import Books, Feed, capture_frames, reconstruct, wait_settled
 from tests.conftest import RunService
-from tests.l2builder.feeds import Books, Feed, capture_frames, reconstruct, wait_settled
 
 
 @pytest.mark.parametrize("capture", ["2021-04-05.capture", "2021-04-17.capture", "2021-07-22.capture"])

@@ -7,9 +7,9 @@ import signal
 import time
 from pathlib import Path
 
+from testkit.harness import ServiceProcess, wait_until
+from testkit.l2feeds import Books, Feed, capture_frames, log_values, owned_symbols, reconstruct, wait_settled
 from tests.conftest import RunService
-from tests.harness import ServiceProcess, wait_until
-from tests.l2builder.feeds import Books, Feed, capture_frames, log_values, owned_symbols, reconstruct, wait_settled
 
 CAPTURE = "2021-04-05.capture"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from services.core.entries import encode_entry
+from testkit.harness import wait_until
+from testkit.l2feeds import TABLE, Books, Feed, Frame, log_values, make_frame, wait_settled
 from tests.conftest import RunService
-from tests.harness import wait_until
-from tests.l2builder.feeds import TABLE, Books, Feed, Frame, log_values, make_frame, wait_settled
 
 INSTANCE = "builder-faults"
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from testkit.harness import bookstream_argv, wait_until
 from tests.conftest import RunService
-from tests.harness import bookstream_argv, wait_until
 
 
 def test_an_unresolvable_srv_name_is_an_unreachable_mongodb(run_service: RunService,

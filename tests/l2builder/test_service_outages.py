@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from testkit.harness import MongoServer, RedisServer, wait_until
+from testkit.l2feeds import Books, Feed, capture_frames, log_values, reconstruct, wait_settled
 from tests.conftest import RunService
-from tests.harness import MongoServer, RedisServer, wait_until
-from tests.l2builder.feeds import Books, Feed, capture_frames, log_values, reconstruct, wait_settled
 
 CAPTURE = "2021-04-17.capture"
 

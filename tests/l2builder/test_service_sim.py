@@ -10,9 +10,9 @@ from typing import Any, cast
 import redis
 
 from services.core.keys import Keys
+from testkit.harness import free_port, wait_until
+from testkit.l2feeds import Books, Levels, log_values
 from tests.conftest import RunService
-from tests.harness import free_port, wait_until
-from tests.l2builder.feeds import Books, Levels, log_values
 
 SYMBOLS = ("XBTUSD", "ETHUSD", "SOLUSD", "XRPUSD")
 

@@ -10,9 +10,9 @@ from typing import Any
 import bson
 
 from services.l2builder.store import MAX_DOCUMENT_BYTES
+from testkit.harness import MongoServer, wait_until
+from testkit.l2feeds import Books, Feed, Frame, log_values, make_frame, wait_settled
 from tests.conftest import RunService
-from tests.harness import MongoServer, wait_until
-from tests.l2builder.feeds import Books, Feed, Frame, log_values, make_frame, wait_settled
 
 PARTIAL_LEVELS = {"bids": [[100.0, 20, 2], [99.5, 5, 3]], "asks": [[101.0, 10, 1]]}
 

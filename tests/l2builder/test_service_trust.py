@@ -11,9 +11,9 @@ import orjson
 import redis
 
 from services.core.keys import SESSION_LOST_AFTER, Keys
+from testkit.harness import RedisServer, wait_until
+from testkit.l2feeds import Books, Feed, Frame, Liveness, log_values, make_frame, wait_settled
 from tests.conftest import RunService
-from tests.harness import RedisServer, wait_until
-from tests.l2builder.feeds import Books, Feed, Frame, Liveness, log_values, make_frame, wait_settled
 
 HEALTH_STALE_AFTER = 10.0
 

@@ -12,7 +12,7 @@ import asyncio
 from services.l2builder.symbol_state import StaleKind
 from services.l2builder.worker import L2Builder
 from services.runtime.config import load_settings
-from tests.l2builder.feeds import Books, Feed, make_frame
+from testkit.l2feeds import Books, Feed, make_frame
 
 DETAIL = "session session-1 has had no liveness key for 3.0 s"
 

@@ -22,7 +22,7 @@ from services.dev.state import DevState, write_state
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
 from services.status.snapshot import Collector
-from tests.harness import RedisServer, base_env, bookstream_argv, free_port
+from testkit.harness import RedisServer, base_env, bookstream_argv, free_port
 
 
 @pytest.fixture

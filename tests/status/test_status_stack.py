@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
+from testkit.harness import bookstream_argv, free_port, wait_until
 from tests.conftest import RunService
-from tests.harness import bookstream_argv, free_port, wait_until
 
 SYMBOLS = "XBTUSD,ETHUSD"
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from services.core.keys import Keys
-from tests.harness import base_env
+from testkit.harness import base_env
 from tests.top10.feed import SESSION, Heartbeat
 
 

@@ -15,7 +15,7 @@ from redis.typing import EncodableT, FieldT
 
 from services.core.entries import encode_entry
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, TOP10_GROUP, Keys
-from tests.harness import ServiceProcess, wait_until
+from testkit.harness import ServiceProcess, wait_until
 
 BASE_US = 1_767_225_600_000_000
 """2026-01-01T00:00:00Z in epoch microseconds: exchange times in the tests are offsets from it."""

@@ -16,7 +16,7 @@ import redis
 
 from services.core.entries import decode_entry
 from services.core.keys import TOP10_GROUP, Keys
-from tests.harness import ServiceProcess, base_env, free_port, wait_until
+from testkit.harness import ServiceProcess, base_env, free_port, wait_until
 from tests.top10.feed import cached
 
 RunService = Callable[..., ServiceProcess]

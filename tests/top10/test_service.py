@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from services.core.keys import TOP10_GROUP, Keys
-from tests.harness import RedisServer, ServiceProcess, base_env, wait_until
+from testkit.harness import RedisServer, ServiceProcess, base_env, wait_until
 from tests.top10.feed import (
     ChannelListener,
     Heartbeat,

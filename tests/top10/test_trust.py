@@ -13,7 +13,7 @@ import redis
 
 from services.core.entries import encode_gap
 from services.core.keys import SESSION_LOST_AFTER, Keys
-from tests.harness import RedisServer, base_env, wait_until
+from testkit.harness import RedisServer, base_env, wait_until
 from tests.top10.feed import (
     SESSION,
     ChannelListener,

@@ -13,7 +13,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from services.core.entries import decode_entry, encode_entry
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import EVICTION_CHECK_INTERVAL, EvictionWatch, connect, stream_pairs
-from tests.harness import RedisServer
+from testkit.harness import RedisServer
 
 
 def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:

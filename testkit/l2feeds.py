@@ -22,7 +22,7 @@ import redis
 from services.core.capture import iter_capture
 from services.core.entries import encode_entry, encode_gap
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, L2BUILDER_GROUP, Keys
-from tests.harness import ServiceProcess, wait_until
+from testkit.harness import ServiceProcess, wait_until
 
 TABLE = "orderBookL2"
 Levels = dict[str, list[list[Any]]]

@@ -8,7 +8,7 @@ streams. Then it lets the market go quiet and waits until every MongoDB book and
 the exchange's truth, every book that went stale is live again after its resync, and no stream entry is
 left pending. The report counts what was done and what was found; mismatches must be 0.
 
-The tests in this folder run short drills; `bench/soak.py` runs the same drills longer with more chaos.
+`tests/drills` runs short drills; `bench/soak.py` runs the same drills longer with more chaos.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import redis
 
 from services.core.capture import iter_capture
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
-from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port
-from tests.l2builder.feeds import capture_frames, reconstruct
+from testkit.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port
+from testkit.l2feeds import capture_frames, reconstruct
 
 Start = Callable[..., ServiceProcess]
 """Starts `bookstream <args>` (`env=`, `healthy=`, `name=` keywords), as the `run_service` fixture does."""

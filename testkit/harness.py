@@ -1,4 +1,4 @@
-"""Real servers and real service processes for the tests: redis-server, nx-27017 and `bookstream` itself.
+"""Real servers and real service processes for tests and benchmarks: redis-server, nx-27017 and `bookstream`.
 
 Everything listens on a free loopback port and is stopped by the fixture that started it; `ALL_PROCESSES`
 is a last-resort net so an interrupted run still leaves no process behind.
