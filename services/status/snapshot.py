@@ -54,6 +54,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from services.core.keys import BOOKS_COLLECTION, SYMBOL_PATTERN, TOP10_GROUP, Keys
+from services.core.text import as_text
 from services.runtime.config import mask_url, redact
 from services.runtime.redis_client import connect, evicting_policy
 from services.status.reads import STREAM_SUMMARY, SymbolReplies, ok, queue_reads, split_reads
@@ -260,11 +261,6 @@ def _first_clause(exc: Exception) -> str:
     return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0][:200]
 
 
-def _decoded(value: bytes | str) -> str:
-    """redis-py types replies as bytes or str; this client decodes them, but a type checker cannot know."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 class Collector:
     """Reads snapshots from one Redis and one MongoDB; keep it across `--watch` refreshes to reuse connections."""
 
@@ -322,7 +318,7 @@ class Collector:
 
         try:
             return asyncio.run(check())
-        except (redis.RedisError, OSError):  # the reads just succeeded: Redis going away now is for the next sample
+        except redis.RedisError:  # the reads just succeeded: Redis going away now is for the next sample
             return None
 
     def _read_books(self, now_s: float) -> tuple[dict[str, Book], MongoEndpoint, int]:
@@ -351,11 +347,11 @@ class Collector:
 
     def _discover_symbols(self) -> tuple[set[str], int]:
         """The symbols named in Redis, and how many names were not symbols (anyone may write keys there)."""
-        found = [_decoded(member) for member in self._redis.smembers(self.keys.symbols)]
+        found = [as_text(member) for member in self._redis.smembers(self.keys.symbols)]
         for kind in ("l2", "ob10"):
             for key in self._redis.scan_iter(match=f"{self.keys.prefix}:{kind}:*", _type="stream", count=1000):
                 try:
-                    found.append(self.keys.symbol_of(_decoded(key)))
+                    found.append(self.keys.symbol_of(as_text(key)))
                 except ValueError:
                     continue
         return _valid_symbols(found)
