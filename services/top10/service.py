@@ -346,8 +346,7 @@ class Top10Service:
                     done.append(operation)
                     next_janitor = loop.time() + janitor_interval
             except RedisError as exc:
-                for succeeded in done:
-                    self._redis_health.succeeded(succeeded)
+                # The steps before it prove nothing: the eviction check, say, asks Redis only now and then.
                 await self._redis_failed(operation, exc, backoff)
                 continue
             self._redis_ok(tuple(done), backoff)
