@@ -31,9 +31,9 @@ import orjson
 from sortedcontainers import SortedDict
 
 from bench.list_baseline import ListBook
-from services.common.bitmex import L2_TABLES, TableFrame, parse_frame
-from services.common.book import BookSet, L2Book, Level
-from services.common.capture import iter_capture
+from services.core.bitmex import L2_TABLES, TableFrame, parse_frame
+from services.core.book import BookSet, L2Book, Level
+from services.core.capture import iter_capture
 
 # CPU time of this process: the machine is shared, and time spent descheduled while a neighbour runs is
 # not the engine's. On an idle machine it equals wall time.

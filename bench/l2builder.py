@@ -34,7 +34,7 @@ import pymongo
 import redis
 
 from bench.processes import cpu_seconds, service
-from services.common.keys import L2BUILDER_GROUP, Keys
+from services.core.keys import L2BUILDER_GROUP, Keys
 from services.exchange.market import symbol_names
 from tests.harness import MongoServer, RedisServer, base_env, free_port, wait_until
 

@@ -48,11 +48,11 @@ import redis
 
 from bench.processes import cpu_seconds, start_service
 from bench.prometheus import delta, histogram, metric, quantile
-from services.common.bitmex import parse_frame
-from services.common.capture import iter_capture
-from services.common.entries import parse_stream_id
-from services.common.keys import L2BUILDER_GROUP, Keys
-from services.common.orderbook10 import timestamp_key
+from services.core.bitmex import parse_frame
+from services.core.capture import iter_capture
+from services.core.entries import parse_stream_id
+from services.core.keys import L2BUILDER_GROUP, Keys
+from services.core.orderbook10 import timestamp_key
 from services.exchange.market import symbol_names
 from services.l2builder.store import stored_epoch_us
 from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, wait_until

@@ -28,8 +28,8 @@ import redis
 
 from bench.processes import cpu_seconds, service
 from bench.prometheus import delta, histogram, quantile
-from services.common.entries import encode_entry
-from services.common.keys import TOP10_GROUP, Keys
+from services.core.entries import encode_entry
+from services.core.keys import TOP10_GROUP, Keys
 from services.exchange.market import symbol_names
 from tests.harness import RedisServer, ServiceProcess, base_env, free_port, wait_until
 

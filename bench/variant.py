@@ -2,7 +2,7 @@
 one of the original design's speed ideas switched off, so a benchmark can measure what it is worth.
 
 Every service runs on uvloop and freezes its start-up objects out of the garbage collector
-(`services/common/lifecycle.py`), with no switch: production should not have one. This launcher undoes
+(`services/runtime/lifecycle.py`), with no switch: production should not have one. This launcher undoes
 either in its own process before handing over to the normal command line.
 """
 
@@ -13,7 +13,7 @@ import gc
 import sys
 
 from services import cli
-from services.common import lifecycle
+from services.runtime import lifecycle
 
 
 def main(argv: list[str] | None = None) -> int:

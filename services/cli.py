@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from services.common.config import ConfigError
+from services.runtime.config import ConfigError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("services.ingest.cli", "BitMEX websocket -> per-symbol Redis Streams"),

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from services.common.bitmex import TableFrame, Welcome, parse_frame
-from services.common.book import BookSet, L2Book
-from services.common.capture import iter_capture
+from services.core.bitmex import TableFrame, Welcome, parse_frame
+from services.core.book import BookSet, L2Book
+from services.core.capture import iter_capture
 
 # (file, L2 frames per action, symbols) as documented in the captures' README
 CAPTURES = [

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.cli import SUBCOMMANDS
-from services.common.config import SERVICE_SETTINGS, SETTINGS
+from services.runtime.config import SERVICE_SETTINGS, SETTINGS
 from tests.conftest import RunService
 from tests.harness import ServiceProcess, base_env, bookstream_argv, free_port, wait_until
 

@@ -10,7 +10,7 @@ import pymongo
 import redis
 from prometheus_client import CollectorRegistry, Counter
 
-from services.common.health import HealthCheck, HealthServer
+from services.runtime.health import HealthCheck, HealthServer
 from tests.harness import RedisServer
 
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import redis
 
-from services.common.keys import Keys
+from services.core.keys import Keys
 from tests.conftest import RunService
 from tests.harness import MongoServer, ServiceProcess, wait_until
 from tests.ingest.test_hostile_venue import l2_frame, start_ingest

@@ -18,7 +18,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from services.cli import SUBCOMMANDS, build_parser
-from services.common.config import SETTINGS_BY_ENV, ConfigError, load_settings
+from services.runtime.config import SETTINGS_BY_ENV, ConfigError, load_settings
 from tests.conftest import RunService
 from tests.harness import RedisServer, base_env, free_port, wait_until
 

@@ -16,7 +16,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from services.cli import SUBCOMMANDS
-from services.common.config import SETTINGS
+from services.runtime.config import SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

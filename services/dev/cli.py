@@ -20,10 +20,11 @@ from types import FrameType
 from rich.console import Console
 from rich.live import Live
 
-from services.common.config import SYMBOL_PATTERN, load_settings
+from services.core.keys import SYMBOL_PATTERN
 from services.dev.stack import DevStack, StackOptions
 from services.dev.state import remove_state, running_state, state_path, write_state
 from services.dev.view import compact_line, render_dev
+from services.runtime.config import load_settings
 from services.status.problems import Thresholds, analyze
 from services.status.snapshot import Collector, Snapshot
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import redis
 
-from services.common.config import mask_url
 from services.dev.processes import (
     Child,
     bookstream_argv,
@@ -27,6 +26,7 @@ from services.dev.processes import (
     wait_for,
 )
 from services.dev.state import DevState
+from services.runtime.config import mask_url
 
 SERVICES = ("ingest", "top10", "l2builder")
 SERVICE_GRACE_S = 20.0

@@ -15,7 +15,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
 from services.status.render import MISSING, SEVERITY_STYLE, age, number, printable, problems, rate
 from services.status.snapshot import Level, Snapshot, Stream, SymbolStatus
 

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.common.capture import CaptureError
-from services.common.config import ConfigError, Settings, add_settings_arguments, load_settings
-from services.common.lifecycle import run_service
-from services.common.logs import EventLog
+from services.core.capture import CaptureError
 from services.exchange.client import DEFAULT_MAX_QUEUE_BYTES
 from services.exchange.faults import FaultPlan
 from services.exchange.market import Market, make_instrument, symbol_names
 from services.exchange.replay import Recording, ReplayFeed, load_recording
 from services.exchange.server import ExchangeServer, Feed
 from services.exchange.simulator import SimFeed, WallClock
+from services.runtime.config import ConfigError, Settings, add_settings_arguments, load_settings
+from services.runtime.lifecycle import run_service
+from services.runtime.logs import EventLog
 
 MAX_SYMBOLS = 10_000
 MAX_DEPTH = 10_000

@@ -19,9 +19,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import OPEN
 
-from services.common.logs import EventLog
 from services.exchange.faults import INJECTED_ERROR, ConnectionFaults, Drop, FaultPlan, Injection, Stall
 from services.exchange.protocol import Session
+from services.runtime.logs import EventLog
 
 DEFAULT_MAX_QUEUE_BYTES: Final = 16 * 1024 * 1024
 BURST_FRAMES: Final = 512

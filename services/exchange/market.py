@@ -1,7 +1,7 @@
 """The simulator's market: seeded synthetic L2 books that move like BitMEX's, held in the simulator's own state.
 
 These books are the truth every client is compared against, so they share no code with the book engine
-under test (`services.common.book`): prices are integer ticks in one `SortedDict` per side, which makes
+under test (`services.core.book`): prices are integer ticks in one `SortedDict` per side, which makes
 "best", "top N" and "never crossed" exact, and a level's price never goes through a float until it is
 written into a frame.
 

@@ -28,12 +28,12 @@ from typing import Any, Final
 import orjson
 from sortedcontainers import SortedDict
 
-from services.common.capture import iter_capture
-from services.common.logs import EventLog
+from services.core.capture import iter_capture
 from services.exchange import messages
 from services.exchange.client import Client
 from services.exchange.messages import BOOK_TABLES, L2_25_TABLE, L2_TABLE, OB10_DEPTH, OB10_TABLE
 from services.exchange.protocol import Topic, Venue
+from services.runtime.logs import EventLog
 
 HIGH_WATER_BYTES: Final = 1024 * 1024
 """A pass waits for its client below this much queued data: a replay has no market to keep up with."""

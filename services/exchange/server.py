@@ -25,13 +25,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.common.config import ConfigError
-from services.common.lifecycle import listen_error
-from services.common.logs import EventLog, excerpt
+from services.core.text import excerpt
 from services.exchange import messages
 from services.exchange.client import Client
 from services.exchange.faults import INJECTED_ERROR, FaultPlan, RejectGate
 from services.exchange.protocol import Event, Reply, Session, Subscribed, Topic, Venue
+from services.runtime.config import ConfigError
+from services.runtime.lifecycle import listen_error
+from services.runtime.logs import EventLog
 
 REALTIME_PATH: Final = "/realtime"
 ORDER_BOOK_PATH: Final = "/api/v1/orderBook/L2"

@@ -22,12 +22,12 @@ from typing import Any, Final
 
 from prometheus_client import Counter
 
-from services.common.logs import EventLog
 from services.exchange import messages
 from services.exchange.client import Client
 from services.exchange.market import Change, Market
 from services.exchange.messages import L2_25_DEPTH, L2_25_TABLE, L2_TABLE, OB10_DEPTH, OB10_TABLE
 from services.exchange.protocol import Topic, Venue
+from services.runtime.logs import EventLog
 
 TICK_SECONDS: Final = 0.002
 IDLE_SECONDS: Final = 0.05

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-from services.common.backoff import Backoff
+from services.core.backoff import Backoff
 
 BASE_DELAY: Final = 0.5
 MAX_DELAY: Final = 30.0

@@ -6,10 +6,10 @@ import argparse
 import re
 from pathlib import Path
 
-from services.common.bitmex import L2_TABLES, ORDERBOOK10_TABLE
-from services.common.config import ConfigError, add_settings_arguments, load_settings
-from services.common.lifecycle import run_service
+from services.core.bitmex import L2_TABLES, ORDERBOOK10_TABLE
 from services.ingest.service import EXIT_ENTRIES_LOST, IngestOptions, IngestService
+from services.runtime.config import ConfigError, add_settings_arguments, load_settings
+from services.runtime.lifecycle import run_service
 
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 

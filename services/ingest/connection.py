@@ -30,17 +30,18 @@ from typing import Any, Final, TypeVar
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from services.common.bitmex import ErrorReply, Pong, ProtocolError, SubscriptionAck, TableFrame, Welcome, parse_frame
-from services.common.config import Settings, mask_url
-from services.common.health import safe_error
-from services.common.keys import Keys
-from services.common.logs import EventLog, excerpt
-from services.common.ratelimit import LogLimit
+from services.core.bitmex import ErrorReply, Pong, ProtocolError, SubscriptionAck, TableFrame, Welcome, parse_frame
+from services.core.keys import Keys
+from services.core.ratelimit import LogLimit
+from services.core.text import excerpt
 from services.ingest import metrics
 from services.ingest.backoff import ReconnectBackoff, parse_retry_after
 from services.ingest.publisher import Publisher
 from services.ingest.recorder import Recorder
 from services.ingest.session import Reaction, Session, TopicState
+from services.runtime.config import Settings, mask_url
+from services.runtime.health import safe_error
+from services.runtime.logs import EventLog
 
 PING_AFTER: Final = 1.0
 """Silence before a `ping`: well inside the liveness window (liveness.HEARD_WITHIN), so a quiet venue's

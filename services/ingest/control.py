@@ -17,11 +17,11 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.keys import CONTROL_MAXLEN, Keys
-from services.common.logs import EventLog
+from services.core.keys import CONTROL_MAXLEN, Keys
 from services.ingest import metrics
 from services.ingest.connection import Feed
 from services.ingest.publisher import RedisStatus
+from services.runtime.logs import EventLog
 
 READ_COUNT: Final = 100
 MAX_BLOCK: Final = 1.0

@@ -28,13 +28,13 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.bitmex import ORDERBOOK10_TABLE
-from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
-from services.common.logs import EventLog
-from services.common.redis_client import EvictionWatch
+from services.core.bitmex import ORDERBOOK10_TABLE
+from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
 from services.ingest import metrics
 from services.ingest.connection import Feed
 from services.ingest.publisher import Publisher, RedisStatus
+from services.runtime.logs import EventLog
+from services.runtime.redis_client import EvictionWatch
 
 SCRIPT: Final = (Path(__file__).parent / "stream_check.lua").read_text()
 UNKNOWN: Final = -1

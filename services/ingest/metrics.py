@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.common.redis_client import redis_lost_counter
+from services.runtime.redis_client import redis_lost_counter
 
 LATENCY_BUCKETS: Final = (
     *(step / 20_000 for step in range(1, 21)), 0.00125, 0.0015, 0.00175, 0.002, 0.0025, 0.003, 0.004, 0.005,

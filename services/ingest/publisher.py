@@ -35,12 +35,12 @@ from typing import Any, Final
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from services.common.entries import GAP_ACTION
-from services.common.health import safe_error
-from services.common.logs import EventLog
-from services.common.redis_wire import Command, RedisWire
+from services.core.entries import GAP_ACTION
 from services.ingest import metrics
 from services.ingest.session import Entry
+from services.runtime.health import safe_error
+from services.runtime.logs import EventLog
+from services.runtime.redis_wire import Command, RedisWire
 
 SCRIPT: Final = (Path(__file__).parent / "xadd_batch.lua").read_text()
 MAX_BATCH_ENTRIES: Final = 500

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Final, TextIO
 
-from services.common.capture import format_capture_line
+from services.core.capture import format_capture_line
 
 WRITE_BUFFER_BYTES: Final = 1 << 20
 

@@ -19,15 +19,15 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.common.config import Settings
-from services.common.keys import Keys
-from services.common.logs import EventLog
-from services.common.redis_wire import RedisWire
+from services.core.keys import Keys
 from services.ingest.connection import Feed
 from services.ingest.control import ControlReader
 from services.ingest.liveness import Heartbeat
 from services.ingest.publisher import CALL_TIMEOUT, Publisher, RedisStatus
 from services.ingest.recorder import Recorder
+from services.runtime.config import Settings
+from services.runtime.logs import EventLog
+from services.runtime.redis_wire import RedisWire
 
 DRAIN_TIMEOUT: Final = 5.0
 REDIS_SOCKET_TIMEOUT: Final = 5.0

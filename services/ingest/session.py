@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-from services.common.bitmex import (
+from services.core.bitmex import (
     ORDERBOOK10_TABLE,
     ErrorReply,
     ProtocolError,
@@ -35,8 +35,8 @@ from services.common.bitmex import (
     TableFrame,
     split_by_symbol,
 )
-from services.common.entries import encode_entry, encode_gap
-from services.common.keys import Keys
+from services.core.entries import encode_entry, encode_gap
+from services.core.keys import Keys
 
 SUBSCRIBE_ARGS_LIMIT: Final = 20
 """BitMEX refuses a request with more topics than this."""

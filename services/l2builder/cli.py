@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from services.common.config import add_settings_arguments, load_settings
-from services.common.lifecycle import run_service
 from services.l2builder.worker import L2Builder
+from services.runtime.config import add_settings_arguments, load_settings
+from services.runtime.lifecycle import run_service
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

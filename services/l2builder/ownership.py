@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from services.common.keys import Keys
+from services.core.keys import Keys
 from services.l2builder.scripts import register
 
 LEASE_TRUST = 0.75

@@ -39,11 +39,11 @@ from bson.int64 import Int64
 from pymongo import AsyncMongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, ConfigurationError
 
-from services.common.book import L2Book
-from services.common.config import ConfigError, mask_url
-from services.common.entries import EntryError, parse_stream_id
-from services.common.health import safe_error
+from services.core.book import L2Book
+from services.core.entries import EntryError, parse_stream_id
 from services.l2builder.symbol_state import StaleKind, SymbolState, stale_reason
+from services.runtime.config import ConfigError, mask_url
+from services.runtime.health import safe_error
 
 COLLECTION = "orderbooks"
 DUPLICATE_KEY = 11000

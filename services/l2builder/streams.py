@@ -21,16 +21,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from services.common.config import SYMBOL_PATTERN
-from services.common.entries import RawFields
-from services.common.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, Keys
-from services.common.redis_client import stream_pairs
-from services.common.redis_wire import Command, RedisWire
+from services.core.entries import RawFields
+from services.core.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, SYMBOL_PATTERN, Keys
 from services.l2builder.scripts import register
+from services.runtime.redis_client import stream_pairs
+from services.runtime.redis_wire import Command, RedisWire
 
 RawEntry = tuple[bytes, RawFields]
 """An entry as the client returns it: id and fields (a flat list from XREADGROUP/XRANGE, see
-services.common.redis_client)."""
+services.runtime.redis_client)."""
 RANGE_PAGE = 1000
 
 

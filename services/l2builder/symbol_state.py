@@ -25,9 +25,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from services.common.bitmex import ProtocolError, TableFrame, parse_frame
-from services.common.book import BookInconsistency, L2Book
-from services.common.entries import (
+from services.core.bitmex import ProtocolError, TableFrame, parse_frame
+from services.core.book import BookInconsistency, L2Book
+from services.core.entries import (
     GAP_ACTION,
     EntryError,
     RawFields,
@@ -36,7 +36,7 @@ from services.common.entries import (
     decode_next,
     parse_stream_id,
 )
-from services.common.logs import excerpt
+from services.core.text import excerpt
 
 StreamKey = tuple[int, int]
 START: StreamKey = (0, 0)

@@ -35,15 +35,12 @@ from typing import Any
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError, ResponseError
 
-from services.common.backoff import Backoff
-from services.common.config import Settings, mask_url
-from services.common.entries import EntryError, decode_entry, parse_stream_id
-from services.common.health import safe_error
-from services.common.keys import Keys
-from services.common.liveness import SessionTracker, sessions_alive
-from services.common.logs import EventLog, excerpt
-from services.common.ratelimit import LogLimit
-from services.common.redis_client import EvictionWatch, connect
+from services.core.backoff import Backoff
+from services.core.entries import EntryError, decode_entry, parse_stream_id
+from services.core.keys import Keys
+from services.core.liveness import SessionTracker
+from services.core.ratelimit import LogLimit
+from services.core.text import excerpt
 from services.l2builder import metrics
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.rendezvous import assigned
@@ -59,6 +56,10 @@ from services.l2builder.store import (
 )
 from services.l2builder.streams import L2Streams, RawEntry
 from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind, Status, SymbolState
+from services.runtime.config import Settings, mask_url
+from services.runtime.health import safe_error
+from services.runtime.logs import EventLog
+from services.runtime.redis_client import EvictionWatch, connect, sessions_alive
 
 log = EventLog("l2builder")
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 from rich.console import Console
 from rich.live import Live
 
-from services.common.config import SETTINGS, Settings, add_settings_arguments, load_settings
 from services.dev.state import running_state
+from services.runtime.config import SETTINGS, Settings, add_settings_arguments, load_settings
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
 from services.status.snapshot import Collector, Snapshot

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from services.common.entries import parse_stream_id
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.core.entries import parse_stream_id
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
 from services.status.snapshot import Group, Problem, Snapshot, Stream, SymbolStatus
 
 ERROR = "error"

@@ -18,8 +18,8 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
-from services.common.logs import escape_controls
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.core.text import escape_controls
 from services.status.problems import ERROR
 from services.status.snapshot import Problem, Snapshot, Stream, SymbolStatus
 

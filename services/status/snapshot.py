@@ -53,10 +53,10 @@ import pymongo
 import pymongo.errors
 import redis
 
-from services.common.config import SYMBOL_PATTERN, mask_url, redact
-from services.common.keys import TOP10_GROUP, Keys
-from services.common.redis_client import connect, evicting_policy
+from services.core.keys import SYMBOL_PATTERN, TOP10_GROUP, Keys
 from services.l2builder.store import COLLECTION as BOOKS_COLLECTION
+from services.runtime.config import mask_url, redact
+from services.runtime.redis_client import connect, evicting_policy
 
 SCHEMA = "bookstream.status/1"
 

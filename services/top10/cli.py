@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from services.common.config import add_settings_arguments, load_settings
-from services.common.lifecycle import run_service
+from services.runtime.config import add_settings_arguments, load_settings
+from services.runtime.lifecycle import run_service
 from services.top10.service import Top10Service
 
 

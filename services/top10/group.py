@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from services.common.keys import TOP10_GROUP
+from services.core.keys import TOP10_GROUP
+from services.core.text import as_text
 from services.top10.scripts import REMOVE_CONSUMER, ScriptCall, run_pipelined
 from services.top10.snapshots import RawEntry
 
@@ -75,8 +76,8 @@ async def claim_abandoned(redis: Redis, streams: Sequence[str], consumer: str,
             if entries:
                 page.entries.append((stream.encode(), entries))
             # Redis 7 reports claimed ids whose entries MAXLEN trimmed, and drops them from the pending list.
-            page.trimmed.extend((stream, _text(entry_id)) for entry_id in (deleted[0] if deleted else []))
-            if _text(cursor) != "0-0":
+            page.trimmed.extend((stream, as_text(entry_id)) for entry_id in (deleted[0] if deleted else []))
+            if as_text(cursor) != "0-0":
                 following[stream] = cursor
         if page.entries or page.trimmed:
             yield page
@@ -109,7 +110,7 @@ async def remove_departed(redis: Redis, streams: Sequence[str], consumer: str, e
     found_on: dict[str, list[str]] = {}
     for stream, members in zip(streams, listings, strict=True):
         for member in members:
-            name = _text(member["name"])
+            name = as_text(member["name"])
             idle_ms[name] = min(idle_ms.get(name, member["idle"]), member["idle"])
             pending[name] = pending.get(name, 0) + member["pending"]
             found_on.setdefault(name, []).append(stream)
@@ -130,7 +131,3 @@ async def leave(redis: Redis, streams: Sequence[str], consumer: str) -> int:
     """Remove `consumer` from the group on every stream where it owns nothing; return how many."""
     calls: list[ScriptCall] = [([stream], [TOP10_GROUP, consumer, 0]) for stream in streams]
     return sum(await run_pipelined(redis, REMOVE_CONSUMER, calls))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,7 +1,7 @@
 """Which top-10 keys to mark stale because the ingest session behind them is gone: the pure part, no I/O.
 
 The service reads each second the `session` and `status` of every key it serves, tracks those sessions with
-the shared `SessionTracker` (services.common.liveness) and marks what `keys_to_mark` returns. A key that is
+the shared `SessionTracker` (services.core.liveness) and marks what `keys_to_mark` returns. A key that is
 merely quiet keeps a present liveness key, so it stays live.
 """
 

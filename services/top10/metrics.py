@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.common.redis_client import redis_lost_counter
+from services.runtime.redis_client import redis_lost_counter
 
 ENTRIES = Counter(
     "bookstream_top10_entries",

@@ -17,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from services.common.redis_wire import Command
+from services.runtime.redis_wire import Command
 from services.top10.snapshots import GapMark, Top10Write
 
 

@@ -26,15 +26,16 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT
 
-from services.common.backoff import Backoff
-from services.common.config import SESSION_PATTERN, SYMBOL_PATTERN, Settings
-from services.common.health import safe_error
-from services.common.keys import SESSION_LOST_AFTER, TOP10_GROUP, Keys
-from services.common.liveness import INGEST_LOST, SessionTracker, sessions_alive
-from services.common.logs import EventLog, excerpt
-from services.common.ratelimit import LogLimit
-from services.common.redis_client import EvictionWatch, connect, stream_pairs
-from services.common.redis_wire import RedisWire
+from services.core.backoff import Backoff
+from services.core.keys import SESSION_LOST_AFTER, SESSION_PATTERN, SYMBOL_PATTERN, TOP10_GROUP, Keys
+from services.core.liveness import INGEST_LOST, SessionTracker
+from services.core.ratelimit import LogLimit
+from services.core.text import as_text, excerpt
+from services.runtime.config import Settings
+from services.runtime.health import safe_error
+from services.runtime.logs import EventLog
+from services.runtime.redis_client import EvictionWatch, connect, sessions_alive, stream_pairs
+from services.runtime.redis_wire import RedisWire
 from services.top10 import group, metrics
 from services.top10.liveness import KeyLiveness, keys_to_mark
 from services.top10.scripts import (
@@ -350,7 +351,7 @@ class Top10Service:
 
     async def _join_new_streams(self) -> None:
         """Join the ob10 stream of every symbol in the symbol set not joined (or skipped) yet."""
-        members = {_text(member) for member in await self._redis.smembers(self._keys.symbols)}
+        members = {as_text(member) for member in await self._redis.smembers(self._keys.symbols)}
         candidates = []
         for symbol in sorted(members - self._symbols.keys() - self._skipped_symbols):
             if SYMBOL_PATTERN.fullmatch(symbol):
@@ -441,11 +442,11 @@ class Top10Service:
         for symbol, reply in zip(symbols, replies, strict=True):
             if isinstance(reply, Exception) or reply[0] is None:
                 continue  # no key yet (or one written before keys named their session)
-            session = _text(reply[0])
+            session = as_text(reply[0])
             if not SESSION_PATTERN.fullmatch(session):
                 self._invalid_name("key_session", reply[0])
                 continue
-            keys[symbol] = KeyLiveness(session, _text(reply[1] or b""))
+            keys[symbol] = KeyLiveness(session, as_text(reply[1] or b""))
         sessions = self._sessions.watch({key.session for key in keys.values()}, time.monotonic())
         if not sessions:
             return True
@@ -541,7 +542,3 @@ def _report_trimmed(trimmed: list[tuple[str, str]]) -> None:
     streams = sorted({stream for stream, _ in trimmed})
     log.warning("pending_entries_trimmed", entries=len(trimmed), streams=",".join(streams),
                 first_id=trimmed[0][1], hint="raise STREAM_MAXLEN or add top10 instances")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from services.common.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, parse_frame
-from services.common.config import SYMBOL_PATTERN
-from services.common.entries import (
+from services.core.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame, parse_frame
+from services.core.entries import (
     GAP_ACTION,
     EntryError,
     RawFields,
@@ -28,9 +27,9 @@ from services.common.entries import (
     field_map,
     parse_stream_id,
 )
-from services.common.keys import Keys
-from services.common.logs import excerpt
-from services.common.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
+from services.core.keys import SYMBOL_PATTERN, Keys
+from services.core.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
+from services.core.text import excerpt
 
 OrderKey = tuple[int, int, int]
 """(order time in epoch microseconds, stream id ms, stream id seq): the order the script keeps. The order

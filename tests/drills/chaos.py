@@ -27,8 +27,8 @@ import orjson
 import pymongo
 import redis
 
-from services.common.capture import iter_capture
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
+from services.core.capture import iter_capture
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
 from tests.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port
 from tests.l2builder.feeds import capture_frames, reconstruct
 

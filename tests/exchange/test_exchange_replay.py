@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from services.common.bitmex import TableFrame, parse_frame
-from services.common.capture import iter_capture
-from services.common.orderbook10 import parse_orderbook10
+from services.core.bitmex import TableFrame, parse_frame
+from services.core.capture import iter_capture
+from services.core.orderbook10 import parse_orderbook10
 from tests.conftest import RunService
 from tests.exchange.wire import Book, health, open_client, recv_json, recv_until_idle, rest_levels, tables_only, truth
 from tests.harness import free_port

@@ -328,9 +328,9 @@ def test_partials_waiting_to_be_sent_are_not_lag(run_service: RunService) -> Non
 
 @pytest.mark.parametrize("historical", [False, True])
 def test_every_frame_parses_with_the_ingest_protocol_module(run_service: RunService, historical: bool) -> None:
-    """The simulator and `services.common.bitmex` were written apart; what one sends the other must read."""
-    bitmex = pytest.importorskip("services.common.bitmex")
-    orderbook10 = pytest.importorskip("services.common.orderbook10")
+    """The simulator and `services.core.bitmex` were written apart; what one sends the other must read."""
+    bitmex = pytest.importorskip("services.core.bitmex")
+    orderbook10 = pytest.importorskip("services.core.orderbook10")
     port = start_sim(run_service, "--symbols", "XBTUSD,DOGEUSDT", "--rate", "3000", "--max-frames", "1500",
                      *(["--historical"] if historical else []))
 

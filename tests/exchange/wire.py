@@ -1,7 +1,7 @@
 """What the exchange tests share: a recording websocket client, HTTP helpers and a tiny book.
 
 The book here is deliberately neither the simulator's (`services.exchange.market`) nor the engine under
-test (`services.common.book`): the simulator is checked against something that shares no code with it.
+test (`services.core.book`): the simulator is checked against something that shares no code with it.
 """
 
 from __future__ import annotations

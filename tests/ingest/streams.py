@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import redis
 
-from services.common.entries import StreamEntry, decode_entry
-from services.common.keys import Keys
+from services.core.entries import StreamEntry, decode_entry
+from services.core.keys import Keys
 from tests.conftest import RunService
 from tests.harness import ServiceProcess, free_port, wait_until
 

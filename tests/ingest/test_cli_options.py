@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ConfigError, load_settings
 from services.ingest.cli import add_arguments, options_from
+from services.runtime.config import ConfigError, load_settings
 
 
 def parse(*argv: str) -> argparse.Namespace:

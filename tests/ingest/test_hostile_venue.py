@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis
 
-from services.common.keys import INGEST_ALIVE_TTL_MS, Keys
+from services.core.keys import INGEST_ALIVE_TTL_MS, Keys
 from tests.conftest import RunService
 from tests.harness import MongoServer, RedisServer, ServiceProcess, free_port, wait_until
 from tests.ingest.streams import health_detail, l2, read_stream, sessions_of

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import redis
 
-from services.common.capture import iter_capture
-from services.common.keys import Keys
+from services.core.capture import iter_capture
+from services.core.keys import Keys
 from tests.conftest import RunService
 from tests.harness import RedisServer, free_port, wait_until
 from tests.ingest.streams import (

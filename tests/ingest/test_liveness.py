@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.config import load_settings
-from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, SESSION_LOST_AFTER
+from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, SESSION_LOST_AFTER
 from services.ingest.connection import PING_AFTER, PONG_TIMEOUT, WatchStep, subscription_verdict, watch_step
 from services.ingest.liveness import (
     HEARD_WITHIN,
@@ -13,6 +12,7 @@ from services.ingest.liveness import (
     renewal_withheld,
 )
 from services.ingest.session import TopicState
+from services.runtime.config import load_settings
 
 
 def test_a_stream_that_keeps_what_ingest_appended_is_fine_whatever_others_add() -> None:

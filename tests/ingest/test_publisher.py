@@ -12,13 +12,13 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from services.common.entries import decode_entry, encode_entry, encode_gap
-from services.common.keys import Keys
-from services.common.logs import EventLog
-from services.common.redis_wire import RedisWire
+from services.core.entries import decode_entry, encode_entry, encode_gap
+from services.core.keys import Keys
 from services.ingest import metrics
 from services.ingest.publisher import Publisher, RedisStatus
 from services.ingest.session import Entry
+from services.runtime.logs import EventLog
+from services.runtime.redis_wire import RedisWire
 from tests.harness import RedisServer, free_port
 
 BUSY_SCRIPT = """

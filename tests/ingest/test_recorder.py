@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.capture import iter_capture
+from services.core.capture import iter_capture
 from services.ingest.recorder import Recorder
 
 FRAMES = [(1_700_000_000.0 + n * 0.25, f'{{"table":"orderBookL2","n":{n},"text":"é"}}') for n in range(40)]

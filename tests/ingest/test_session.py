@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.common.bitmex import ErrorReply, ProtocolError, SubscriptionAck, TableFrame, parse_frame
-from services.common.entries import GAP_ACTION
-from services.common.keys import Keys
+from services.core.bitmex import ErrorReply, ProtocolError, SubscriptionAck, TableFrame, parse_frame
+from services.core.entries import GAP_ACTION
+from services.core.keys import Keys
 from services.ingest.session import SUBSCRIBE_ARGS_LIMIT, Entry, Session, TopicState, malformed_target
 
 KEYS = Keys("p")

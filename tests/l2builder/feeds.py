@@ -19,9 +19,9 @@ import orjson
 import pymongo
 import redis
 
-from services.common.capture import iter_capture
-from services.common.entries import encode_entry, encode_gap
-from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, L2BUILDER_GROUP, Keys
+from services.core.capture import iter_capture
+from services.core.entries import encode_entry, encode_gap
+from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, L2BUILDER_GROUP, Keys
 from tests.harness import ServiceProcess, wait_until
 
 TABLE = "orderBookL2"

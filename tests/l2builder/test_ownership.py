@@ -7,7 +7,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from services.common.keys import Keys
+from services.core.keys import Keys
 from services.l2builder.ownership import LEASE_TRUST, Ownership, Renewal
 
 

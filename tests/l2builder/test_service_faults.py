@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from services.common.entries import encode_entry
+from services.core.entries import encode_entry
 from tests.conftest import RunService
 from tests.harness import wait_until
 from tests.l2builder.feeds import TABLE, Books, Feed, Frame, log_values, make_frame, wait_settled

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import redis
 
-from services.common.keys import Keys
+from services.core.keys import Keys
 from tests.conftest import RunService
 from tests.harness import free_port, wait_until
 from tests.l2builder.feeds import Books, Levels, log_values

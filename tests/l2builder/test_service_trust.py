@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis
 
-from services.common.keys import SESSION_LOST_AFTER, Keys
+from services.core.keys import SESSION_LOST_AFTER, Keys
 from tests.conftest import RunService
 from tests.harness import RedisServer, wait_until
 from tests.l2builder.feeds import Books, Feed, Frame, Liveness, log_values, make_frame, wait_settled

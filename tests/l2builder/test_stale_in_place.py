@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common.config import load_settings
 from services.l2builder.symbol_state import StaleKind
 from services.l2builder.worker import L2Builder
+from services.runtime.config import load_settings
 from tests.l2builder.feeds import Books, Feed, make_frame
 
 DETAIL = "session session-1 has had no liveness key for 3.0 s"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.book import L2Book
+from services.core.book import L2Book
 from services.l2builder.store import (
     MAX_DOCUMENT_BYTES,
     UTC,

@@ -8,9 +8,9 @@ from typing import cast
 import pytest
 from redis.exceptions import RedisError, ResponseError
 
-from services.common.keys import L2BUILDER_GROUP, Keys
-from services.common.redis_client import connect
+from services.core.keys import L2BUILDER_GROUP, Keys
 from services.l2builder.streams import GroupInfo, L2Streams
+from services.runtime.redis_client import connect
 
 
 def test_group_ranges_and_acknowledgements(redis_url: str, key_prefix: str) -> None:

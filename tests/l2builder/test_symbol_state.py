@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.book import L2Book
-from services.common.entries import EntryError, StreamEntry, decode_entry, encode_entry, encode_gap
+from services.core.book import L2Book
+from services.core.entries import EntryError, StreamEntry, decode_entry, encode_entry, encode_gap
 from services.l2builder.symbol_state import Outcome, StaleKind, Status, SymbolState
 
 SYMBOL = "XBTUSD"

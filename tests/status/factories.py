@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
 from services.status.snapshot import (
     SCHEMA,
     Book,

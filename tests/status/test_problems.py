@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
 from services.status.problems import Thresholds, analyze, find_problems, with_rates
 from services.status.snapshot import Consumer, Owner, Snapshot, epoch_seconds
 from tests.status.factories import NOW_MS, book, group, snapshot, stream, symbol, top10

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from rich.console import Console
 
-from services.common.keys import L2BUILDER_GROUP
+from services.core.keys import L2BUILDER_GROUP
 from services.status.render import printable, render_status
 from services.status.snapshot import Consumer, Instances, Problem, Snapshot
 from tests.status.factories import book, group, snapshot, stream, symbol

@@ -16,8 +16,8 @@ import pytest
 import redis
 from rich.console import Console
 
-from services.common.entries import encode_entry, encode_gap
-from services.common.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
+from services.core.entries import encode_entry, encode_gap
+from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
 from services.dev.state import DevState, write_state
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from services.common.keys import Keys
+from services.core.keys import Keys
 from tests.harness import base_env
 from tests.top10.feed import SESSION, Heartbeat
 

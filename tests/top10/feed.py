@@ -13,8 +13,8 @@ import orjson
 import redis
 from redis.typing import EncodableT, FieldT
 
-from services.common.entries import encode_entry
-from services.common.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, TOP10_GROUP, Keys
+from services.core.entries import encode_entry
+from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, TOP10_GROUP, Keys
 from tests.harness import ServiceProcess, wait_until
 
 BASE_US = 1_767_225_600_000_000

@@ -14,8 +14,8 @@ from typing import Any, cast
 import orjson
 import redis
 
-from services.common.entries import decode_entry
-from services.common.keys import TOP10_GROUP, Keys
+from services.core.entries import decode_entry
+from services.core.keys import TOP10_GROUP, Keys
 from tests.harness import ServiceProcess, base_env, free_port, wait_until
 from tests.top10.feed import cached
 

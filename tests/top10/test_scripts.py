@@ -9,8 +9,8 @@ import time
 import redis
 from redis.asyncio import Redis
 
-from services.common.entries import EntryError, decode_entry
-from services.common.keys import TOP10_GROUP, Keys
+from services.core.entries import EntryError, decode_entry
+from services.core.keys import TOP10_GROUP, Keys
 from services.top10.scripts import (
     MARK_GAP,
     MARK_STALE,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from services.common.keys import TOP10_GROUP, Keys
+from services.core.keys import TOP10_GROUP, Keys
 from tests.harness import RedisServer, ServiceProcess, base_env, wait_until
 from tests.top10.feed import (
     ChannelListener,

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from services.common.entries import encode_entry, encode_gap
-from services.common.keys import Keys
+from services.core.entries import encode_entry, encode_gap
+from services.core.keys import Keys
 from services.top10.snapshots import BatchPlan, RawEntry, plan_batch, stream_symbol
 from tests.top10.feed import BASE_US, snapshot
 

@@ -11,8 +11,8 @@ import time
 
 import redis
 
-from services.common.entries import encode_gap
-from services.common.keys import SESSION_LOST_AFTER, Keys
+from services.core.entries import encode_gap
+from services.core.keys import SESSION_LOST_AFTER, Keys
 from tests.harness import RedisServer, base_env, wait_until
 from tests.top10.feed import (
     SESSION,

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.common.bitmex import (
+from services.core.bitmex import (
     ACTIONS,
     L2_TABLES,
     ORDERBOOK10_TABLE,

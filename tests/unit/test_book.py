@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.common.bitmex import TableFrame, parse_frame
-from services.common.book import BookInconsistency, BookSet, L2Book
+from services.core.bitmex import TableFrame, parse_frame
+from services.core.book import BookInconsistency, BookSet, L2Book
 
 SYMBOL = "XBTUSD"
 T1, T2, T3 = "2024-03-01T12:00:00.001Z", "2024-03-01T12:00:00.002Z", "2024-03-01T12:00:00.003Z"

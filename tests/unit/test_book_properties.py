@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.bitmex import ProtocolError, TableFrame, parse_frame
-from services.common.book import BookInconsistency, L2Book
+from services.core.bitmex import ProtocolError, TableFrame, parse_frame
+from services.core.book import BookInconsistency, L2Book
 
 SYMBOL = "XBTUSD"
 TICK = 0.25

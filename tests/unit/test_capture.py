@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.capture import CaptureError, format_capture_line, iter_capture
+from services.core.capture import CaptureError, format_capture_line, iter_capture
 
 FRAMES = [
     (1617648073.6164942, '{"info":"Welcome to the BitMEX Realtime API.","limit":{"remaining":39}}'),

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from services.common.config import (
+from services.runtime.config import (
     LIVE_WS_URL,
     SERVICE_SETTINGS,
     SETTINGS,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.common.entries import (
+from services.core.entries import (
     ENTRY_FIELDS,
     EntryError,
     RawFields,

@@ -6,7 +6,7 @@ import pymongo.errors
 import pytest
 import redis.exceptions
 
-from services.common.health import ERROR_TEXT_LIMIT, safe_error
+from services.runtime.health import ERROR_TEXT_LIMIT, safe_error
 
 
 @pytest.mark.parametrize(("exc", "shown"), [

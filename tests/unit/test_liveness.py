@@ -6,8 +6,9 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from services.common.keys import Keys
-from services.common.liveness import SessionTracker, sessions_alive
+from services.core.keys import Keys
+from services.core.liveness import SessionTracker
+from services.runtime.redis_client import sessions_alive
 
 LOST_AFTER, RETAIN = 3.0, 60.0
 

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from services.common.logs import EventLog, LogfmtFormatter, escape_controls
+from services.core.text import escape_controls
+from services.runtime.logs import EventLog, LogfmtFormatter
 
 CONTROLS = [chr(code) for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, 0x202E, 0x2066)]
 

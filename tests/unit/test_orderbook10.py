@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.common.bitmex import ProtocolError, TableFrame, parse_frame
-from services.common.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
+from services.core.bitmex import ProtocolError, TableFrame, parse_frame
+from services.core.orderbook10 import Top10Snapshot, parse_orderbook10, timestamp_key
 
 STAMP = "2021-04-05T18:41:13.652Z"
 BIDS: list[list[float | int]] = [[63573.5, 6000], [63573, 100], [63570, 25]]

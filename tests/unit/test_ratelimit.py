@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.ratelimit import LogLimit
+from services.core.ratelimit import LogLimit
 
 
 def test_a_burst_goes_through_then_the_next_window_says_how_many_were_held() -> None:

@@ -10,9 +10,9 @@ import pytest
 import redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from services.common.entries import decode_entry, encode_entry
-from services.common.logs import EventLog
-from services.common.redis_client import EVICTION_CHECK_INTERVAL, EvictionWatch, connect, stream_pairs
+from services.core.entries import decode_entry, encode_entry
+from services.runtime.logs import EventLog
+from services.runtime.redis_client import EVICTION_CHECK_INTERVAL, EvictionWatch, connect, stream_pairs
 from tests.harness import RedisServer
 
 

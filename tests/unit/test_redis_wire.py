@@ -12,7 +12,7 @@ import redis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError, ResponseError
 
-from services.common.redis_wire import RedisWire, tls_context
+from services.runtime.redis_wire import RedisWire, tls_context
 
 
 def with_path(url: str, path: str, netloc: str | None = None) -> str:

@@ -18,7 +18,7 @@ retried for seconds would hide that.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
@@ -27,7 +27,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 
-from services.common.logs import EventLog
+from services.core.keys import Keys
+from services.runtime.logs import EventLog
 
 CONNECT_TIMEOUT = 2.0
 RAW_REPLIES = ("XREADGROUP", "XRANGE")
@@ -125,3 +126,14 @@ def stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:
     if not reply:
         return ()
     return cast(Iterable[tuple[bytes, list[Any]]], reply.items() if isinstance(reply, dict) else reply)
+
+
+async def sessions_alive(redis: aioredis.Redis, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:
+    """Whether each session's liveness key exists, in one round trip (none for no sessions)."""
+    if not sessions:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for session in sessions:
+            pipe.exists(keys.ingest_alive(session))
+        replies = await pipe.execute()
+    return {session: bool(found) for session, found in zip(sessions, replies, strict=True)}

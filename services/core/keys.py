@@ -6,7 +6,14 @@ streams, lease and epoch share one slot and a Lua script may touch them together
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+"""What a symbol may look like: it becomes part of every per-symbol key, a log field and a document `_id`."""
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""What an ingest session id may look like: it becomes part of a Redis key (the session's liveness key), a
+log field and a document, so one read from a stream entry or a key is checked against this first."""
 
 TOP10_GROUP = "top10"
 L2BUILDER_GROUP = "l2builder"

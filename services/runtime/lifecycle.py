@@ -9,9 +9,9 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from services.common.config import ConfigError, Settings
-from services.common.health import HealthCheck, HealthServer
-from services.common.logs import EventLog, configure_logging
+from services.runtime.config import ConfigError, Settings
+from services.runtime.health import HealthCheck, HealthServer
+from services.runtime.logs import EventLog, configure_logging
 
 ServiceMain = Callable[[asyncio.Event], Coroutine[Any, Any, int]]
 

@@ -7,19 +7,10 @@ import sys
 import time
 from typing import Any
 
+from services.core.text import ESCAPES
+
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/-+@{}[],")
-# Characters that move a terminal's cursor, start an escape sequence, split a line for a log shipper or
-# reorder text on screen: C0, DEL, C1, the bidirectional marks and controls, the line and paragraph separators.
-_CONTROLS = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F),
-             *range(0x2066, 0x206A))
-_ESCAPES = ({code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _CONTROLS}
-            | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-_QUOTED = _ESCAPES | {ord("\\"): "\\\\", ord('"'): '\\"'}
-
-
-def escape_controls(text: str) -> str:
-    """`text` with every control character written as an escape (`\\n`, `\\x1b`, `\\u2028`): one inert line."""
-    return text.translate(_ESCAPES)
+_QUOTED = ESCAPES | {ord("\\"): "\\\\", ord('"'): '\\"'}
 
 
 def _quote(value: object) -> str:
@@ -74,10 +65,3 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-
-
-def excerpt(text: str | bytes, limit: int = 120) -> str:
-    """A bounded, printable excerpt of untrusted input for log lines and error messages."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return text if len(text) <= limit else text[:limit] + f"...(+{len(text) - limit} chars)"

@@ -12,18 +12,17 @@ A session stays tracked for `retain` seconds after the last book or key that nam
 entry of a dead session may still arrive late (a backlog, an entry claimed from a dead consumer, a slow
 catch-up), and it must then be known as lost, so that it never makes a book or key live.
 
-`SessionTracker` is the pure part; `sessions_alive` is the one lookup (EXISTS, pipelined) both consumers use.
+`SessionTracker` is the pure part; `services.runtime.redis_client.sessions_alive` is the one lookup (EXISTS,
+pipelined) both consumers use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from redis.asyncio import Redis
-
-from services.common.keys import SESSION_LOST_AFTER, Keys
+from services.core.keys import SESSION_LOST_AFTER
 
 SESSION_RETAIN: Final = 60.0
 INGEST_LOST: Final = "ingest_lost"
@@ -106,14 +105,3 @@ class SessionTracker:
     def lost_reason(self, session: str, now: float) -> str:
         """The stale reason of a book or key whose session is lost: `ingest_lost: <lost_detail>`."""
         return f"{INGEST_LOST}: {self.lost_detail(session, now)}"
-
-
-async def sessions_alive(redis: Redis, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:
-    """Whether each session's liveness key exists, in one round trip (none for no sessions)."""
-    if not sessions:
-        return {}
-    async with redis.pipeline(transaction=False) as pipe:
-        for session in sessions:
-            pipe.exists(keys.ingest_alive(session))
-        replies = await pipe.execute()
-    return {session: bool(found) for session, found in zip(sessions, replies, strict=True)}

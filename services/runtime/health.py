@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from services.common.logs import escape_controls
+from services.core.text import escape_controls
 
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 

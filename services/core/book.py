@@ -25,7 +25,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
-from services.common.bitmex import L2_TABLES, TableFrame, split_by_symbol
+from services.core.bitmex import L2_TABLES, TableFrame, split_by_symbol
 
 Level = tuple[float, int, int]
 """One price level: (price, size, id)."""

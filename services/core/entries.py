@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from services.common.config import SESSION_PATTERN
-from services.common.logs import excerpt
+from services.core.keys import SESSION_PATTERN
+from services.core.text import excerpt
 
 GAP_ACTION = "gap"
 FRAME_ACTIONS = frozenset({"partial", "insert", "update", "delete"})

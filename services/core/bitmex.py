@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
-from services.common.logs import excerpt
+from services.core.text import excerpt
 
 L2_TABLES: Final = frozenset({"orderBookL2", "orderBookL2_25"})
 ORDERBOOK10_TABLE: Final = "orderBook10"

@@ -19,11 +19,9 @@ from urllib.parse import unquote_plus, urlsplit
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser_shared import _validate_uri
 
+from services.core.keys import SYMBOL_PATTERN
+
 LIVE_WS_URL = "wss://ws.bitmex.com/realtime"
-SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-SESSION_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-"""What an ingest session id may look like: it becomes part of a Redis key (the session's liveness key), a
-log field and a document, so one read from a stream entry or a key is checked against this first."""
 L2_TABLE_CHOICES = ("orderBookL2", "orderBookL2_25")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from services.common.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame
+from services.core.bitmex import ORDERBOOK10_TABLE, ProtocolError, TableFrame
 
 DEPTH: Final = 10
 

@@ -1,1 +1,0 @@
-"""Sans-I/O core shared by every service: protocol, book, stream codec, configuration and plumbing."""
