@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import tempfile
 import time
@@ -110,7 +111,7 @@ async def run(url: str, rounds: int, repeat: int) -> dict[tuple[str, str], float
         for trip, commands in workloads(sha, batch_sha, groups).items():
             for name, call in calls.items():
                 trip_rounds = max(rounds // 10, 10) if trip in PER_ENTRY else rounds
-                runs = [await measure(call, lambda number, name=name: commands(name, number), trip_rounds)  # type: ignore[misc]
+                runs = [await measure(call, functools.partial(commands, name), trip_rounds)
                         for _ in range(repeat)]
                 results[trip, name] = min(runs) / PER_ENTRY.get(trip, 1)
     finally:

@@ -16,7 +16,8 @@ operations; the top N is a slice of the list's end. On parsed frames this applie
 `sortedcontainers.SortedDict`, with or without a top-10 read after every frame. Keeping the asks best
 first instead (plain ascending prices) moves the whole side on every change near the top and falls
 further behind the deeper the book; a dict sorted only when read is the fastest to update but the
-slowest once the top is read after each frame. The figures are in bench/RESULTS.md. Keys are compared, never rounded: the book is exact.
+slowest once the top is read after each frame (figures in bench/RESULTS.md). Keys are compared, never
+rounded: the book is exact.
 """
 
 from __future__ import annotations
