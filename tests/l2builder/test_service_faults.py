@@ -4,6 +4,7 @@ through the control stream, and is live again after it; every other book is unto
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 from services.common.entries import encode_entry
 from tests.conftest import RunService
@@ -34,7 +35,8 @@ def requested_at(feed: Feed) -> dict[str, list[float]]:
     """When Redis appended each symbol's resync requests (seconds, from the control stream's ids): times
     taken by the server, so a slow test process cannot stretch or squeeze them."""
     found: dict[str, list[float]] = {}
-    for stream_id, fields in feed.client.xrange(feed.keys.control):
+    entries = cast(list[tuple[str, dict[str, str]]], feed.client.xrange(feed.keys.control))
+    for stream_id, fields in entries:
         milliseconds = int(stream_id.split("-")[0])
         found.setdefault(fields["symbol"], []).append(milliseconds / 1000)
     return found
