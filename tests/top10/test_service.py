@@ -153,7 +153,7 @@ def test_three_instances_spread_the_work_and_agree_on_the_newest(
         time.sleep(0.005)
     wait_for_all(client, keys, newest_per_symbol(sent))
     wait_until(lambda: sum(instance.metric("bookstream_top10_entries_total") for instance in instances)
-               >= len(sent), 5, "every entry counted")
+               >= len(sent), 20, "every entry counted")
     processed = [instance.metric("bookstream_top10_entries_total") for instance in instances]
     assert all(count > 0 for count in processed), processed
 
