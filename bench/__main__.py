@@ -1,7 +1,7 @@
 """`python -m bench [--quick]` (also `make bench`): every benchmark, then bench/RESULTS.md and its figures.
 
-1. The per-service benchmarks (`python -m bench.book`, `.ingest`, `.top10`, `.l2builder`), each in its own
-   process; the last line each prints is its summary.
+1. The per-service benchmarks (`python -m bench.book`, `.ingest`, `.top10`, `.l2builder`) and the Redis
+   clients' (`.wire`), each in its own process; the last line each prints is its summary.
 2. The pipeline measurements of `bench.pipeline`: latency by stage at several rates, CPU and memory of
    every process, l2builder scaling, and the speed ideas of the original design switched off one by one.
 3. The soak variant of the fault drills (`bench.soak`): one drill on the simulator, one on a real capture.
@@ -45,6 +45,7 @@ SERVICE_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ingest": ((), ("--seconds", "3", "--warmup", "1")),
     "top10": ((), ("--entries", "20000", "--seconds", "4", "--warmup", "2")),
     "l2builder": ((), ("--frames", "30000")),
+    "wire": ((), ("--rounds", "200", "--repeat", "1")),
 }
 THROUGHPUT = (  # (label, benchmark, summary key, target in the service's issue)
     ("ingest frames/s", "ingest", "frames_per_s", 30_000), ("top10 entries/s", "top10", "entries_per_s", 20_000),
@@ -238,6 +239,8 @@ def write_results(path: Path, started: float, quick: bool, machine_rows: list[tu
                       [(f"`python -m bench.{bench.name}`",
                         f"`{bench.output.splitlines()[-1] if bench.returncode == 0 and bench.output else 'FAILED'}`",
                         f"{bench.seconds:,.0f} s") for bench in benches.values()]), ""]
+    lines += _wire_section(benches)
+    lines += _decisions_section()
     lines += _latency_section(results, figures)
     lines += _resources_section(results, figures)
     lines += _scaling_section(results, figures)
@@ -269,6 +272,59 @@ def _book_section(benches: dict[str, ServiceBench], figures: dict[str, str]) -> 
             "beside the list-based approach of BitMEX's official connector, which the original design used.", "",
             f"![book engine vs list baseline]({figures['book']})", "",
             *_table(("run", "frames/s"), [(name, f"{value:,.0f}") for name, value in book_rows(benches["book"])]), ""]
+
+
+DECISIONS = (  # (decision in the code, figures measured when it was taken, the command that measures it again)
+    ("`RedisWire` for the hot loops (`services/runtime/redis_wire.py`; ingest's publisher, top10's round trip, "
+     "l2builder's reads and acks)",
+     "redis-py's asyncio client about 200 us of CPU per pipelined round trip of top10's loop, `RedisWire` about "
+     "45 us; ingest's publisher measured a third, l2builder's reader and flusher a fifth of redis-py's cost",
+     "`python -m bench.wire`"),
+    ("hiredis packing and raw stream replies in the housekeeping pool (`services/runtime/redis_client.py`)",
+     "packing in Python about 2 us per argument, hiredis about 0.1 us; before the hot loops moved to "
+     "`RedisWire`, packing was a tenth of l2builder's CPU and the larger part of top10's, and redis-py's "
+     "conversion of entry fields into dicts a sixth of l2builder's",
+     "`python -m bench.wire` (xack row), `python -m bench.l2builder`, `python -m bench.top10`"),
+    ("one `xadd_batch.lua` EVALSHA per batch instead of pipelined XADDs (`services/ingest/publisher.py`)",
+     "500-entry batches, both packed by hiredis: ingest 2.4 us per entry instead of 8.2, Redis 4 us instead of "
+     "2.5; redis-py's own pipeline over 20 us per entry; a full batch holds Redis about 2 ms",
+     "`python -m bench.wire` (batch_* rows)"),
+    ("`GC_GEN0_THRESHOLD = 50_000` in l2builder (`services/l2builder/worker.py`)",
+     "about 12% of l2builder's CPU saved against Python's default of 700",
+     "`python -m bench.variant --gc-threshold 700 l2builder` beside `bookstream l2builder`"),
+    ("sorted key list with the best level last, plus two dicts (`services/core/book.py`)",
+     "deltas applied about twice as fast as with `sortedcontainers.SortedDict`; asks best first fall four "
+     "times behind at 30,000 levels; a dict sorted when read is ten times slower with a top-10 read per frame",
+     "`python -m bench.book --alternatives 30000` (and `--depth 30000`)"),
+    ("NamedTuples built with `tuple.__new__` for parsed frames and stream entries (`services/core/bitmex.py`, "
+     "`services/core/entries.py`); `decode_next` for the expected entry",
+     "several times faster than a frozen dataclass; `tuple.__new__` about half the cost of calling the class; "
+     "`decode_next` a third of `decode_entry`'s cost",
+     "`python -m bench.book`, `python -m bench.l2builder`"),
+    ("ingest's `Entry` a plain (not frozen) dataclass (`services/ingest/session.py`)",
+     "a frozen dataclass three times as costly to create", "`python -m bench.ingest`"),
+    ("the simulator writes bursts of frames with one system call (`services/exchange/client.py`)",
+     "at 20,000 frames/s one `ws.send()` per frame was most of the server's time", "`python -m bench.exchange`"),
+)
+"""Figures that used to sit in docstrings, where they rot: the code keeps the decision and names the command."""
+
+
+def _wire_section(benches: dict[str, ServiceBench]) -> list[str]:
+    wire = benches.get("wire")
+    if wire is None or wire.returncode:
+        return []
+    return ["## Redis clients", "",
+            "`bench.wire`: the hot loops' round trips through redis-py as it comes, through the services' "
+            "housekeeping pool (redis-py with hiredis packing and raw stream replies) and through `RedisWire`, "
+            "against a private redis-server; CPU time of the client process only.", "",
+            "```", *wire.output.strip().splitlines()[:-1], "```", ""]
+
+
+def _decisions_section() -> list[str]:
+    return ["## Figures behind design decisions", "",
+            "Measured on this kind of machine when each decision was taken, and kept here rather than in the "
+            "code's docstrings. The last column measures it again.", "",
+            *_table(("decision", "figures when decided", "measure again"), DECISIONS), ""]
 
 
 def _latency_section(results: PipelineResults, figures: dict[str, str]) -> list[str]:

@@ -12,11 +12,12 @@ Data structures, chosen by measurement (`python -m bench.book --alternatives 300
 best level LAST (bids: price; asks: -price, and negation is exact), a dict from sort key to the level
 tuple `(price, size, id)`, and a dict from id to price. Activity is near the top, so inserts and
 deletes touch the end of the list, where `insort` and `del` move almost nothing; an update is two dict
-operations; the top N is a slice of the list's end. On parsed frames this applies deltas about twice
-as fast as `sortedcontainers.SortedDict`, with or without a top-10 read after every frame. Keeping the
-asks best first instead (plain ascending prices) moves the whole side on every change near the top and
-falls four times behind at 30,000 levels; a dict sorted only when read is the fastest to update but ten
-times slower once the top is read after each frame. Keys are compared, never rounded: the book is exact.
+operations; the top N is a slice of the list's end. On parsed frames this applies deltas faster than
+`sortedcontainers.SortedDict`, with or without a top-10 read after every frame. Keeping the asks best
+first instead (plain ascending prices) moves the whole side on every change near the top and falls
+further behind the deeper the book; a dict sorted only when read is the fastest to update but the
+slowest once the top is read after each frame (figures in bench/RESULTS.md). Keys are compared, never
+rounded: the book is exact.
 """
 
 from __future__ import annotations

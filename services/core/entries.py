@@ -37,8 +37,8 @@ class EntryError(ValueError):
 class StreamEntry(NamedTuple):
     """One decoded stream entry; `frame` is empty for a gap marker, `reason` says why a gap was written.
 
-    A NamedTuple rather than a frozen dataclass: every consumer builds one per entry, and a frozen
-    dataclass sets each field through `object.__setattr__`, several times slower.
+    A NamedTuple rather than a frozen dataclass: one is built per entry decoded in full, and a frozen
+    dataclass sets each field through `object.__setattr__`, which is slower.
     """
 
     stream_id: str
@@ -56,8 +56,8 @@ class StreamEntry(NamedTuple):
 
 
 _new_entry = tuple.__new__
-"""Builds a StreamEntry from a complete tuple, skipping the Python-level `__new__` NamedTuple generates:
-about half the cost of calling the class."""
+"""Builds a StreamEntry from a complete tuple, skipping the Python-level `__new__` NamedTuple generates,
+which calling the class would run."""
 
 
 def encode_entry(frame: str, table: str, action: str, session: str, seq: int, recv_us: int) -> dict[str, str]:
@@ -110,7 +110,7 @@ def decode_next(stream_id: bytes, fields: RawFields, session: str | None, seq: i
     out as ingest writes it and passed as the flat list Redis sends. Returns (stream id, frame as bytes,
     recv_us), or None for anything else, which `decode_entry` then decodes in full.
 
-    Nearly every entry l2builder reads is this one, and this costs a third of `decode_entry`: the session
+    Nearly every entry l2builder reads is this one, and this is cheaper than `decode_entry`: the session
     and seq are compared without building a StreamEntry, the frame stays bytes (orjson reads bytes and
     checks their UTF-8 itself), and the table is not looked at, since the frame names its own.
     """

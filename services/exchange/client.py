@@ -183,7 +183,7 @@ def _write_burst(ws: ServerConnection, frames: list[bytes]) -> bool:
     """Write `frames` as text messages with one system call; False when the connection is closing.
 
     `ws.send()` writes every message on its own, one system call per frame and per client, which at
-    20,000 frames/s is most of the server's time. Like `websockets.broadcast()`, this frames messages with
+    the simulator's top rates is most of the server's time. Like `websockets.broadcast()`, this frames messages with
     the sans-I/O protocol and writes them with `send_data()`, only for many messages at once (websockets
     is pinned in pyproject.toml, so these calls cannot change under us). The caller awaits `drain()`,
     which pauses this client only, while its socket buffer is full.

@@ -5,16 +5,15 @@ it with a single `EVALSHA` of `xadd_batch.lua`, one round trip for the whole bat
 loop keeps receiving. A frame arriving alone is sent alone at once (low latency at a low rate); frames
 arriving during a round trip go together in the next one (high throughput at a high rate).
 
-Why a script rather than a pipeline of XADDs: measured with 500-entry batches, both packed by hiredis,
-the script costs this process 2.4 us per entry instead of 8.2 (one reply to read instead of one per XADD)
-and Redis 4 us instead of 2.5, and this process is the one that runs out of CPU first; redis-py's own
-pipeline costs over 20 us per entry. The script also stops a failing stream at its first error, so what
-is retried can never land out of order.
+Why a script rather than a pipeline of XADDs: this process has one reply to read per batch instead of
+one per XADD, at the price of more work in Redis, and this process is the one that runs out of CPU first
+(`python -m bench.wire` measures both, per entry, through each client). The script also stops a failing
+stream at its first error, so what is retried can never land out of order.
 
 Nothing is dropped when Redis is slow or down: the batch stays at the head of the buffer and is retried
 with a short capped backoff, and the connection loop stops reading the websocket once the buffer holds
-`capacity` entries, pushing back on the venue through TCP. The connection (a `RedisWire`: a round trip
-costs this process a third of what redis-py's connection did) never retries on its own, because
+`capacity` entries, pushing back on the venue through TCP. The connection (a `RedisWire`, the lean client of
+the hot loops: see `python -m bench.wire`) never retries on its own, because
 replaying a batch that Redis may already have applied would duplicate entries. After a failure whose
 outcome is unknown (a timeout, or the connection died mid-call) the old connection is killed, so that a
 batch still sitting in it cannot land later, then each stream's last entry is read back and the entries
@@ -46,7 +45,7 @@ XADD_BATCH: Final = LuaScript.beside(__file__, "xadd_batch.lua")
 OPERATION: Final = "publish"
 """The publisher's operation in the Redis health (log lines, metrics, /healthz)."""
 MAX_BATCH_ENTRIES: Final = 500
-"""Also bounds how long one batch holds Redis (about 2 ms), during which its other clients wait."""
+"""Also bounds how long one batch holds Redis, during which its other clients wait."""
 MAX_BATCH_CHARS: Final = 8 << 20
 CALL_TIMEOUT: Final = 5.0
 RETRY_MIN_DELAY: Final = 0.05

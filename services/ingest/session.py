@@ -59,7 +59,7 @@ class Entry:
     """A stream entry waiting for XADD: its stream, its fields, and when its frame arrived.
 
     `received_ns` is `time.perf_counter_ns()` at receipt: the start of the receive->acknowledged latency.
-    Not frozen only because a frozen dataclass costs three times as much to create, once per frame.
+    Not frozen only because a frozen dataclass costs more to create, and one is created per frame.
     """
 
     stream: str

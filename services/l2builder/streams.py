@@ -7,9 +7,9 @@ them with XRANGE from the position stored in MongoDB (`read_range`), which is al
 XACK may acknowledge an entry pending under any consumer, so the new owner clears the old one's entries.
 
 The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`: hiredis on bare streams, a
-fifth of redis-py's cost per round trip), one each because the reader always has a read in flight while the
-flusher acknowledges; everything else goes through redis-py. Either way a failure raises a `RedisError`
-(services.runtime), an error reply to a wire command included.
+fraction of redis-py's CPU per round trip, see `python -m bench.wire`), one each because the reader always
+has a read in flight while the flusher acknowledges; everything else goes through redis-py.
+Either way a failure raises a `RedisError` (services.runtime), an error reply to a wire command included.
 """
 
 from __future__ import annotations

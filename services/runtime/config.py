@@ -21,7 +21,9 @@ from pymongo.uri_parser_shared import _validate_uri
 
 from services.core.keys import SYMBOL_PATTERN
 
-LIVE_WS_URL = "wss://ws.bitmex.com/realtime"
+LOCAL_EXCHANGE_WS_URL = "ws://127.0.0.1:8080/realtime"
+"""Where `bookstream exchange` listens by default: BitMEX closed its venue on 2026-09-23, so the project's own
+BitMEX-protocol server is the default source, and the two run side by side on one host without a setting."""
 L2_TABLE_CHOICES = ("orderBookL2", "orderBookL2_25")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -228,7 +230,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mongo_url", "MONGO_CONNECTION_STRING", "mongodb://localhost:27017",
             _mongo_uri, "MongoDB connection string", secret_url=True),
     Setting("mongo_database", "MONGO_DATABASE", "bitmex", _prefix, "MongoDB database name"),
-    Setting("ws_url", "BITMEX_WS_URL", LIVE_WS_URL, _url(("ws", "wss")),
+    Setting("ws_url", "BITMEX_WS_URL", LOCAL_EXCHANGE_WS_URL, _url(("ws", "wss")),
             "BitMEX realtime websocket URL (the live venue closed on 2026-09-23; point it at `bookstream exchange`)",
             secret_url=True),
     Setting("symbols", "SYMBOLS", "XBTUSD", _symbols, "comma-separated symbols to subscribe"),

@@ -1,14 +1,14 @@
 """The Redis client of the consumers: no hidden retries, a read timeout above BLOCK, commands packed in C.
 
-redis-py's asyncio connections pack every command in Python, about 2 µs per argument: an XACK of covered
-entries carries up to a thousand ids, and an XREADGROUP of top10 names each stream twice (key and id);
-that packing was a tenth of l2builder's CPU and the larger part of top10's (bench.l2builder, bench.top10),
-before their hot loops moved to `RedisWire`. The sync client of redis-py packs with hiredis
-(`HiredisRespSerializer`, about 0.1 µs per argument); the pool here uses that same serializer on top of
-whichever connection class the URL calls for (TCP, TLS, unix socket).
+redis-py's asyncio connections pack every command in Python, argument by argument: an XACK of covered
+entries carries up to a thousand ids, and an XREADGROUP of top10 names each stream twice (key and id).
+The sync client of redis-py packs with hiredis (`HiredisRespSerializer`); the pool here uses that same
+serializer on top of whichever connection class the URL calls for (TCP, TLS, unix socket). The hot loops
+have since moved to `RedisWire`; `python -m bench.wire` sets this pool beside plain redis-py and `RedisWire`.
 
 XREADGROUP and XRANGE replies come back as Redis sends them, without redis-py's conversion of every entry's
-fields into a dict (a sixth of l2builder's CPU): `decode_entry` reads the flat `[name, value, ...]` list.
+fields into a dict, a visible share of l2builder's CPU in `python -m bench.l2builder`: `decode_entry` and
+`decode_next` read the flat `[name, value, ...]` list.
 With RESP3, redis-py's default, XREADGROUP answers a map of stream -> entries; with RESP2, a list of pairs.
 
 Retries are off because every loop of the services retries on its own terms (with backoff, re-reading

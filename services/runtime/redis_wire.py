@@ -1,10 +1,11 @@
 """A lean Redis connection for one hot loop: hiredis packs the commands and parses the replies, on bare streams.
 
-redis-py's asyncio client costs about 200 µs of CPU per pipelined round trip (a timeout scope, a lock, the
-retry and response-callback layers, per command and per reply): several times the work of top10's loop,
-which makes one round trip per batch, hundreds per second, on cores it shares with ingest and the exchange.
+redis-py's asyncio client spends more CPU on a pipelined round trip (a timeout scope, a lock, the retry
+and response-callback layers, per command and per reply) than top10's loop spends on the batch it carries,
+and the hot loops make one round trip per batch, on cores they share with ingest and the exchange.
 `RedisWire.call` writes the packed commands at once and feeds what arrives to a `hiredis.Reader` until every
-reply is in: about 45 µs per round trip on the same machine.
+reply is in, and nothing else. `python -m bench.wire` measures both clients on the hot loops' round trips,
+side by side (figures in bench/RESULTS.md).
 
 It connects as the URL says (`redis://`, `rediss://`, `unix://`; username, password, db), names itself with
 CLIENT SETNAME, and speaks RESP2 (no HELLO): replies are plain lists, integers and bytes. One task uses it

@@ -33,7 +33,8 @@ CLAIMED = Counter(
     "entries taken over with XAUTOCLAIM after staying pending longer than CLAIM_IDLE")
 CONSUMERS_REMOVED = Counter(
     "bookstream_top10_consumers_removed",
-    "other group members removed after CONSUMER_EXPIRY idle on every stream with nothing pending")
+    "members of the top10 group this instance removed: idle CONSUMER_EXPIRY on every stream and owning no "
+    "pending entry (in a market quieter than that, live ones too: Redis recreates them on their next read)")
 REDIS_ERRORS = Counter(
     "bookstream_top10_redis_errors",
     "failed Redis operations (each retried after a backoff)",

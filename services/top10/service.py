@@ -174,8 +174,8 @@ class Top10Service:
         The writes go out in the same pipeline as the next XREADGROUP, so an entry costs one round trip
         from its arrival to its key, and a busy loop half the system calls (and Redis wake-ups) of a
         write round trip followed by a read round trip; the round trip goes through `RedisWire`, a
-        fifth of redis-py's CPU per pipeline. On a host whose cores are shared with ingest and the
-        exchange, that CPU is what the latency tail is made of. Redis runs the pipeline in order, so
+        fraction of redis-py's CPU per pipeline (`python -m bench.wire`). On a host whose cores are shared
+        with ingest and the exchange, that CPU is what the latency tail is made of. Redis runs the pipeline in order, so
         the keys are written before the read blocks; their replies arrive with the read's, and the
         script's reply carries the time of each write. An entry is acknowledged only in the pipeline after
         the one whose reply showed its write done; so that this is soon, a read sent with writes blocks

@@ -82,10 +82,8 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Output, dict[
 def test_dev_shows_books_then_stops_everything_on_sigint(
         dev: tuple[subprocess.Popen[bytes], Output, dict[str, str]], tmp_path: Path) -> None:
     process, output, env = dev
-    started = time.monotonic()
     line = output.wait_for("books live 2/2", BOOKS_WITHIN_S)
     assert "XBTUSD " in line and "ETHUSD " in line
-    assert time.monotonic() - started < BOOKS_WITHIN_S
 
     state = read_state(tmp_path / "bookstream" / "dev.json")
     assert state is not None and state.pid == process.pid

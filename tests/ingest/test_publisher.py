@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis as AsyncRedis
 
 from services.core.entries import decode_entry, encode_entry, encode_gap
@@ -29,6 +30,11 @@ while true do
     if (now[1] - started[1]) * 1000000 + (now[2] - started[2]) > tonumber(ARGV[1]) then return 1 end
 end
 """
+
+
+def sample(name: str, **labels: str) -> float:
+    """A sample of this process's metrics, read the way a scrape reads it (0 before its first count)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def entries(keys: Keys, symbols: list[str], count: int, session: str = "s1") -> list[Entry]:
@@ -91,7 +97,7 @@ def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_
     keys = Keys(key_prefix)
     batch = entries(keys, ["A", "B", "C"], 3000)
     gap = Entry(keys.l2_stream("A"), "A", encode_gap("orderBookL2", "s1", 1001, 5, "closed"), time.perf_counter_ns())
-    before = metrics.PUBLISHED.labels("gap")._value.get()
+    before = sample("bookstream_ingest_entries_published_total", kind="gap")
 
     async def feed(publisher: Publisher) -> None:
         for start in range(0, len(batch), 250):
@@ -107,7 +113,7 @@ def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_
     client = redis.Redis.from_url(redis_url)
     assert client.smembers(keys.symbols) == {b"A", b"B", b"C"}
     client.close()
-    assert metrics.PUBLISHED.labels("gap")._value.get() == before + 1
+    assert sample("bookstream_ingest_entries_published_total", kind="gap") == before + 1
 
 
 def test_the_buffer_bound_is_reported_and_room_comes_back_as_redis_catches_up(redis_url: str,
@@ -132,7 +138,7 @@ def test_a_stream_redis_refuses_for_good_is_dropped_loudly_and_the_others_go_on(
     client = redis.Redis.from_url(redis_url)
     client.set(keys.l2_stream("B"), "not a stream")
     batch = entries(keys, ["A", "B"], 200)
-    dropped = metrics.DROPPED.labels("redis_refused")._value.get()
+    dropped = sample("bookstream_ingest_dropped_entries_total", reason="redis_refused")
 
     async def feed(publisher: Publisher) -> None:
         publisher.append(batch)
@@ -140,7 +146,7 @@ def test_a_stream_redis_refuses_for_good_is_dropped_loudly_and_the_others_go_on(
     run_publisher(redis_url, key_prefix, feed)
     assert stream_frames(redis_url, keys.l2_stream("A")) == expected(batch, keys.l2_stream("A"))
     assert client.get(keys.l2_stream("B")) == b"not a stream"
-    assert metrics.DROPPED.labels("redis_refused")._value.get() == dropped + 100
+    assert sample("bookstream_ingest_dropped_entries_total", reason="redis_refused") == dropped + 100
     client.close()
 
 
@@ -178,7 +184,7 @@ def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_
     """Redis busy past the socket timeout: the publisher gives up on a batch Redis then applies anyway."""
     keys = Keys(key_prefix)
     warm_up, batch = entries(keys, ["A", "B", "C"], 3), entries(keys, ["A", "B", "C"], 300, session="s2")
-    errors = metrics.REDIS_ERRORS.labels("publish")._value.get()
+    errors = sample("bookstream_ingest_redis_errors_total", operation="publish")
 
     async def feed(publisher: Publisher) -> None:
         publisher.append(warm_up)  # the connection is open and the script loaded before Redis stalls
@@ -192,7 +198,7 @@ def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_
 
     with caplog.at_level(logging.INFO, logger="bookstream"):
         status = run_publisher(redis_url, key_prefix, feed, timeout=0.3)
-    assert metrics.REDIS_ERRORS.labels("publish")._value.get() > errors
+    assert sample("bookstream_ingest_redis_errors_total", operation="publish") > errors
     assert "batch_reconciled" in [record.getMessage() for record in caplog.records]
     assert status.up is True
     for symbol in "ABC":
@@ -203,7 +209,7 @@ def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_
 def test_entries_given_up_at_stop_are_counted_and_logged(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     keys = Keys(key_prefix)
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
-    dropped = metrics.DROPPED.labels("stop")._value.get()
+    dropped = sample("bookstream_ingest_dropped_entries_total", reason="stop")
 
     async def feed(publisher: Publisher) -> None:
         publisher.append(entries(keys, ["A", "B"], 10))
@@ -214,5 +220,5 @@ def test_entries_given_up_at_stop_are_counted_and_logged(key_prefix: str, caplog
     with caplog.at_level(logging.INFO, logger="bookstream"):
         status = run_publisher(nowhere, key_prefix, feed, timeout=0.2)
     assert status.up is False
-    assert metrics.DROPPED.labels("stop")._value.get() == dropped + 10
+    assert sample("bookstream_ingest_dropped_entries_total", reason="stop") == dropped + 10
     assert "entries_dropped" in [record.getMessage() for record in caplog.records]

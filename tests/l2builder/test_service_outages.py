@@ -3,7 +3,6 @@ acknowledging, reports itself unhealthy, and catches up when the server is back,
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from testkit.harness import MongoServer, RedisServer, wait_until
@@ -24,7 +23,7 @@ def test_mongodb_restart_mid_run(
     builder = run_service("l2builder", env=env, name="builder")
     publisher = feed.paced(frames[100:], seconds=5)
 
-    time.sleep(1.5)
+    wait_until(lambda: publisher.published > 0 and len(books.all()) > 0, 30, "books written while publishing")
     mongo_server.stop()
     wait_until(lambda: builder.health()[0] == 503, 10, "/healthz failing while MongoDB is down")
     pending_while_down = sum(feed.pending(symbol) for symbol in feed.last_id)
@@ -47,13 +46,14 @@ def test_redis_restarts_mid_run(
     frames = capture_frames(captures_dir / CAPTURE)
     expected, applied = reconstruct(frames)
     feed, books = Feed(redis_server.url, key_prefix), Books(mongo_url, mongo_database)
-    env = {**service_env, "REDIS_URL": redis_server.url, "HEALTH_STALE_AFTER": "0.6"}  # LEASE_TTL 6
+    # An instance trusts a lease for 3/4 of LEASE_TTL after its renewal: 7.5 s here, ample for the short outage.
+    env = {**service_env, "REDIS_URL": redis_server.url, "HEALTH_STALE_AFTER": "0.6", "LEASE_TTL": "10"}
     third = len(frames) // 3
     feed.frames(frames[:third])
     builder = run_service("l2builder", env=env, name="builder")
 
     # Shorter than the lease: the books stay in memory and nothing is applied twice.
-    time.sleep(0.2)
+    wait_until(lambda: builder.metric("bookstream_l2builder_frames_applied_total") > 0, 30, "frames being applied")
     redis_server.stop()
     wait_until(lambda: builder.health()[0] == 503, 10, "/healthz failing while Redis is down")
     redis_server.start()
@@ -64,7 +64,8 @@ def test_redis_restarts_mid_run(
 
     # Longer than the lease: the symbols are dropped at once, then taken again and restored from MongoDB.
     redis_server.stop()
-    time.sleep(5)
+    wait_until(lambda: set(log_values(builder, "lease_lost", "symbol")) == set(feed.last_id), 30,
+               "every lease given up while Redis is down")
     redis_server.start()
     feed.frames(frames[2 * third:])
     wait_settled(feed, books)

@@ -55,7 +55,7 @@ def test_each_key_holds_its_symbols_last_snapshot_including_symbols_seen_later(
                           "reason", "session"}
     assert (value["session"], value["reason"]) == ("testsession", "")
     assert int(value["updated_us"]) >= int(value["recv_us"]) > 0
-    wait_until(lambda: top10.metric("bookstream_top10_entries_total") == len(early) + len(later), 5, "counted")
+    wait_until(lambda: top10.metric("bookstream_top10_entries_total") == len(early) + len(later), 20, "counted")
     assert top10.metric("bookstream_top10_writes_total", 'result="applied"') >= 4
     assert top10.metric("bookstream_top10_streams") == 3
     assert consumers(client, keys, "SOLUSD") == {"solo": 0}
@@ -153,7 +153,7 @@ def test_three_instances_spread_the_work_and_agree_on_the_newest(
         time.sleep(0.005)
     wait_for_all(client, keys, newest_per_symbol(sent))
     wait_until(lambda: sum(instance.metric("bookstream_top10_entries_total") for instance in instances)
-               >= len(sent), 5, "every entry counted")
+               >= len(sent), 20, "every entry counted")
     processed = [instance.metric("bookstream_top10_entries_total") for instance in instances]
     assert all(count > 0 for count in processed), processed
 
@@ -171,7 +171,7 @@ def test_kill_9_with_entries_pending_leaves_nothing_unprocessed(
     more += add(client, keys, snapshot("OTHER", 50), snapshot("THIRD", 50))
     wait_for_all(client, keys, [*victim, *newest_per_symbol(more)])
     assert heir.metric("bookstream_top10_claimed_entries_total") >= 1
-    wait_until(lambda: heir.metric("bookstream_top10_entries_total", 'source="claimed"') >= 1, 5, "claims counted")
+    wait_until(lambda: heir.metric("bookstream_top10_entries_total", 'source="claimed"') >= 1, 20, "claims counted")
     wait_until(lambda: "doomed" not in consumers(client, keys, "VICTIM"), 15, "the dead consumer removed")
     assert heir.metric("bookstream_top10_consumers_removed_total") == 1
     heir.wait_log("consumer=doomed")
@@ -207,7 +207,7 @@ def test_own_pending_entries_are_processed_first_after_a_restart_under_the_same_
     assert consumers(client, keys, "XBTUSD") == {"phoenix": 3}
     phoenix = start(run_service, top10_env, "phoenix", CLAIM_IDLE="600")
     wait_for_all(client, keys, [sent[1]], timeout=10)
-    wait_until(lambda: phoenix.metric("bookstream_top10_entries_total", 'source="pending"') == 3, 5, "counted")
+    wait_until(lambda: phoenix.metric("bookstream_top10_entries_total", 'source="pending"') == 3, 20, "counted")
     assert phoenix.metric("bookstream_top10_claimed_entries_total") == 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from services.runtime.config import (
-    LIVE_WS_URL,
+    LOCAL_EXCHANGE_WS_URL,
     SERVICE_SETTINGS,
     SETTINGS,
     ConfigError,
@@ -25,7 +25,7 @@ def parse(argv: list[str], service: str = "l2builder") -> argparse.Namespace:
 
 def test_defaults() -> None:
     settings = load_settings(parse([], "ingest"), environ={})
-    assert settings.ws_url == LIVE_WS_URL
+    assert settings.ws_url == LOCAL_EXCHANGE_WS_URL
     assert settings.key_prefix == "bitmex"
     assert settings.mongo_database == "bitmex"
     assert settings.symbols == ("XBTUSD",)
