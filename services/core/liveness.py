@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from services.core.keys import SESSION_LOST_AFTER
 
@@ -105,3 +107,29 @@ class SessionTracker:
     def lost_reason(self, session: str, now: float) -> str:
         """The stale reason of a book or key whose session is lost: `ingest_lost: <lost_detail>`."""
         return f"{INGEST_LOST}: {self.lost_detail(session, now)}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLiveness:
+    """What a liveness key says besides "alive": which instance holds the session and how its subscriptions
+    went, so `bookstream status` can show a degraded ingest (some topics rejected) without asking ingest."""
+
+    instance: str
+    subscribed: int | None = None
+    rejected: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"instance": self.instance, "subscribed": self.subscribed, "rejected": self.rejected})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> IngestLiveness:
+        """The key's value; a bare instance name (as ingest wrote before the value was JSON) is understood."""
+        try:
+            value: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            return cls(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        subscribed, rejected = value.get("subscribed"), value.get("rejected")
+        return cls(str(value.get("instance", "")), subscribed if type(subscribed) is int else None,
+                   tuple(str(topic) for topic in rejected) if isinstance(rejected, list) else ())

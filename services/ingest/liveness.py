@@ -29,9 +29,11 @@ from redis.exceptions import RedisError
 
 from services.core.bitmex import ORDERBOOK10_TABLE
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, Keys
+from services.core.liveness import IngestLiveness
 from services.ingest import metrics
 from services.ingest.feed import Feed
 from services.ingest.publisher import Publisher
+from services.ingest.session import TopicState
 from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import EvictionWatch
@@ -161,7 +163,9 @@ class Heartbeat:
             self._withheld_from = None
         self.withheld = withheld
         if withheld is None:
-            await self._redis.set(self._keys.ingest_alive(session.id), self._instance, px=INGEST_ALIVE_TTL_MS)
+            subscribed = len(session.topics_in(TopicState.SUBSCRIBED))
+            value = IngestLiveness(self._instance, subscribed, tuple(self._feed.subscription_problem()[1]))
+            await self._redis.set(self._keys.ingest_alive(session.id), value.encode(), px=INGEST_ALIVE_TTL_MS)
             self.renewed = (session.id, now)
 
     async def _check_streams_kept(self, acked: dict[str, int]) -> None:

@@ -73,6 +73,13 @@ def find_problems(current: Snapshot, previous: Snapshot | None, limits: Threshol
         found.append(Problem("invalid_symbol", WARNING, None, "redis",
                              f"{current.ignored_names} names in Redis or MongoDB are not symbols "
                              "([A-Za-z0-9_.-]{1,32}) and were ignored"))
+    for said in current.instances.subscriptions:
+        if said.rejected:
+            nothing = said.subscribed == 0
+            found.append(Problem("topics_rejected", ERROR if nothing else WARNING, None, "ingest",
+                                 f"ingest {said.instance} (session {said.session}): the venue rejected "
+                                 f"{len(said.rejected)} topic(s), {', '.join(said.rejected[:5])}"
+                                 + (", and it subscribed to nothing" if nothing else "")))
     before = {status.symbol: status for status in previous.symbols} if previous else {}
     for status in current.symbols:
         found.extend(_symbol_problems(status, before.get(status.symbol), current.mongo.ok, limits))

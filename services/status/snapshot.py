@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +53,8 @@ import pymongo.errors
 import redis
 from redis.exceptions import NoScriptError
 
-from services.core.keys import BOOKS_COLLECTION, SYMBOL_PATTERN, TOP10_GROUP, Keys
+from services.core.keys import BOOKS_COLLECTION, SESSION_PATTERN, SYMBOL_PATTERN, TOP10_GROUP, Keys
+from services.core.liveness import IngestLiveness
 from services.core.text import as_text
 from services.runtime.config import mask_url, redact
 from services.runtime.redis_client import connect, evicting_policy
@@ -168,6 +169,16 @@ class Instances:
     ingest: tuple[str, ...]
     top10: tuple[str, ...]
     l2builder: tuple[str, ...]
+    subscriptions: tuple[Subscriptions, ...] = ()
+    """Of each live ingest session, as its liveness key tells: how many topics it holds and which were rejected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriptions:
+    session: str
+    instance: str
+    subscribed: int | None
+    rejected: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,13 +367,19 @@ class Collector:
                     continue
         return _valid_symbols(found)
 
-    def _alive(self, sessions: set[str]) -> set[str]:
-        """The ingest sessions among `sessions` whose liveness key exists."""
+    def _sessions_with_a_key(self) -> set[str]:
+        start = len(self.keys.ingest_alive(""))
+        found = (as_text(key)[start:] for key in self._redis.scan_iter(match=self.keys.ingest_alive("*"), count=1000))
+        return {session for session in found if SESSION_PATTERN.fullmatch(session)}
+
+    def _alive(self, sessions: set[str]) -> dict[str, IngestLiveness]:
+        """The ingest sessions among `sessions` whose liveness key exists, with what the key says."""
         ordered = sorted(sessions)
         pipe = self._redis.pipeline(transaction=False)
         for session in ordered:
-            pipe.exists(self.keys.ingest_alive(session))
-        return {session for session, found in zip(ordered, pipe.execute(), strict=True) if found}
+            pipe.get(self.keys.ingest_alive(session))
+        return {session: IngestLiveness.decode(value)
+                for session, value in zip(ordered, pipe.execute(), strict=True) if value is not None}
 
     def _read_redis(self, books: dict[str, Book]) -> tuple[tuple[SymbolStatus, ...], Instances, int]:
         discovered, ignored = self._discover_symbols()
@@ -377,8 +394,11 @@ class Collector:
         # Scores are expiry times on the Redis clock (l2builder's heartbeat uses TIME), so compare with it.
         members = tuple(name for name, expiry in reads.members or () if expiry > redis_now_ms)
         consumers = self._read_consumers(names, reads.symbols)
+        # Sessions named by the streams, and those with a liveness key but nothing written yet (every topic
+        # rejected, say): both are ingest's to report on.
         alive = self._alive({summary[4] for replies in reads.symbols
-                             for summary in (replies.l2_summary, replies.ob10_summary) if summary and summary[4]})
+                             for summary in (replies.l2_summary, replies.ob10_summary) if summary and summary[4]}
+                            | self._sessions_with_a_key())
         symbols = []
         for sym, replies in zip(names, reads.symbols, strict=True):
             ttl = replies.lease_pttl
@@ -413,7 +433,8 @@ class Collector:
             pipe.xinfo_consumers(stream, group)
         return {pair: ok(found) or [] for pair, found in zip(wanted, pipe.execute(raise_on_error=False), strict=True)}
 
-    def _instances(self, symbols: list[SymbolStatus], members: tuple[str, ...], alive: set[str]) -> Instances:
+    def _instances(self, symbols: list[SymbolStatus], members: tuple[str, ...],
+                   alive: dict[str, IngestLiveness]) -> Instances:
         sessions = set(alive)
         readers: set[str] = set()
         for status in symbols:
@@ -423,7 +444,9 @@ class Collector:
             group = status.ob10.group(TOP10_GROUP) if status.ob10 else None
             if group is not None:
                 readers.update(c.name for c in group.consumers if c.idle_s < self.live_idle_s)
-        return Instances(tuple(sorted(sessions)), tuple(sorted(readers)), tuple(sorted(members)))
+        subscriptions = tuple(Subscriptions(session, said.instance, said.subscribed, said.rejected)
+                              for session, said in sorted(alive.items()))
+        return Instances(tuple(sorted(sessions)), tuple(sorted(readers)), tuple(sorted(members)), subscriptions)
 
 
 def _valid_symbols(names: Iterable[str]) -> tuple[set[str], int]:
@@ -436,7 +459,7 @@ def _valid_symbols(names: Iterable[str]) -> tuple[set[str], int]:
 
 
 def _stream(key: str, summary: list[Any] | None, groups: list[dict[str, Any]] | None,
-            consumers: dict[tuple[str, str], list[Any]], alive: set[str], redis_now_ms: int) -> Stream | None:
+            consumers: dict[tuple[str, str], list[Any]], alive: Collection[str], redis_now_ms: int) -> Stream | None:
     if summary is None:
         return None
     length, entries_added, first_id, last_id, last_session = summary

@@ -16,10 +16,12 @@ import pytest
 import redis
 
 from services.core.keys import INGEST_ALIVE_TTL_MS, Keys
+from services.core.liveness import IngestLiveness
 from testkit.harness import MongoServer, RedisServer, ServiceProcess, free_port, wait_until
 from testkit.l2feeds import Books
 from tests.conftest import RunService
 from tests.ingest.streams import health_detail, l2, read_stream, sessions_of
+from tests.status.test_status_stack import status_json
 from tests.venue import Venue
 
 Row = tuple[int, str, int, float]
@@ -169,7 +171,7 @@ def test_the_liveness_key_lives_while_connected_and_expires_after_kill_9(
     session = health_detail(ingest)["connection"]["session"]
     key = Keys(key_prefix).ingest_alive(session)
     client = redis.Redis.from_url(redis_url)
-    wait_until(lambda: client.get(key) == b"ingest-alive", 20, "the liveness key")
+    wait_until(lambda: said_by(client.get(key)) == "ingest-alive", 20, "the liveness key")
     assert 0 < int(client.pttl(key)) <= INGEST_ALIVE_TTL_MS
     assert health_detail(ingest)["liveness"]["key"] == key
     # Renewal, seen as the key's TTL going back up, never as a key that merely has yet to expire.
@@ -306,6 +308,7 @@ def test_healthz_fails_with_every_topic_rejected_and_is_degraded_with_some(
     ingest = start_ingest(run_service, service_env, venue, "xbtusd", healthy=False)
     wait_until(lambda: health_detail(ingest)["status"] == 503, 10, "/healthz failing")
     assert health_detail(ingest)["problems"] == ["no topic subscribed: the venue rejected all 2"]
+    wait_until(lambda: rejected_problems(service_env) == [("error", 2)], 15, "status: an error, nothing subscribed")
     ingest.terminate()
 
     partial_on_subscribe(venue, ("XBTUSD",))
@@ -314,6 +317,20 @@ def test_healthz_fails_with_every_topic_rejected_and_is_degraded_with_some(
     detail = health_detail(ingest)
     assert (detail["status"], detail["healthy"], detail["problems"]) == (200, True, [])
     assert detail["degraded"] == ["orderBook10:xbtusd", "orderBookL2:xbtusd"]
+    # `bookstream status` learns it from the session's liveness key, without asking ingest.
+    wait_until(lambda: rejected_problems(service_env) == [("warning", 2)], 15, "status: a warning, degraded")
+
+
+def said_by(value: bytes | str | None) -> str | None:
+    """The instance a liveness key names, None without a key."""
+    return None if value is None else IngestLiveness.decode(value).instance
+
+
+def rejected_problems(env: dict[str, str]) -> list[tuple[str, int]]:
+    """The `topics_rejected` problems of `bookstream status --json`: (severity, topics named)."""
+    document = status_json(env)
+    return [(problem["severity"], problem["detail"].count(":xbtusd")) for problem in document["problems"]
+            if problem["kind"] == "topics_rejected"]
 
 
 def test_a_failed_connect_names_the_url_masked(run_service: RunService, service_env: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
 from services.status.problems import Thresholds, analyze, find_problems, with_rates
-from services.status.snapshot import Consumer, Owner, Snapshot, epoch_seconds
+from services.status.snapshot import Consumer, Instances, Owner, Snapshot, Subscriptions, epoch_seconds
 from tests.status.factories import NOW_MS, book, group, snapshot, stream, symbol, top10
 
 LIMITS = Thresholds(stale_after_s=30, lag_high=1000, lag_growing_min=100, dead_idle_s=30)
@@ -162,3 +162,15 @@ def test_epoch_seconds_rejects_what_is_not_a_time() -> None:
     assert epoch_seconds("yesterday") is None
     assert epoch_seconds(True) is None
     assert epoch_seconds(None) is None
+
+
+def test_rejected_topics_of_a_live_ingest_session() -> None:
+    def with_subscriptions(*said: Subscriptions) -> Snapshot:
+        return replace(snapshot(symbol()), instances=Instances(("s1",), (), (), said))
+
+    some = find_problems(with_subscriptions(Subscriptions("s1", "ingest-1", 2, ("orderBookL2:xbtusd",))), None, LIMITS)
+    assert [(p.kind, p.severity) for p in some] == [("topics_rejected", "warning")]
+    assert "orderBookL2:xbtusd" in some[0].detail
+    none = find_problems(with_subscriptions(Subscriptions("s1", "ingest-1", 0, ("a", "b"))), None, LIMITS)
+    assert [(p.kind, p.severity) for p in none] == [("topics_rejected", "error")]
+    assert find_problems(with_subscriptions(Subscriptions("s1", "ingest-1", 2, ())), None, LIMITS) == ()

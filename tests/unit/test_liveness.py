@@ -7,7 +7,7 @@ import asyncio
 from redis.asyncio import Redis
 
 from services.core.keys import Keys
-from services.core.liveness import SessionTracker
+from services.core.liveness import IngestLiveness, SessionTracker
 from services.runtime.redis_client import sessions_alive
 
 LOST_AFTER, RETAIN = 3.0, 60.0
@@ -80,3 +80,10 @@ def test_the_lookup_says_which_liveness_keys_exist(redis_url: str, key_prefix: s
             await client.aclose()
 
     assert asyncio.run(scenario()) == {"s1": True, "s2": False}
+
+
+def test_the_liveness_value_says_who_and_how_the_subscriptions_went() -> None:
+    said = IngestLiveness("ingest-1", 3, ("orderBookL2:xbtusd",))
+    assert IngestLiveness.decode(said.encode()) == said
+    assert IngestLiveness.decode(b"ingest-old") == IngestLiveness("ingest-old"), "a bare name, as ingest once wrote"
+    assert IngestLiveness.decode(b'{"instance": 5, "subscribed": "x", "rejected": 7}') == IngestLiveness("5")
