@@ -30,7 +30,7 @@ WRITE_CONFLICTS = Counter("bookstream_l2builder_write_conflicts_total",
                           "writes refused because a newer version (a later owner) was already stored")
 ACKED = Counter("bookstream_l2builder_acked_entries_total", "entries acknowledged after their book was durable")
 REDIS_ERRORS = Counter("bookstream_l2builder_redis_errors_total", "failed Redis round trips, by operation",
-                       ["op"])
+                       ["operation"])
 INVALID_SYMBOLS = Counter("bookstream_l2builder_invalid_symbols_total",
                           "members of the symbols set that are no valid symbol name, ignored (each counted once)")
 REDIS_LOST = Counter("bookstream_l2builder_redis_lost_total",

@@ -22,14 +22,12 @@ foreign document).
 pymongo encodes a whole batch before sending it, and a real MongoDB refuses a document over 16 MiB, so one
 book that cannot be stored (too large, or an integer beyond 64 bits) would fail every write for ever:
 `write` checks each document first and sets such books aside (`too_large`, `unwritable`).
-`flush_decisions` turns a write's result into what the flusher does with each symbol.
+What the flusher does with a write's result is decided in services.l2builder.flusher.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,49 +221,6 @@ class WriteResult:
     failed: dict[str, str] = field(default_factory=dict)
     too_large: dict[str, int] = field(default_factory=dict)
     unwritable: dict[str, str] = field(default_factory=dict)
-
-
-class FlushAction(enum.Enum):
-    ACKNOWLEDGE = "acknowledge"
-    """Durable: acknowledge the entries the write covered."""
-    DROP = "drop"
-    """A newer owner wrote the book: give the symbol up; its entries are the new owner's."""
-    RETRY = "retry"
-    """Not written: keep its entries unacknowledged and retry this symbol alone, after its own backoff."""
-    MARK_STALE = "mark_stale"
-    """The book cannot be stored: make it stale without levels (`stale_kind`, `reason`); the next flush
-    writes that document and acknowledges the entries."""
-
-
-@dataclass(frozen=True, slots=True)
-class FlushDecision:
-    action: FlushAction
-    stale_kind: StaleKind | None = None
-    detail: str | None = None
-    """What went wrong, for the log (and, after `stale_kind`, the stale reason)."""
-
-
-def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[str, FlushDecision]:
-    """What to do with each symbol whose document a write carried; `result` None when the write raised,
-    which decided nothing."""
-    decisions: dict[str, FlushDecision] = {}
-    for symbol in symbols:
-        if result is None:
-            decision = FlushDecision(FlushAction.RETRY)
-        elif symbol in result.superseded:
-            decision = FlushDecision(FlushAction.DROP, detail=f"stored version {result.superseded[symbol]}")
-        elif symbol in result.too_large:
-            detail = f"{result.too_large[symbol]} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit"
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.TOO_LARGE, detail)
-        elif symbol in result.unwritable:
-            problem = result.unwritable[symbol]
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE, f"book cannot be stored: {problem}")
-        elif symbol in result.failed:
-            decision = FlushDecision(FlushAction.RETRY, detail=result.failed[symbol])
-        else:
-            decision = FlushDecision(FlushAction.ACKNOWLEDGE)
-        decisions[symbol] = decision
-    return decisions
 
 
 class BookStore:
