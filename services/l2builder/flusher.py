@@ -213,3 +213,14 @@ class Flusher:
             await self.ownership.release(leases)
         except RedisError as exc:  # the leases then simply expire
             self.redis.failed("release", exc)
+
+    async def release_all(self) -> int:
+        """Give every symbol up at shutdown, settled or not, so other instances take over at once; how many."""
+        handed = list(self.books.owned)
+        leases = [owned.lease for owned in self.books.owned.values()]
+        for symbol in handed:
+            self.books.drop(symbol, "shutdown", "released")
+        with contextlib.suppress(RedisError):
+            await self.ownership.release(leases)
+            await self.streams.forget_consumer(handed)
+        return len(handed)

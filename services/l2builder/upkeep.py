@@ -1,9 +1,12 @@
 """What the ownership loop keeps true of the owned books: leases renewed, sessions alive, Redis state intact.
 
 A book goes stale where it stands, without an entry moving it, when the liveness key of its ingest session
-is gone too long or when Redis lost state it relied on (its stream or group gone or gone back, its lease's
-epoch vanished); stale books ask ingest for partials through the control stream. `stale_in_place` is the
-one way such a mark is made, and why it moves the lease to a new epoch is said there.
+is gone too long or when Redis lost state it relied on. Redis may come back without the state it held
+(FLUSHALL, eviction, a failover to a replica behind): an epoch key missing or lower than a held lease's, a
+stream or group gone, a group that went back before a book's position. The books concerned go stale
+(`redis_lost`); a lease whose epoch vanished is taken again with an epoch above the one it had, so fencing
+never goes backwards. Stale books ask ingest for partials through the control stream. `stale_in_place` is
+the one way a book is marked stale where it stands, and why it moves the lease to a new epoch is said there.
 """
 
 from __future__ import annotations

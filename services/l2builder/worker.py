@@ -14,12 +14,7 @@ Each owned symbol goes through the phases of services.l2builder.phase: restored 
 caught up with the stream (services.l2builder.restore), then READY for the reader, then RELEASING when it
 must move. When a lease cannot be renewed in time the symbol is dropped at once and its unwritten work is
 left for the next owner, who replays it from the stream. Outages of Redis or MongoDB only pause things:
-the loops retry with backoff.
-
-Redis may also come back without the state it held (FLUSHALL, eviction, a failover to a replica behind):
-an epoch key missing or lower than a held lease's, a stream or group gone, a group that went back before
-a book's position. The books concerned go stale (`redis_lost`) and ask for partials; a lease whose epoch
-vanished is taken again with an epoch above the one it had, so fencing never goes backwards.
+the loops retry with backoff; Redis coming back without the state it held is services.l2builder.upkeep's.
 """
 
 from __future__ import annotations
@@ -150,14 +145,8 @@ class L2Builder:
         with contextlib.suppress(RedisError):
             await self.ownership.leave()
         await self.flusher.drain(time.monotonic() + SHUTDOWN_FLUSH_SECONDS, self.upkeep.renew)
-        handed = list(self.owned)
-        leases = [owned.lease for owned in self.owned.values()]
-        for symbol in handed:
-            self.books.drop(symbol, "shutdown", "released")
-        with contextlib.suppress(RedisError):
-            await self.ownership.release(leases)
-            await self.streams.forget_consumer(handed)
-        log.info("handed_off", symbols=len(handed), unsettled=self.books.unsettled(),
+        handed = await self.flusher.release_all()
+        log.info("handed_off", symbols=handed, unsettled=self.books.unsettled(),
                  frames_applied=self.books.frames_applied, rows_applied=self.books.rows_applied)
         await self.close()
 
