@@ -147,12 +147,12 @@ def test_healthz_bodies_show_no_host_and_no_credential(run_service: RunService, 
     assert "api-key=***" in ingest.health()[1].decode()
 
 
-def test_mongo_unreachable_is_logged_in_one_short_masked_error(run_service: RunService,
+def test_mongo_unavailable_is_logged_in_one_short_masked_error(run_service: RunService,
                                                               service_env: dict[str, str]) -> None:
     env = dict(service_env, MONGO_CONNECTION_STRING=f"mongodb://u:hunter2@127.0.0.1:{free_port()}/?authSource=admin")
     builder = run_service("l2builder", env=env, healthy=False)
-    builder.wait_log("event=mongo_unreachable", timeout=60)
-    line = next(line for line in builder.logs().splitlines() if "event=mongo_unreachable" in line)
+    builder.wait_log("event=mongo_unavailable", timeout=60)
+    line = next(line for line in builder.logs().splitlines() if "event=mongo_unavailable" in line)
     error = line.split(" error=", 1)[1]
     assert error.startswith('"ServerSelectionTimeoutError: ') and len(error) < 200, line
     assert "hunter2" not in builder.logs() and "127.0.0.1" not in error and "Topology" not in error

@@ -22,14 +22,12 @@ foreign document).
 pymongo encodes a whole batch before sending it, and a real MongoDB refuses a document over 16 MiB, so one
 book that cannot be stored (too large, or an integer beyond 64 bits) would fail every write for ever:
 `write` checks each document first and sets such books aside (`too_large`, `unwritable`).
-`flush_decisions` turns a write's result into what the flusher does with each symbol.
+What the flusher does with a write's result is decided in services.l2builder.flusher.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,11 +39,11 @@ from pymongo.errors import BulkWriteError, ConfigurationError
 
 from services.core.book import L2Book
 from services.core.entries import EntryError, parse_stream_id
+from services.core.keys import BOOKS_COLLECTION
 from services.l2builder.symbol_state import StaleKind, SymbolState, stale_reason
 from services.runtime.config import ConfigError, mask_url
 from services.runtime.health import safe_error
 
-COLLECTION = "orderbooks"
 DUPLICATE_KEY = 11000
 MAX_DOCUMENT_BYTES = 16_000_000
 """The largest book document written: MongoDB refuses documents over 16 MiB (maxBsonObjectSize, 16777216
@@ -225,49 +223,6 @@ class WriteResult:
     unwritable: dict[str, str] = field(default_factory=dict)
 
 
-class FlushAction(enum.Enum):
-    ACKNOWLEDGE = "acknowledge"
-    """Durable: acknowledge the entries the write covered."""
-    DROP = "drop"
-    """A newer owner wrote the book: give the symbol up; its entries are the new owner's."""
-    RETRY = "retry"
-    """Not written: keep its entries unacknowledged and retry this symbol alone, after its own backoff."""
-    MARK_STALE = "mark_stale"
-    """The book cannot be stored: make it stale without levels (`stale_kind`, `reason`); the next flush
-    writes that document and acknowledges the entries."""
-
-
-@dataclass(frozen=True, slots=True)
-class FlushDecision:
-    action: FlushAction
-    stale_kind: StaleKind | None = None
-    detail: str | None = None
-    """What went wrong, for the log (and, after `stale_kind`, the stale reason)."""
-
-
-def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[str, FlushDecision]:
-    """What to do with each symbol whose document a write carried; `result` None when the write raised,
-    which decided nothing."""
-    decisions: dict[str, FlushDecision] = {}
-    for symbol in symbols:
-        if result is None:
-            decision = FlushDecision(FlushAction.RETRY)
-        elif symbol in result.superseded:
-            decision = FlushDecision(FlushAction.DROP, detail=f"stored version {result.superseded[symbol]}")
-        elif symbol in result.too_large:
-            detail = f"{result.too_large[symbol]} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit"
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.TOO_LARGE, detail)
-        elif symbol in result.unwritable:
-            problem = result.unwritable[symbol]
-            decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE, f"book cannot be stored: {problem}")
-        elif symbol in result.failed:
-            decision = FlushDecision(FlushAction.RETRY, detail=result.failed[symbol])
-        else:
-            decision = FlushDecision(FlushAction.ACKNOWLEDGE)
-        decisions[symbol] = decision
-    return decisions
-
-
 class BookStore:
     """The `orderbooks` collection through pymongo's async client."""
 
@@ -282,7 +237,7 @@ class BookStore:
             # unreachable MongoDB, retried. What fails here (credentials its auth mechanism requires, say)
             # no retry can fix.
             raise ConfigError(f"MONGO_CONNECTION_STRING={mask_url(url)!r}: {safe_error(exc)}") from None
-        self.collection = self.client[database][COLLECTION]
+        self.collection = self.client[database][BOOKS_COLLECTION]
 
     async def close(self) -> None:
         await self.client.close()

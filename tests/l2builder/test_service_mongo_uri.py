@@ -19,7 +19,7 @@ def test_an_unresolvable_srv_name_is_an_unreachable_mongodb(run_service: RunServ
     builder = run_service("l2builder", env=env, healthy=False)
     wait_until(lambda: builder.health()[0] == 503, 30, "/healthz failing while the SRV name does not resolve")
     wait_until(lambda: builder.metric("bookstream_l2builder_flush_errors_total") >= 2, 30, "a retried ping")
-    lines = [line for line in builder.logs().splitlines() if "event=mongo_unreachable" in line]
+    lines = [line for line in builder.logs().splitlines() if "event=mongo_unavailable" in line]
     assert len(lines) == 1  # once per outage, not once per retry
     error = lines[0].split(" error=", 1)[1]
     assert error.startswith('"ConfigurationError: ') and len(error) < 200, lines

@@ -37,7 +37,7 @@ def test_mongodb_restart_mid_run(
     assert {doc["status"] for doc in books.all().values()} == {"live"}
     assert builder.metric("bookstream_l2builder_frames_applied_total") == sum(applied)  # kept in memory
     assert builder.metric("bookstream_l2builder_flush_errors_total") >= 1
-    assert list(log_values(builder, "mongo_unreachable", "error")) and "event=mongo_reachable" in builder.logs()
+    assert list(log_values(builder, "mongo_unavailable", "error")) and "event=mongo_recovered" in builder.logs()
 
 
 def test_redis_restarts_mid_run(
@@ -76,4 +76,4 @@ def test_redis_restarts_mid_run(
     assert {doc["status"] for doc in documents.values()} == {"live"}
     later = {frame.symbol for frame in frames[2 * third:]}
     assert {symbol: documents[symbol]["epoch"] for symbol in later} == dict.fromkeys(later, 2)
-    assert "event=redis_reachable" in builder.logs()
+    assert "event=redis_recovered" in builder.logs()

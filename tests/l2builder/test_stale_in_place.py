@@ -27,22 +27,23 @@ def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
         builder = L2Builder(load_settings(environ=service_env))
         builder.open()
         try:
-            await builder._acquire(["XBTUSD"])
+            builder.restorer.take(await builder.ownership.acquire(["XBTUSD"]))
             owned = builder.owned["XBTUSD"]
-            assert owned.restore is not None
-            await asyncio.wait_for(owned.restore, 10)
+            assert owned.task is not None
+            await asyncio.wait_for(owned.task, 10)
             for symbol, entries in await builder.streams.read_new(["XBTUSD"], 100, 100):
                 builder._apply(symbol, entries)
             assert owned.ready and owned.state is not None and owned.state.live
-            await builder._flush()
+            await builder.flusher.flush()
             epoch = owned.lease.epoch
-            marking = asyncio.create_task(builder._stale_in_place({"XBTUSD": (StaleKind.INGEST_LOST, DETAIL, True)}))
+            mark = {"XBTUSD": (StaleKind.INGEST_LOST, DETAIL, True)}
+            marking = asyncio.create_task(builder.upkeep.stale_in_place(mark))
             await asyncio.sleep(0)  # the mark now waits for Redis to move the epoch
             assert not marking.done() and owned.lease.epoch == epoch
             assert not owned.state.live, "stale in memory before anything is awaited"
-            await builder._flush()  # under the old epoch: refused, the live document has that version
+            await builder.flusher.flush()  # under the old epoch: refused, the live document has that version
             assert await marking == ["XBTUSD"] and owned.lease.epoch == epoch + 1
-            await builder._flush()
+            await builder.flusher.flush()
             return epoch
         finally:
             await builder.close()

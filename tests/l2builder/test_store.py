@@ -1,5 +1,5 @@
 """MongoDB documents: version order, round trips through restore, the monotonic filtered upsert, foreign
-documents, sizes, real dates, and what the flusher decides from a write's result."""
+documents, sizes and real dates."""
 
 from __future__ import annotations
 
@@ -19,12 +19,8 @@ from services.l2builder.store import (
     MAX_DOCUMENT_BYTES,
     UTC,
     BookStore,
-    FlushAction,
-    FlushDecision,
-    WriteResult,
     book_document,
     document_size,
-    flush_decisions,
     restore_state,
     version_key,
 )
@@ -264,18 +260,3 @@ def test_the_size_bound_never_underestimates_and_books_over_the_limit_are_measur
     assert document_size(document, exact=True) == len(bson.encode(document))
     over = {**document, "bids": document["bids"] * 500}  # half a million levels
     assert document_size(over) == len(bson.encode(over)) > 16 * 1024 * 1024 >= MAX_DOCUMENT_BYTES
-
-
-def test_flush_decisions_follow_the_write_result() -> None:
-    result = WriteResult(written=["OK"], superseded={"OLD": "v9"}, failed={"BAD": "E11000"},
-                         too_large={"BIG": 17_000_000}, unwritable={"ODD": "int too large"})
-    decisions = flush_decisions(["OK", "OLD", "BAD", "BIG", "ODD"], result)
-    assert {symbol: decision.action for symbol, decision in decisions.items()} == {
-        "OK": FlushAction.ACKNOWLEDGE, "OLD": FlushAction.DROP, "BAD": FlushAction.RETRY,
-        "BIG": FlushAction.MARK_STALE, "ODD": FlushAction.MARK_STALE}
-    assert decisions["BAD"].detail == "E11000" and decisions["OLD"].detail == "stored version v9"
-    assert decisions["BIG"].stale_kind is StaleKind.TOO_LARGE
-    assert decisions["BIG"].detail == "17000000 bytes, over the 16000000-byte limit"
-    assert decisions["ODD"].stale_kind is StaleKind.UNWRITABLE and "int too large" in str(decisions["ODD"].detail)
-    # A write that raised decided nothing: every symbol it carried retries, each after its own backoff.
-    assert flush_decisions(["OK", "BIG"], None) == dict.fromkeys(["OK", "BIG"], FlushDecision(FlushAction.RETRY))
