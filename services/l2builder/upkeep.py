@@ -145,16 +145,18 @@ class Upkeep:
         """Find the streams whose group Redis lost: gone, or gone back before the book's position (which
         never passes what the group handed out). A restoring or catching-up symbol checks its own."""
         owned_now = self.books.owned
-        symbols = [symbol for symbol, owned in owned_now.items()
-                   if (owned.ready or owned.releasing) and owned.state is not None]
+        # Positions as they stand before asking: the reader may apply entries delivered after Redis answered,
+        # so only a group behind where the book already was has gone back.
+        before = {symbol: (owned.state, owned.state.position) for symbol, owned in owned_now.items()
+                  if (owned.ready or owned.releasing) and owned.state is not None}
         marks: Marks = {}
-        for symbol, group in (await self.streams.groups(symbols)).items():
+        for symbol, group in (await self.streams.groups(list(before))).items():
             owned = owned_now.get(symbol)
-            if owned is None or owned.state is None:
+            if owned is None or owned.state is None or owned.state is not before[symbol][0]:
                 continue
             if group is None:
                 marks[symbol] = (StaleKind.REDIS_LOST, "its stream or consumer group vanished", False)
-            elif parse_stream_id(group.last_delivered) < owned.state.position:
+            elif parse_stream_id(group.last_delivered) < before[symbol][1]:
                 marks[symbol] = (StaleKind.REDIS_LOST, f"its consumer group went back to {group.last_delivered}",
                                  False)
             elif group.lag is not None:
