@@ -13,6 +13,7 @@ from services.l2builder.phase import Phase
 from services.l2builder.worker import L2Builder
 from services.runtime.config import load_settings
 from testkit.l2feeds import Books, Feed, make_frame
+from tests.l2builder.driven import own_live_book
 
 
 def test_a_hand_off_called_off_catches_up_what_was_delivered_meanwhile(
@@ -25,14 +26,8 @@ def test_a_hand_off_called_off_catches_up_what_was_delivered_meanwhile(
         builder = L2Builder(load_settings(environ=service_env))
         builder.open()
         try:
-            builder.restorer.take(await builder.ownership.acquire(["XBTUSD"]))
-            owned = builder.owned["XBTUSD"]
-            assert owned.task is not None
-            await asyncio.wait_for(owned.task, 10)
-            assert owned.ready
-            for symbol, entries in await builder.streams.read_new(["XBTUSD"], 100, 100):
-                builder._apply(symbol, entries)
-            assert owned.state is not None and owned.state.live and owned.state.seq == 1
+            owned = await own_live_book(builder, "XBTUSD")
+            assert owned.state is not None and owned.state.seq == 1
 
             feed.frames([make_frame("XBTUSD", "insert", [(3, "Buy", 5, 99.0)])])
             delivered = await builder.streams.read_new(["XBTUSD"], 100, 100)  # a read issued before the hand-off

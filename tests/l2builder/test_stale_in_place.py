@@ -13,6 +13,7 @@ from services.l2builder.symbol_state import StaleKind
 from services.l2builder.worker import L2Builder
 from services.runtime.config import load_settings
 from testkit.l2feeds import Books, Feed, make_frame
+from tests.l2builder.driven import own_live_book
 
 DETAIL = "session session-1 has had no liveness key for 3.0 s"
 
@@ -27,13 +28,8 @@ def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
         builder = L2Builder(load_settings(environ=service_env))
         builder.open()
         try:
-            builder.restorer.take(await builder.ownership.acquire(["XBTUSD"]))
-            owned = builder.owned["XBTUSD"]
-            assert owned.task is not None
-            await asyncio.wait_for(owned.task, 10)
-            for symbol, entries in await builder.streams.read_new(["XBTUSD"], 100, 100):
-                builder._apply(symbol, entries)
-            assert owned.ready and owned.state is not None and owned.state.live
+            owned = await own_live_book(builder, "XBTUSD")
+            assert owned.state is not None
             await builder.flusher.flush()
             epoch = owned.lease.epoch
             mark = {"XBTUSD": (StaleKind.INGEST_LOST, DETAIL, True)}

@@ -1,0 +1,21 @@
+"""An l2builder driven method by method, for tests that must interleave its steps with their own."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.l2builder.owned import Owned
+from services.l2builder.worker import L2Builder
+
+
+async def own_live_book(builder: L2Builder, symbol: str) -> Owned:
+    """Take `symbol`, restore it, and apply what the group delivers, until its book is live and read."""
+    builder.restorer.take(await builder.ownership.acquire([symbol]))
+    owned = builder.owned[symbol]
+    assert owned.task is not None
+    await asyncio.wait_for(owned.task, 10)
+    assert owned.ready
+    for stream_symbol, entries in await builder.streams.read_new([symbol], 100, 100):
+        builder._apply(stream_symbol, entries)
+    assert owned.state is not None and owned.state.live
+    return owned
