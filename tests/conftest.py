@@ -17,6 +17,8 @@ from testkit.harness import MongoServer, RedisServer, ServiceProcess, base_env, 
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE_CANDIDATES = (REPO.parent / "shared/data/bitmex-2021", Path("/work/shared/data/bitmex-2021"))
+STARTED = pytest.StashKey[list[ServiceProcess]]()
+"""The `bookstream` processes a test started, so a private server's teardown can stop them first."""
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -65,20 +67,22 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server this test may stop, kill and restart."""
     server = RedisServer(tmp_path / "redis").start()
     yield server
+    stop_services(request.node)
     server.kill()
 
 
 @pytest.fixture
-def mongo_server(tmp_path: Path) -> Iterator[MongoServer]:
+def mongo_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MongoServer]:
     """A private MongoDB-protocol server this test may restart (needs the local nx-27017)."""
     if os.environ.get("MONGO_CONNECTION_STRING"):
         pytest.skip("restarting the MongoDB server needs the local nx-27017 server")
     server = MongoServer(tmp_path / "mongo").start()
     yield server
+    stop_services(request.node)
     server.kill()
 
 
@@ -103,6 +107,14 @@ def service_env(redis_url: str, mongo_url: str, key_prefix: str, mongo_database:
 RunService = Callable[..., ServiceProcess]
 
 
+def stop_services(node: pytest.Item) -> None:
+    """Stop (SIGTERM) what the test started that still runs: before its private servers go, or a service
+    would spend its stop waiting for a server that is no longer there."""
+    for service in node.stash.get(STARTED, []):
+        if service.alive():
+            service.terminate(timeout=15)
+
+
 @pytest.fixture
 def run_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunService]:
     """Start `bookstream <args>` as a real subprocess; `healthy=True` waits for its /healthz.
@@ -110,7 +122,7 @@ def run_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunS
     Every process is stopped at teardown; when the test failed, their logs are printed so the
     failure report shows what each service said.
     """
-    started: list[ServiceProcess] = []
+    started = request.node.stash.setdefault(STARTED, [])
 
     def start(*args: str, env: dict[str, str] | None = None, healthy: bool = True,
               name: str | None = None, timeout: float = 30) -> ServiceProcess:
@@ -126,9 +138,7 @@ def run_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunS
         return service
 
     yield start
-    for service in started:
-        if service.alive():
-            service.terminate(timeout=15)
+    stop_services(request.node)
     failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
                  for when in ("setup", "call"))
     if failed:
