@@ -102,7 +102,7 @@ class Top10Service:
         """Entries whose writes are done, acknowledged in the next round trip."""
         self._planned: BatchPlan | None = None
         """The batch read last, written in the next round trip."""
-        self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS, metrics.REDIS_UP)
+        self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, metrics.REDIS_UP.labels)
         self._read_ok_at = time.monotonic()
 
     async def main(self, stop: asyncio.Event) -> int:
