@@ -177,6 +177,7 @@ class Liveness(threading.Thread):
     def __init__(self, redis_url: str, prefix: str, session: str) -> None:
         super().__init__(daemon=True)
         self.client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.session = session
         self.key = Keys(prefix).ingest_alive(session)
         self._stopping = threading.Event()
         self.renewals = 0

@@ -44,26 +44,26 @@ def captures_dir() -> Path:
     pytest.skip("real captures not found (set BOOKSTREAM_CAPTURES to the bitmex-2021 folder)")
 
 
+def _shared_server(variable: str, server: Callable[[], RedisServer | MongoServer]) -> Iterator[str]:
+    """The URL in $`variable`, or that of a private server started for the session and stopped after it."""
+    if os.environ.get(variable):
+        yield os.environ[variable]
+        return
+    started = server().start()
+    yield started.url
+    started.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis URL shared by the session: $REDIS_URL, or a private redis-server."""
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
+    yield from _shared_server("REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB URL shared by the session: $MONGO_CONNECTION_STRING, or a private nx-27017."""
-    if os.environ.get("MONGO_CONNECTION_STRING"):
-        yield os.environ["MONGO_CONNECTION_STRING"]
-        return
-    server = MongoServer(tmp_path_factory.mktemp("mongo")).start()
-    yield server.url
-    server.stop()
+    yield from _shared_server("MONGO_CONNECTION_STRING", lambda: MongoServer(tmp_path_factory.mktemp("mongo")))
 
 
 @pytest.fixture

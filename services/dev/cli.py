@@ -25,8 +25,9 @@ from services.dev.stack import DevStack, StackOptions
 from services.dev.state import remove_state, running_state, state_path, write_state
 from services.dev.view import compact_line, render_dev
 from services.runtime.config import load_settings
+from services.status.collect import Collector
 from services.status.problems import Thresholds, analyze
-from services.status.snapshot import Collector, Snapshot
+from services.status.snapshot import Snapshot
 
 DEFAULT_SYMBOLS = "XBTUSD,ETHUSD,SOLUSDT"
 REFRESH_S = 1.0

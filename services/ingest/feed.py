@@ -16,6 +16,12 @@ orderBook10), then a jittered, capped, exponential backoff before the next attem
 Hostile input never passes silently: a frame that cannot be parsed leaves a `malformed` gap marker where
 it may have carried book data, a frame for a symbol that was not subscribed is not published, and both are
 counted and logged, the log rate-limited. The websocket URL is printed only through `mask_url`.
+
+One module, longer than most, because it is one concern: the life of a websocket connection. The reader,
+the watchdog and the reconnect loop share the connection and its `Session`, and each ends it the one way
+above; split apart, that ending would be spread over modules. What can be decided without the connection
+is elsewhere already: the session's subscriptions and gaps (session.py), the backoff (backoff.py), the
+watchdog's and the subscriptions' verdicts (`watch_step`, `subscription_verdict`: pure, below `Feed`).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class IngestService:
         # re-sending a batch Redis may already have applied would duplicate entries; it retries itself,
         # after checking what landed).
         self._redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"ingest:{settings.instance_name}:control")
-        self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS, metrics.REDIS_UP)
+        self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, metrics.REDIS_UP.labels)
         publish_wire = RedisWire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
                                  REDIS_CONNECT_TIMEOUT)
         self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,

@@ -23,10 +23,10 @@ from redis.exceptions import RedisError
 from services.l2builder import metrics
 from services.l2builder.owned import BACKOFF_FIRST, Owned, OwnedBooks
 from services.l2builder.ownership import Ownership
-from services.l2builder.servers import Dependency
 from services.l2builder.store import MAX_DOCUMENT_BYTES, UTC, BookStore, Document, WriteResult, book_document
 from services.l2builder.streams import L2Streams
 from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind
+from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 
 log = EventLog("l2builder")
@@ -81,7 +81,7 @@ def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[
 
 class Flusher:
     def __init__(self, books: OwnedBooks, store: BookStore, streams: L2Streams, ownership: Ownership,
-                 redis: Dependency, mongo: Dependency, health_stale_after: float) -> None:
+                 redis: DependencyHealth, mongo: DependencyHealth, health_stale_after: float) -> None:
         self.books, self.store, self.streams, self.ownership = books, store, streams, ownership
         self.redis, self.mongo = redis, mongo
         self._ping_every = min(MONGO_PING_EVERY, health_stale_after / 3)
@@ -165,15 +165,15 @@ class Flusher:
                 metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
                 metrics.FLUSH_DOCUMENTS.observe(len(documents))
                 if len(result.failed) < len(documents):
-                    self.mongo.ok()
+                    self.mongo.succeeded("write")
         except Exception as exc:  # not only PyMongoError: nothing may end the flush loop (or the shutdown)
             self._raised("write", exc)
             return None
-        if time.monotonic() - max(self.mongo.ok_at, self._pinged_at) >= self._ping_every:
+        if time.monotonic() - max(self.mongo.last_ok_at, self._pinged_at) >= self._ping_every:
             self._pinged_at = time.monotonic()
             try:
                 await self.store.ping()
-                self.mongo.ok()
+                self.mongo.succeeded("ping")
             except Exception as exc:
                 self._raised("ping", exc)
         return result
@@ -197,7 +197,7 @@ class Flusher:
                 self.books.ack_backlog[symbol] = ids + self.books.ack_backlog.get(symbol, [])
             self.redis.failed("ack", exc)
             return
-        self.redis.ok()
+        self.redis.succeeded("ack")
         metrics.ACKED.inc(sum(len(ids) for ids in backlog.values()))
 
     async def _release_settled(self) -> None:

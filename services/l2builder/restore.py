@@ -27,11 +27,11 @@ from services.l2builder import metrics
 from services.l2builder.owned import BACKOFF_FIRST, BACKOFF_MAX, Owned, OwnedBooks
 from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.phase import Phase, kept_phase
-from services.l2builder.servers import Dependency
 from services.l2builder.store import BookStore, Document, restore_state
 from services.l2builder.streams import L2Streams
 from services.l2builder.symbol_state import Outcome, StaleKind
 from services.l2builder.upkeep import Upkeep
+from services.runtime.dependency import DependencyHealth
 from services.runtime.health import safe_error
 from services.runtime.logs import EventLog
 
@@ -44,7 +44,7 @@ RANGE_COUNT = 1000
 
 class Restorer:
     def __init__(self, books: OwnedBooks, store: BookStore, streams: L2Streams, ownership: Ownership,
-                 upkeep: Upkeep, redis: Dependency, mongo: Dependency, resync_interval: float,
+                 upkeep: Upkeep, redis: DependencyHealth, mongo: DependencyHealth, resync_interval: float,
                  caught_up: Callable[[], None]) -> None:
         """`caught_up` is called whenever a symbol becomes READY (it wakes the reader)."""
         self.books, self.store, self.streams, self.ownership, self.upkeep = books, store, streams, ownership, upkeep
@@ -143,7 +143,7 @@ class Restorer:
 
     async def _load(self, symbol: str, owned: Owned, document: Document | None) -> bool:
         """Continue from `document`: RESTORING to CATCHING_UP; False when the lease went meanwhile."""
-        self.mongo.ok()
+        self.mongo.succeeded("restore")
         stored_epoch = document.get("epoch") if document else None
         if isinstance(stored_epoch, int) and stored_epoch >= owned.lease.epoch:
             log.warning("epoch_behind_document", symbol=symbol, epoch=owned.lease.epoch, stored=stored_epoch)
@@ -192,7 +192,7 @@ class Restorer:
             if self.books.owned.get(symbol) is not owned or not owned.lease.valid(time.monotonic()):
                 return False
             page = await self.streams.read_range(symbol, state.stream_id, until, RANGE_COUNT)
-            self.redis.ok()
+            self.redis.succeeded("catch_up")
             if not page:
                 break
             self.books.feed(symbol, state, page, refilled=True)

@@ -37,11 +37,11 @@ from services.l2builder.owned import BACKOFF_FIRST, BACKOFF_MAX, OwnedBooks
 from services.l2builder.ownership import Ownership
 from services.l2builder.rendezvous import assigned
 from services.l2builder.restore import Restorer
-from services.l2builder.servers import Dependency
 from services.l2builder.store import BookStore
 from services.l2builder.streams import L2Streams, RawEntry
 from services.l2builder.upkeep import Upkeep
 from services.runtime.config import Settings, mask_url
+from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import EvictionWatch, connect
 
@@ -85,8 +85,8 @@ class L2Builder:
         self.books = OwnedBooks(SessionTracker())
         self.owned = self.books.owned
         self.members: list[str] = []
-        self.redis_health = Dependency("redis", log, lambda operation: metrics.REDIS_ERRORS.labels(operation).inc())
-        self.mongo_health = Dependency("mongo", log, lambda _: metrics.FLUSH_ERRORS.inc())
+        self.redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, per_operation=False)
+        self.mongo_health = DependencyHealth("mongo", log, lambda _: metrics.FLUSH_ERRORS, per_operation=False)
         self._inspected_at = 0.0
         self._draining = False
         self._drain = asyncio.Event()
@@ -154,7 +154,7 @@ class L2Builder:
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         limit = self.settings.health_stale_after
-        redis_age, mongo_age = self.redis_health.age(now), self.mongo_health.age(now)
+        redis_age, mongo_age = now - self.redis_health.last_ok_at, now - self.mongo_health.last_ok_at
         detail = {
             "instance": self.instance,
             "members": len(self.members),
@@ -194,7 +194,7 @@ class L2Builder:
             self.redis_health.failed("ownership", exc)
             self.books.expire(time.monotonic())
             return
-        self.redis_health.ok()
+        self.redis_health.succeeded("ownership")
         self.books.expire(time.monotonic())
         if members != self.members:
             log.info("members", members=",".join(members), count=len(members))
@@ -245,7 +245,7 @@ class L2Builder:
                     self.restorer.catch_up_after_failed_read()
                     await self._pause(backoff.next_delay())
                     continue
-                self.redis_health.ok()
+                self.redis_health.succeeded("read")
                 backoff.reset()
                 ahead = self._read_ahead()
                 if ahead is not None:

@@ -1,16 +1,22 @@
-"""Whether a dependency (Redis, MongoDB) answers, per operation: one vocabulary for every service.
+"""Whether a dependency (Redis, MongoDB) answers: one health helper and one vocabulary for every service.
 
-Each operation (a loop's kind of work: publish, read, claim, flush...) is up or down on its own, because
-one connection or command may fail while another works. A change is logged once, never per retry:
-`<dependency>_unavailable` (operation, error) when an operation fails after succeeding or before it ever
-did, `<dependency>_recovered` (operation, down_s) when it succeeds again. Every failure counts in
-`bookstream_<service>_<dependency>_errors_total{operation}`; `bookstream_<service>_<dependency>_up{operation}`
-is 1 or 0. `describe` and `problems` give the /healthz detail.
+A change is logged once, never per retry: `<dependency>_unavailable` (operation, error) when an operation
+fails while the dependency was up or before anything succeeded, `<dependency>_recovered` (operation, down_s)
+when an operation succeeds again. The operation (a loop's kind of work: publish, read, claim, flush...) is
+a field of both events and the label of both metrics: every failure counts in `errors(operation)`
+(`bookstream_<service>_<dependency>_errors_total{operation}`), and `up(operation)` is 1 or 0.
+
+What is up or down is the caller's choice. Per operation (the default: ingest, top10), where each loop has
+its own connection or command and one may fail while another works: each operation goes down and recovers
+on its own, and `describe` and `problems` give the /healthz detail per operation. Per server
+(`per_operation=False`: l2builder), where every operation goes to the same server and any answer proves it
+back: one state, so an outage is two lines however many operations fail during it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +37,17 @@ class OperationHealth:
 
 
 class DependencyHealth:
-    """The up/down state of one dependency, per operation; time is `time.monotonic()` throughout."""
+    """The up/down state of one dependency; time is `time.monotonic()` throughout."""
 
-    def __init__(self, dependency: str, log: EventLog, errors: Counter | None = None,
-                 up: Gauge | None = None) -> None:
-        """`errors` and `up` are labelled by `operation` alone."""
+    def __init__(self, dependency: str, log: EventLog, errors: Callable[[str], Counter] | None = None,
+                 up: Callable[[str], Gauge] | None = None, *, per_operation: bool = True) -> None:
+        """`errors(operation)` and `up(operation)` are the metric children to count in (e.g. `Counter.labels`);
+        `up` only per operation, where each operation has a state to show."""
+        if up is not None and not per_operation:
+            raise ValueError("an up gauge per operation needs health per operation")
         self.dependency = dependency
         self._log, self._errors, self._up = log, errors, up
+        self._per_operation = per_operation
         self._operations: dict[str, OperationHealth] = {}
         self.last_ok_at = time.monotonic()
         """When any operation last succeeded (the start, before any did)."""
@@ -45,10 +55,11 @@ class DependencyHealth:
         """`<operation>: <safe error>` of the last failure of any operation, kept after recovery."""
 
     def operation(self, name: str) -> OperationHealth:
-        """The state of `name` (unknown until it first succeeds or fails)."""
-        found = self._operations.get(name)
+        """The state of `name` (unknown until it first succeeds or fails); per server, the server's state."""
+        key = name if self._per_operation else self.dependency
+        found = self._operations.get(key)
         if found is None:
-            found = self._operations[name] = OperationHealth(None, time.monotonic(), "")
+            found = self._operations[key] = OperationHealth(None, time.monotonic(), "")
         return found
 
     def succeeded(self, operation: str) -> None:
@@ -60,20 +71,20 @@ class DependencyHealth:
             self._log.info(f"{self.dependency}_recovered", operation=operation, down_s=round(now - state.since, 3))
         state.up, state.since, state.error = True, now, ""
         if self._up is not None:
-            self._up.labels(operation).set(1)
+            self._up(operation).set(1)
 
     def failed(self, operation: str, exc: BaseException) -> None:
         state = self.operation(operation)
         state.error = safe_error(exc)
         self.last_error = f"{operation}: {state.error}"
         if self._errors is not None:
-            self._errors.labels(operation).inc()
+            self._errors(operation).inc()
         if state.up is False:
             return
         self._log.error(f"{self.dependency}_unavailable", operation=operation, error=state.error)
         state.up, state.since = False, time.monotonic()
         if self._up is not None:
-            self._up.labels(operation).set(0)
+            self._up(operation).set(0)
 
     def describe(self, operations: tuple[str, ...] = ()) -> dict[str, Any]:
         """`{operation: {"up", "for_s", "error"}}` for `operations` (default: every one seen so far)."""

@@ -17,8 +17,9 @@ are redis-py's (the contract of services.runtime), so callers catch `RedisError`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -56,15 +57,9 @@ class RedisWire:
         """Open the connection unless it is open (a call also opens it when needed)."""
         if self._writer is not None:
             return
-        try:
+        with self._abandoned_on_failure():
             async with asyncio.timeout(self._connect_timeout):
                 await self._connect()
-        except (OSError, EOFError) as exc:  # TimeoutError too
-            self._abandon()
-            raise _as_redis_error(exc) from exc
-        except BaseException:
-            self._abandon()
-            raise
 
     async def call(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` in one write and return their replies in order.
@@ -75,21 +70,27 @@ class RedisWire:
         `InvalidResponse`.
         """
         await self.connect()
-        try:
+        with self._abandoned_on_failure():
             async with asyncio.timeout(self._timeout):
                 return await self._exchange(commands)
-        except (OSError, EOFError) as exc:  # TimeoutError too
-            self._abandon()
-            raise _as_redis_error(exc) from exc
-        except BaseException:
-            self._abandon()
-            raise
 
     def close(self) -> None:
         """Close the connection after sending what is already written."""
         if self._writer is not None:
             self._writer.close()
         self._forget()
+
+    @contextlib.contextmanager
+    def _abandoned_on_failure(self) -> Iterator[None]:
+        """Abandon the connection when the block fails, connection trouble raised as a redis-py error."""
+        try:
+            yield
+        except (OSError, EOFError) as exc:  # TimeoutError too
+            self._abandon()
+            raise _as_redis_error(exc) from exc
+        except BaseException:
+            self._abandon()
+            raise
 
     def _abandon(self) -> None:
         """Drop the connection at once: the unsent rest of a failed call must never reach Redis later."""

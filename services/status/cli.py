@@ -19,9 +19,10 @@ from rich.live import Live
 
 from services.dev.state import running_state
 from services.runtime.config import SETTINGS, Settings, add_settings_arguments, load_settings
+from services.status.collect import Collector
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
-from services.status.snapshot import Collector, Snapshot
+from services.status.snapshot import Snapshot
 
 LOCATION_FIELDS = ("redis_url", "mongo_url", "key_prefix", "mongo_database")
 EPILOG = """exit status: 0 no problems, 1 problems found (or Redis unreachable), 2 configuration error.

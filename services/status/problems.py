@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from services.core.entries import parse_stream_id
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
-from services.status.snapshot import Group, Problem, Snapshot, Stream, SymbolStatus
+from services.status.snapshot import Book, Group, Problem, Snapshot, Stream, SymbolStatus, Top10
 
 ERROR = "error"
 WARNING = "warning"
@@ -116,26 +116,27 @@ def _symbol_problems(status: SymbolStatus, previous: SymbolStatus | None, mongo_
     if status.l2 is not None and status.l2.length and status.owner.instance is None:
         yield Problem("no_owner", ERROR, sym, "owner", "no l2builder instance holds the lease (are any running?)")
 
-    book = status.book
-    if mongo_ok and book is None and status.l2 is not None and status.l2.length:
-        yield Problem("book_missing", WARNING, sym, "book", "the l2 stream has entries but MongoDB has no book")
-    if book is not None and book.status == "stale":
-        yield Problem("book_stale", ERROR, sym, "book", f"book is stale: {book.reason or 'no reason given'}")
-    if (book is not None and status.l2 is not None and (book.age_s or 0.0) > limits.stale_after_s
-            and _newer(status.l2.last_id, book.stream_id)):
-        yield Problem("book_behind", WARNING, sym, "book",
-                      f"book last written {book.age_s:.0f}s ago at {book.stream_id}, stream is at {status.l2.last_id}")
+    yield from _stored_problems(sym, "book", "book", "book last written", status.book, status.l2, mongo_ok,
+                                "the l2 stream has entries but MongoDB has no book", limits)
+    yield from _stored_problems(sym, "top10", "top10 key", "top10 key written", status.top10, status.ob10, True,
+                                "the ob10 stream has entries but there is no top10 key", limits)
 
-    top10 = status.top10
-    if top10 is None and status.ob10 is not None and status.ob10.length:
-        yield Problem("top10_missing", WARNING, sym, "top10", "the ob10 stream has entries but there is no top10 key")
-    if top10 is not None and top10.status == "stale":
-        yield Problem("top10_stale", ERROR, sym, "top10", f"top10 key is stale: {top10.reason or 'no reason given'}")
-    if (top10 is not None and status.ob10 is not None and (top10.age_s or 0.0) > limits.stale_after_s
-            and _newer(status.ob10.last_id, top10.stream_id)):
-        yield Problem("top10_behind", WARNING, sym, "top10",
-                      f"top10 key written {top10.age_s:.0f}s ago at {top10.stream_id}, "
-                      f"stream is at {status.ob10.last_id}")
+
+def _stored_problems(sym: str, subject: str, noun: str, written: str, stored: Book | Top10 | None,
+                     stream: Stream | None, can_tell_missing: bool, missing: str,
+                     limits: Thresholds) -> Iterator[Problem]:
+    """What is wrong with what a consumer stored from `stream` (a book, a top10 key): missing, stale, behind.
+    `can_tell_missing` is False when its store could not be read (MongoDB down): absent is then unknown."""
+    if can_tell_missing and stored is None and stream is not None and stream.length:
+        yield Problem(f"{subject}_missing", WARNING, sym, subject, missing)
+    if stored is None:
+        return
+    if stored.status == "stale":
+        yield Problem(f"{subject}_stale", ERROR, sym, subject, f"{noun} is stale: {stored.reason or 'no reason given'}")
+    if (stream is not None and (stored.age_s or 0.0) > limits.stale_after_s
+            and _newer(stream.last_id, stored.stream_id)):
+        yield Problem(f"{subject}_behind", WARNING, sym, subject,
+                      f"{written} {stored.age_s:.0f}s ago at {stored.stream_id}, stream is at {stream.last_id}")
 
 
 def _group_problems(sym: str, subject: str, stream: Stream, group: Group, earlier: Group | None,

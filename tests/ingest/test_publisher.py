@@ -63,7 +63,7 @@ def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awa
                   capacity: int = 10_000, timeout: float = 5.0) -> OperationHealth:
     """Run a publisher while `scenario` feeds it, then drain it; returns its Redis status."""
     log = EventLog("ingest-test")
-    health = DependencyHealth("redis", log, metrics.REDIS_ERRORS, metrics.REDIS_UP)
+    health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, metrics.REDIS_UP.labels)
 
     async def main() -> None:
         wire = RedisWire(url, timeout, "ingest-test", connect_timeout=timeout)

@@ -4,7 +4,9 @@ live or stale with the reason, never wrong and live, and the service recovers wi
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -41,6 +43,22 @@ def status(books: Books, symbol: str) -> tuple[str | None, str]:
     return document.get("status"), document.get("reason") or ""
 
 
+@contextlib.contextmanager
+def revived(feed: Feed, books: Books, symbol: str, alive: Liveness) -> Iterator[None]:
+    """A new ingest session, kept alive by `alive` meanwhile, sends a partial: the book of `symbol` is live
+    again with its levels."""
+    feed.new_session(alive.session)
+    alive.start()
+    try:
+        feed.frames([partial(symbol, size=44)])
+        wait_settled(feed, books)
+        assert status(books, symbol) == ("live", "")
+        assert {key: book(books, symbol)[key] for key in ("bids", "asks")} == levels(44)
+        yield
+    finally:
+        alive.stop()
+
+
 def test_a_lost_ingest_session_makes_its_books_stale_until_a_partial_of_a_live_session(
         run_service: RunService, service_env: dict[str, str], redis_url: str, mongo_url: str, key_prefix: str,
         mongo_database: str) -> None:
@@ -75,17 +93,8 @@ def test_a_lost_ingest_session_makes_its_books_stale_until_a_partial_of_a_live_s
         assert builder.metric("bookstream_l2builder_stale_total", 'kind="ingest_lost"') == 1
 
         # A new ingest session: its partial makes the book live again.
-        lost.new_session("s-new")
-        new_alive = Liveness(redis_url, key_prefix, "s-new")
-        new_alive.start()
-        try:
-            lost.frames([partial("LOST", size=44)])
-            wait_settled(lost, books)
-            assert status(books, "LOST") == ("live", "")
-            assert {key: book(books, "LOST")[key] for key in ("bids", "asks")} == levels(44)
+        with revived(lost, books, "LOST", Liveness(redis_url, key_prefix, "s-new")):
             assert set(log_values(builder, "book_stale", "kind")) == {"ingest_lost"}
-        finally:
-            new_alive.stop()
     finally:
         quiet_alive.stop()
 
@@ -113,17 +122,8 @@ def test_a_late_partial_of_a_lost_session_leaves_the_book_stale(
     assert {"bids": document["bids"], "asks": document["asks"]} == levels(33)
 
     # A partial of a live session makes it live.
-    feed.new_session("s-live")
-    live_alive = Liveness(redis_url, key_prefix, "s-live")
-    live_alive.start()
-    try:
-        feed.frames([partial("LATE", size=44)])
-        wait_settled(feed, books)
-        assert status(books, "LATE") == ("live", "")
-        assert {key: book(books, "LATE")[key] for key in ("bids", "asks")} == levels(44)
+    with revived(feed, books, "LATE", Liveness(redis_url, key_prefix, "s-live")):
         assert builder.metric("bookstream_l2builder_stale_total", 'kind="ingest_lost"') == 2
-    finally:
-        live_alive.stop()
 
 
 def test_flushall_mid_run_makes_the_books_stale_then_live_again_with_fresh_partials(

@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP
+from services.status.collect import epoch_seconds
 from services.status.problems import Thresholds, analyze, find_problems, with_rates
-from services.status.snapshot import Consumer, Instances, Owner, Snapshot, Subscriptions, epoch_seconds
+from services.status.snapshot import Consumer, Instances, Owner, Snapshot, Subscriptions
 from tests.status.factories import NOW_MS, book, group, snapshot, stream, symbol, top10
 
 LIMITS = Thresholds(stale_after_s=30, lag_high=1000, lag_growing_min=100, dead_idle_s=30)

@@ -19,9 +19,9 @@ from rich.console import Console
 from services.core.entries import encode_entry, encode_gap
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
 from services.dev.state import DevState, write_state
+from services.status.collect import Collector
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
-from services.status.snapshot import Collector
 from testkit.harness import RedisServer, base_env, bookstream_argv, free_port
 
 

@@ -20,7 +20,7 @@ def test_changes_are_logged_once_and_every_failure_counted(caplog: pytest.LogCap
     registry = CollectorRegistry()
     errors = Counter("t_redis_errors", "errors", ["operation"], registry=registry)
     up = Gauge("t_redis_up", "up", ["operation"], registry=registry)
-    health = DependencyHealth("redis", EventLog("dependency-test"), errors, up)
+    health = DependencyHealth("redis", EventLog("dependency-test"), errors.labels, up.labels)
     refused = RedisConnectionError("Error 111 connecting to redis://user:secret@10.0.0.7:6379/0")
     with caplog.at_level(logging.INFO, logger="bookstream"):
         health.succeeded("read")
@@ -46,3 +46,30 @@ def test_the_detail_and_problems_name_the_operations_down() -> None:
     assert detail["restore"] == {"up": True, "for_s": detail["restore"]["for_s"], "error": ""}
     assert detail["never"]["up"] is None
     assert health.problems() == ["mongo unavailable (flush): ConnectionError: down"]
+
+
+def test_per_server_an_outage_is_two_lines_however_many_operations_fail(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    errors = Counter("t_l2_redis_errors", "errors", ["operation"], registry=registry)
+    health = DependencyHealth("redis", EventLog("dependency-test"), errors.labels, per_operation=False)
+    with caplog.at_level(logging.INFO, logger="bookstream"):
+        health.succeeded("read")
+        assert not caplog.records, "a server that never failed has nothing to recover from"
+        health.failed("read", RedisConnectionError("refused"))
+        health.failed("ack", RedisConnectionError("refused"))
+        health.succeeded("ownership")
+        health.succeeded("ack")
+    events = [(record.getMessage(), record.levelname, record.__dict__["fields"]) for record in caplog.records]
+    levels = [(event, level) for event, level, _ in events]
+    assert levels == [("redis_unavailable", "ERROR"), ("redis_recovered", "INFO")]
+    assert events[0][2]["operation"] == "read" and "refused" in events[0][2]["error"]
+    assert events[1][2]["operation"] == "ownership" and events[1][2]["down_s"] >= 0
+    assert sample(registry, "t_l2_redis_errors_total", "read") == 1
+    assert sample(registry, "t_l2_redis_errors_total", "ack") == 1
+    assert health.last_error == "ack: ConnectionError: refused"
+
+
+def test_an_up_gauge_needs_health_per_operation() -> None:
+    up = Gauge("t_server_up", "up", ["operation"], registry=CollectorRegistry())
+    with pytest.raises(ValueError, match="per operation"):
+        DependencyHealth("mongo", EventLog("dependency-test"), up=up.labels, per_operation=False)
