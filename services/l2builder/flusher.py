@@ -33,13 +33,12 @@ from services.l2builder.store import (
     BookStore,
     Delta,
     Document,
+    PlannedWrite,
     WriteResult,
-    book_delta,
-    book_document,
-    full_write_reason,
+    plan_write,
 )
 from services.l2builder.streams import L2Streams
-from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind, TopLevels
+from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind
 from services.runtime.logs import EventLog
 
 log = EventLog("l2builder")
@@ -121,7 +120,7 @@ class Flusher:
         now = time.monotonic()
         wall = dt.datetime.now(UTC)
         owned_now, backlog = self.books.owned, self.books.ack_backlog
-        tickets: dict[str, tuple[Owned, FlushTicket, str, TopLevels]] = {}
+        tickets: dict[str, tuple[Owned, FlushTicket, PlannedWrite]] = {}
         documents: dict[str, Document] = {}
         deltas: dict[str, Delta] = {}
         for symbol, owned in owned_now.items():
@@ -132,26 +131,24 @@ class Flusher:
             if ticket is None:
                 continue
             if ticket.write:
-                reason = full_write_reason(ticket, self.top_levels)
-                if reason is None:
-                    delta, top = book_delta(state, ticket, owned.lease.epoch, self.top_levels)
-                    deltas[symbol] = delta
-                    tickets[symbol] = (owned, ticket, delta.version, top)
-                else:
-                    document = documents[symbol] = book_document(state, owned.lease.epoch, wall, self.top_levels)
-                    tickets[symbol] = (owned, ticket, document["version"], (document["bids"], document["asks"]))
-                metrics.BOOK_WRITES.labels(reason or "delta").inc()
+                planned = plan_write(state, ticket, owned.lease.epoch, wall, self.top_levels)
+                if planned.delta is not None:
+                    deltas[symbol] = planned.delta
+                elif planned.document is not None:
+                    documents[symbol] = planned.document
+                tickets[symbol] = (owned, ticket, planned)
+                metrics.BOOK_WRITES.labels(planned.kind).inc()
             else:
                 # Only entries seen again: the last durable write covers them already.
                 backlog.setdefault(symbol, []).extend(ticket.ids)
         result = await self._write(documents, deltas)
         for symbol, decision in flush_decisions(tickets, result).items():
-            owned, ticket, version, top = tickets[symbol]
+            owned, ticket, planned = tickets[symbol]
             if decision.action is FlushAction.ACKNOWLEDGE:
                 if owned.state is not None:
-                    owned.state.flush_written(ticket, version, top)
+                    owned.state.flush_written(ticket, planned.version, planned.top)
             elif owned.state is not None:
-                owned.state.flush_failed(ticket, version, lost=decision.action is FlushAction.REWRITE)
+                owned.state.flush_failed(ticket, planned.version, lost=decision.action is FlushAction.REWRITE)
             self._follow(symbol, owned, decision, ticket.ids, raised=result is None, now=now)
         await self._ack()
         await self._release_settled()

@@ -43,8 +43,8 @@ What the flusher does with a write's result is decided in services.l2builder.flu
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import bson
@@ -181,6 +181,29 @@ def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int, top_levels: 
     if unsets:
         update["$unset"] = unsets
     return Delta(fields["version"], tuple(base.versions), update), top
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWrite:
+    """How one flush writes a book: whole (`document`) or as a `delta`; `kind` is "delta" or the reason
+    for a whole write (`full_write_reason`), `version` and `top` what the document holds once written."""
+
+    kind: str
+    version: str
+    top: TopLevels
+    document: Document | None = None
+    delta: Delta | None = None
+
+
+def plan_write(state: SymbolState, ticket: FlushTicket, epoch: int, now: dt.datetime,
+               top_levels: int) -> PlannedWrite:
+    """The write of `ticket` (just taken from `state`) by the owner of `epoch`."""
+    reason = full_write_reason(ticket, top_levels)
+    if reason is None:
+        delta, top = book_delta(state, ticket, epoch, top_levels)
+        return PlannedWrite("delta", delta.version, top, delta=delta)
+    document = book_document(state, epoch, now, top_levels)
+    return PlannedWrite(reason, document["version"], (document["bids"], document["asks"]), document=document)
 
 
 def restore_state(symbol: str, document: Document | None, resync_interval: float, now: float) -> SymbolState:

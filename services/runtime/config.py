@@ -279,7 +279,8 @@ SERVICE_SETTINGS: Mapping[str, tuple[str, ...]] = {
     "ingest": ("redis_url", "ws_url", "symbols", "key_prefix", "l2_table", "stream_maxlen", "ingest_buffer_frames",
                "resubscribe_interval", "instance_name", "health_stale_after", "retry_after_max", *_SERVER),
     "top10": (*_CONSUMER, "claim_idle", "timestamp_tolerance"),
-    "l2builder": (*_CONSUMER, "mongo_url", "mongo_database", "flush_interval", "book_top_levels", "lease_ttl", "resubscribe_interval"),
+    "l2builder": (*_CONSUMER, "mongo_url", "mongo_database", "flush_interval", "book_top_levels", "lease_ttl",
+                  "resubscribe_interval"),
     "status": ("redis_url", "mongo_url", "mongo_database", "key_prefix", "claim_idle", "health_stale_after"),
 }
 """The settings each subcommand reads: its `--help` lists these, its start-up line shows these, the others

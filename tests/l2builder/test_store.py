@@ -15,11 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.core.book import L2Book
+from services.core.bookdoc import book_levels
 from services.l2builder.store import (
     MAX_DOCUMENT_BYTES,
     UTC,
     BookStore,
     book_document,
+    document_bound,
     document_size,
     restore_state,
     version_key,
@@ -42,11 +44,16 @@ def test_the_document_has_every_field_of_the_contract() -> None:
     state = live_state()
     document = book_document(state, 7, NOW)
     assert document == {
-        "bids": [[100.0, 20, 2], [99.5, 5, 3]], "asks": [[101.0, 10, 1]], "timestamp": None,
+        "layout": 2, "bids": [[100.0, 20, 2], [99.5, 5, 3]], "asks": [[101.0, 10, 1]], "bid_depth": 2,
+        "ask_depth": 1, "truncated": False, "timestamp": None, "received_us": 1_700_000_000_000_001,
         "received_at": dt.datetime.fromtimestamp(1_700_000_000.000001, UTC), "updated_at": NOW,
         "stream_id": "1000-1", "session": "s1", "seq": 1, "epoch": 7, "status": "live", "reason": None,
         "version": version_key(7, "1000-1"),
+        "levels": {"2": ["Buy", 100.0, 20], "3": ["Buy", 99.5, 5], "1": ["Sell", 101.0, 10]},
     }
+    cut = book_document(state, 7, NOW, top_levels=1)
+    assert (cut["bids"], cut["truncated"], cut["bid_depth"], cut["levels"]) == \
+        ([[100.0, 20, 2]], True, 2, document["levels"])
     state.feed(entry(2, "gap", reason="disconnect"), now=0)
     stale = book_document(state, 7, NOW)
     assert (stale["status"], stale["reason"]) == ("stale", "gap: disconnect")
@@ -96,6 +103,8 @@ def test_the_receive_time_restores_from_every_form_a_server_returns(as_stored: C
     state = live_state()
     document = stored(book_document(state, 3, NOW))
     document["received_at"] = as_stored(dt.datetime.fromtimestamp(1_700_000_000.123, UTC))
+    assert restore_state("XBTUSD", document, 5.0, now=0).received_us == 1_700_000_000_000_001  # the exact integer
+    del document["received_us"]  # as a layout-1 document
     restored = restore_state("XBTUSD", document, 5.0, now=0)
     assert restored.received_us == (None if document["received_at"] == "not a time" else 1_700_000_000_123_000)
     assert restored.live
@@ -110,7 +119,7 @@ def test_stale_and_broken_documents_restore_stale() -> None:
     rewritten = book_document(stale, 4, NOW)  # the new owner's first write keeps the stored last levels
     assert (rewritten["status"], rewritten["bids"]) == ("stale", [[100.0, 20, 2], [99.5, 5, 3]])
     broken = stored(book_document(live_state(), 3, NOW))
-    broken["bids"] = [[100.0, 20, 2], [100.5, 5, 3]]  # not best first
+    broken["levels"]["9"], broken["bid_depth"] = ["Buy", 100.0, 1], 3  # a second id at a held price
     invalid = restore_state("XBTUSD", broken, 5.0, now=0)
     assert invalid.stale_kind is StaleKind.INVALID_DOCUMENT and invalid.resync_due(0)
     assert invalid.stream_id == "1000-1"  # keeps its position: never re-apply from the start
@@ -166,7 +175,7 @@ def test_writes_are_monotonic_idempotent_and_report_newer_owners(mongo_url: str,
     collection = client[mongo_database]["orderbooks"]
     assert collection.find_one({"_id": "XBTUSD"}, {"epoch": 1, "seq": 1}) == {"_id": "XBTUSD", "epoch": 3, "seq": 1}
     assert collection.find_one({"_id": "ETHUSD"}, {"seq": 1}) == {"_id": "ETHUSD", "seq": 2}
-    assert L2Book.from_document("ETHUSD", collection.find_one({"_id": "ETHUSD"}) or {}).depth == (2, 1)
+    assert L2Book.from_document("ETHUSD", book_levels(collection.find_one({"_id": "ETHUSD"}) or {})).depth == (2, 1)
 
 
 def test_a_book_bson_cannot_hold_is_set_aside_and_the_others_are_written(mongo_url: str, mongo_database: str) -> None:
@@ -255,8 +264,9 @@ def test_the_size_bound_never_underestimates_and_books_over_the_limit_are_measur
     rows = [row(100 + i, "Buy" if i % 2 else "Sell", 2**40 + i, (90.0 - i) if i % 2 else (110.0 + i))
             for i in range(2000)]
     state.feed(entry(2, "insert", frame("insert", rows)), now=0)
-    document = book_document(state, 2**40, NOW)
+    document = book_document(state, 2**40, NOW, top_levels=1000)
     assert len(bson.encode(document)) <= document_size(document) <= MAX_DOCUMENT_BYTES
+    assert document_size(document) <= document_bound(len(state.book), 1000)
     assert document_size(document, exact=True) == len(bson.encode(document))
     over = {**document, "bids": document["bids"] * 500}  # half a million levels
     assert document_size(over) == len(bson.encode(over)) > 16 * 1024 * 1024 >= MAX_DOCUMENT_BYTES
