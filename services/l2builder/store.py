@@ -218,8 +218,8 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
     received_us = document.get("received_us")
     position: dict[str, Any] = {"stream_id": document.get("stream_id"), "session": document.get("session"),
                                 "seq": document.get("seq") or 0,
-                                "received_us": received_us if type(received_us) is int
-                                else stored_epoch_us(document.get("received_at"))}
+                                "received_us": int(received_us) if isinstance(received_us, int)
+                                and not isinstance(received_us, bool) else stored_epoch_us(document.get("received_at"))}
     book = None
     kind: StaleKind | None = None
     reason = document.get("reason")

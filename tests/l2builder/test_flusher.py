@@ -47,7 +47,8 @@ def ticket(book: L2Book, changed: set[int], base: bool) -> FlushTicket:
 
 def test_a_book_is_written_whole_without_a_base_for_a_large_delta_or_near_the_size_limit() -> None:
     book = L2Book("XBTUSD")
-    rows = [{"symbol": "XBTUSD", "id": ident, "side": "Buy", "size": 1, "price": float(ident)} for ident in range(1, 11)]
+    rows = [{"symbol": "XBTUSD", "id": ident, "side": "Buy", "size": 1, "price": float(ident)}
+            for ident in range(1, 11)]
     book.apply(TableFrame("orderBookL2", "partial", "XBTUSD", rows))
     assert full_write_reason(ticket(book, {1, 2}, base=False), 25) == "no_base"
     assert full_write_reason(ticket(book, {1, 2}, base=True), 25) is None

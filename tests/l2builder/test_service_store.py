@@ -9,6 +9,7 @@ from typing import Any
 
 import bson
 
+from services.core.bookdoc import book_levels
 from services.l2builder.store import MAX_DOCUMENT_BYTES
 from testkit.harness import MongoServer, wait_until
 from testkit.l2feeds import Books, Feed, Frame, log_values, make_frame, wait_settled
@@ -27,7 +28,7 @@ def update(symbol: str, size: int) -> Frame:
 
 def sides(document: dict[str, Any] | None) -> dict[str, Any]:
     assert document is not None
-    return {side: document[side] for side in ("bids", "asks")}
+    return book_levels(document)
 
 
 def test_foreign_documents_are_taken_over_and_dates_are_dates(
