@@ -10,7 +10,8 @@ sorts like the tuple. A flush writes each book one of two ways, both atomic on t
   zombie owner with an older epoch can never move a book backwards. A book is written whole when no
   acknowledged write of the same book is stored to build on (a new partial, a restore of a document that
   cannot be built on, an old-layout or foreign document, a whole write of unknown outcome), and when
-  `full_write_reason` says so (a delta as large as the book, a book near the size limit).
+  `full_write_reason` says so (a delta as large as the book, a book near the size limit), or when the delta
+  is over `UNSET_FIELDS_MAX`.
 - delta: `UpdateOne({"_id": sym, "version": {"$in": stored}}, {"$set": ..., "$unset": ...})`, no upsert,
   where `stored` are the versions the document may hold: the last acknowledged write's and those of the
   writes of unknown outcome since (a lost acknowledgement). The delta sets and removes the levels changed
@@ -73,6 +74,12 @@ int64]`); with `LEVEL_BYTES_MAX` it bounds a book's size without encoding its le
 FIELDS_BYTES_MAX = 2048
 """A bound on the BSON bytes of a document's other fields, for `document_bound` (a stale reason is cut to
 a few hundred characters, the other fields are short)."""
+UPDATE_FIELDS_MAX = 63
+"""The most `$set` and `$currentDate` fields of a delta that also removes levels (see `UNSET_FIELDS_MAX`)."""
+UNSET_FIELDS_MAX = 126
+"""The most `$unset` fields of a delta. nx-27017 silently ignores the `$unset` of an update with more, or
+with more than `UPDATE_FIELDS_MAX` fields in its other operators, and still reports it modified; real
+MongoDB has no such limit. A delta over either is written whole instead (`field_limit`)."""
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -161,6 +168,13 @@ def full_write_reason(ticket: FlushTicket, top_levels: int) -> str | None:
     return None
 
 
+def over_field_limit(update: Document) -> bool:
+    """Whether an update removes fields beyond what every server applies (`UNSET_FIELDS_MAX`)."""
+    unsets = len(update.get("$unset", ()))
+    return bool(unsets) and (unsets > UNSET_FIELDS_MAX or
+                             len(update.get("$set", ())) + len(update.get("$currentDate", ())) > UPDATE_FIELDS_MAX)
+
+
 def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int, top_levels: int) -> tuple[Delta, TopLevels]:
     """The delta that turns the stored document of `ticket.base` into the one of `state`, and the best
     levels it leaves stored."""
@@ -201,7 +215,9 @@ def plan_write(state: SymbolState, ticket: FlushTicket, epoch: int, now: dt.date
     reason = full_write_reason(ticket, top_levels)
     if reason is None:
         delta, top = book_delta(state, ticket, epoch, top_levels)
-        return PlannedWrite("delta", delta.version, top, delta=delta)
+        if not over_field_limit(delta.update):
+            return PlannedWrite("delta", delta.version, top, delta=delta)
+        reason = "field_limit"
     document = book_document(state, epoch, now, top_levels)
     return PlannedWrite(reason, document["version"], (document["bids"], document["asks"]), document=document)
 

@@ -20,12 +20,14 @@ from services.core.book import L2Book
 from services.core.bookdoc import book_levels
 from services.l2builder.store import (
     MAX_DOCUMENT_BYTES,
+    UNSET_FIELDS_MAX,
     UTC,
     BookStore,
     WriteResult,
     book_document,
     document_bound,
     document_size,
+    over_field_limit,
     plan_write,
     restore_state,
     stored_epoch_us,
@@ -459,3 +461,36 @@ def test_an_old_layout_document_is_restored_exactly_and_rewritten_whole(mongo_ur
     asyncio.run(scenario())
     stored_document = collection.find_one({"_id": "XBTUSD"}) or {}
     assert stored_document["layout"] == 2 and stored_document["levels"]["2"] == ["Buy", 100.0, 21]
+
+
+def test_a_delta_beyond_what_nx_27017_applies_is_written_whole(mongo_url: str, mongo_database: str) -> None:
+    """nx-27017 ignores the `$unset` of an update with 64 or more other fields: such a flush goes whole."""
+    state = deep_state(200)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
+    collection = client[mongo_database]["orderbooks"]
+
+    def changes(number: int, updates: int) -> None:
+        rows = [row(1100 + i, "Buy", number) for i in range(updates)]
+        state.feed(entry(number, "update", frame("update", rows)), now=0)
+        state.feed(entry(number + 1, "delete", frame("delete", [row(2000 + number, "Sell")])), now=0)
+
+    async def scenario() -> list[str]:
+        store = BookStore(mongo_url, mongo_database)
+        kinds = []
+        try:
+            kinds.append((await flush(store, state, 1))[0])
+            for number, updates in ((2, 30), (4, 70), (6, 30)):
+                changes(number, updates)
+                kind, result = await flush(store, state, 1)
+                assert result.written == ["XBTUSD"]
+                kinds.append(kind)
+                assert comparable(collection.find_one({"_id": "XBTUSD"}) or {}) == \
+                    comparable(book_document(state, 1, NOW, top_levels=10)), kind
+        finally:
+            await store.close()
+        return kinds
+
+    assert asyncio.run(scenario()) == ["no_base", "delta", "field_limit", "delta"]
+    assert not over_field_limit({"$set": dict.fromkeys(map(str, range(200)), 1)})  # without $unset: applied
+    assert over_field_limit({"$unset": dict.fromkeys(map(str, range(UNSET_FIELDS_MAX + 1)), "")})
+    assert not over_field_limit({"$unset": dict.fromkeys(map(str, range(UNSET_FIELDS_MAX)), "")})
