@@ -6,8 +6,9 @@
 One document per symbol in `<database>.orderbooks`, `_id` = symbol (docs/books.md): `levels` maps each
 level id to `[side, price, size]`, the whole book, read here into `[price, size, id]` lists best first
 (bids by price descending, asks ascending); `bids`/`asks` hold only the best levels; `status` ("live" or
-"stale") and `reason` say whether to trust it. A stale book may keep its last levels or have none; either way it is not the
-market now, so check `status` before using the levels. Exit status: 0 live, 2 not live, 1 no book.
+"stale") and `reason` say whether to trust it. A stale book may keep its last levels or have none;
+either way it is not the market now, so check `status` before using the levels. Exit status: 0 live, 2
+not live, 1 no book.
 Settings come from the flags, else from MONGO_CONNECTION_STRING and MONGO_DATABASE, else the defaults
 of `docker compose`.
 """
