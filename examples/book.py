@@ -4,7 +4,7 @@
     python examples/book.py --all [--mongo-url URL] [--database bitmex]
 
 One document per symbol in `<database>.orderbooks`, `_id` = symbol (docs/books.md): `levels` maps each
-level id to `[side, price, size]`, the whole book, read here into `[price, size, id]` lists best first
+level id to `[side, price, size]` (null: removed), the whole book, read here into `[price, size, id]` lists best first
 (bids by price descending, asks ascending); `bids`/`asks` hold only the best levels; `status` ("live" or
 "stale") and `reason` say whether to trust it. A stale book may keep its last levels or have none;
 either way it is not the market now, so check `status` before using the levels. Exit status: 0 live, 2
@@ -39,7 +39,10 @@ def full_book(document: dict[str, Any]) -> tuple[list[list[Any]], list[list[Any]
         raise SystemExit(f"{document['_id']}: document layout {document['layout']!r} is unknown to this script")
     bids: list[list[Any]] = []
     asks: list[list[Any]] = []
-    for ident, (side, price, size) in document["levels"].items():
+    for ident, level in document["levels"].items():
+        if level is None:  # a level removed since the document was last written whole
+            continue
+        side, price, size = level
         (bids if side == "Buy" else asks).append([price, size, int(ident)])
     bids.sort(key=lambda level: -level[0])
     asks.sort(key=lambda level: level[0])

@@ -1,8 +1,11 @@
 """The levels of a MongoDB book document: the level map, the changes a delta writes, and the one reader.
 
 Layout 2 (`"layout": 2`) keeps every level in `levels`, a map from the level id (decimal text) to
-`[side, price, size]` (side "Buy" or "Sell"), so that a write can `$set` and `$unset` only the levels that
-changed (`levels.<id>` is a field name, never an array index: `levels` is an embedded document). Beside it
+`[side, price, size]` (side "Buy" or "Sell"), so that a write can `$set` only the levels that changed
+(`levels.<id>` is a field name, never an array index: `levels` is an embedded document). A level removed
+since the document was last written whole is `null` (a tombstone) rather than `$unset`: nx-27017 silently
+ignores the `$unset` of an update with 64 fields or more, and a `$set` of null has the same meaning on
+every server. A whole write leaves no tombstones. Beside it
 `bids`/`asks` hold the best levels only, best first, as `[price, size, id]`, with `bid_depth`/`ask_depth`
 counting the whole book and `truncated` saying the arrays were cut. A document without `layout` is
 layout 1: `bids`/`asks` are the whole book and there is no map.
@@ -41,25 +44,33 @@ def level_map(book: L2Book) -> dict[str, LevelValue]:
     return levels
 
 
-def level_changes(book: L2Book, ids: Iterable[int]) -> tuple[dict[str, Any], dict[str, str]]:
-    """What a delta writes for the changed `ids`: `$set` of the levels `book` holds and `$unset` of the
-    others, as dotted paths into the level map. Both are current values, so sending them again is harmless."""
+def level_changes(book: L2Book, ids: Iterable[int]) -> tuple[dict[str, Any], int]:
+    """What a delta `$set`s for the changed `ids`, as dotted paths into the level map: the levels `book`
+    holds, and a tombstone (None) for the others; with the number of tombstones. These are current values,
+    so sending them again is harmless."""
     sets: dict[str, Any] = {}
-    unsets: dict[str, str] = {}
+    removed = 0
     find = book.level
     for ident in ids:
         found = find(ident)
         if found is None:
-            unsets[f"{LEVELS}.{ident}"] = ""
+            sets[f"{LEVELS}.{ident}"] = None
+            removed += 1
         else:
             sets[f"{LEVELS}.{ident}"] = level_value(found[0], found[1])
-    return sets, unsets
+    return sets, removed
+
+
+def tombstones(document: Mapping[str, Any]) -> int:
+    """The removed levels (None) a layout-2 document's map still holds."""
+    levels = document.get(LEVELS)
+    return sum(value is None for value in levels.values()) if isinstance(levels, Mapping) else 0
 
 
 def book_levels(document: Mapping[str, Any]) -> dict[str, list[list[Any]]]:
     """The whole book of a stored document, `{"bids": [[price, size, id], ...], "asks": [...]}` best first.
 
-    Layout 2 is read from its level map (checked against `bid_depth`/`ask_depth`), layout 1 from its
+    Layout 2 is read from its level map, tombstones skipped (checked against `bid_depth`/`ask_depth`), layout 1 from its
     arrays as stored. Raises ValueError for a document of another layout or a malformed map; the values
     themselves are checked by `L2Book.from_document`.
     """
@@ -74,6 +85,8 @@ def book_levels(document: Mapping[str, Any]) -> dict[str, list[list[Any]]]:
     bids: list[list[Any]] = []
     asks: list[list[Any]] = []
     for key, value in levels.items():
+        if value is None:
+            continue
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and key == str(int(key))):
             raise ValueError(f"level id {key!r} is not a decimal integer")
         if not isinstance(value, list) or len(value) != 3 or value[0] not in (BUY, SELL):

@@ -146,9 +146,10 @@ class Flusher:
             owned, ticket, planned = tickets[symbol]
             if decision.action is FlushAction.ACKNOWLEDGE:
                 if owned.state is not None:
-                    owned.state.flush_written(ticket, planned.version, planned.top)
+                    owned.state.flush_written(ticket, planned.version, planned.top, planned.tombstones)
             elif owned.state is not None:
-                owned.state.flush_failed(ticket, planned.version, lost=decision.action is FlushAction.REWRITE)
+                owned.state.flush_failed(ticket, planned.version, lost=decision.action is FlushAction.REWRITE,
+                                         tombstones=planned.tombstones)
             self._follow(symbol, owned, decision, ticket.ids, raised=result is None, now=now)
         await self._ack()
         await self._release_settled()

@@ -10,12 +10,13 @@ sorts like the tuple. A flush writes each book one of two ways, both atomic on t
   zombie owner with an older epoch can never move a book backwards. A book is written whole when no
   acknowledged write of the same book is stored to build on (a new partial, a restore of a document that
   cannot be built on, an old-layout or foreign document, a whole write of unknown outcome), and when
-  `full_write_reason` says so (a delta as large as the book, a book near the size limit), or when the delta
-  is over `UNSET_FIELDS_MAX`.
-- delta: `UpdateOne({"_id": sym, "version": {"$in": stored}}, {"$set": ..., "$unset": ...})`, no upsert,
+  `full_write_reason` says so (a delta as large as the book, too many tombstones, a book near the size
+  limit).
+- delta: `UpdateOne({"_id": sym, "version": {"$in": stored}}, {"$set": ..., "$currentDate": ...})`, no upsert,
   where `stored` are the versions the document may hold: the last acknowledged write's and those of the
-  writes of unknown outcome since (a lost acknowledgement). The delta sets and removes the levels changed
-  since the acknowledged write (`levels.<id>`), the best levels when they changed, and every other field.
+  writes of unknown outcome since (a lost acknowledgement). The delta sets the levels changed since the
+  acknowledged write (`levels.<id>`, null for a removed one: a tombstone, which a whole write clears), the
+  best levels when they changed, and every other field.
   Applying it to any of those versions gives the same document, and to nothing else: a document some other
   writer changed in between is never patched. A delta that matched nothing is read back: already written
   (our version is stored), a newer owner (a higher version), or anything else (`rebase`: write it whole).
@@ -54,7 +55,15 @@ from pymongo import AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, ConfigurationError
 
 from services.core.book import L2Book
-from services.core.bookdoc import DEFAULT_TOP_LEVELS, LAYOUT, LEVELS, book_levels, level_changes, level_map
+from services.core.bookdoc import (
+    DEFAULT_TOP_LEVELS,
+    LAYOUT,
+    LEVELS,
+    book_levels,
+    level_changes,
+    level_map,
+    tombstones,
+)
 from services.core.entries import EntryError, parse_stream_id
 from services.core.keys import BOOKS_COLLECTION
 from services.l2builder.symbol_state import FlushTicket, StaleKind, SymbolState, TopLevels, Written, stale_reason
@@ -74,12 +83,9 @@ int64]`); with `LEVEL_BYTES_MAX` it bounds a book's size without encoding its le
 FIELDS_BYTES_MAX = 2048
 """A bound on the BSON bytes of a document's other fields, for `document_bound` (a stale reason is cut to
 a few hundred characters, the other fields are short)."""
-UPDATE_FIELDS_MAX = 63
-"""The most `$set` and `$currentDate` fields of a delta that also removes levels (see `UNSET_FIELDS_MAX`)."""
-UNSET_FIELDS_MAX = 126
-"""The most `$unset` fields of a delta. nx-27017 silently ignores the `$unset` of an update with more, or
-with more than `UPDATE_FIELDS_MAX` fields in its other operators, and still reports it modified; real
-MongoDB has no such limit. A delta over either is written whole instead (`field_limit`)."""
+TOMBSTONES_MIN = 1000
+"""Removed levels (nulls) a level map may hold before a whole write compacts it, or as many as the book
+has levels if that is more: the map stays at most twice the book, and compacting costs little per change."""
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -156,31 +162,26 @@ def full_write_reason(ticket: FlushTicket, top_levels: int) -> str | None:
     """Why the book of `ticket` must be written whole (the label of the writes metric), None for a delta.
 
     `no_base`: no acknowledged write of this book is stored to build on. `compaction`: the delta would
-    change more than half the book, so it is no smaller than the whole. `size_check`: the document could
-    be near MongoDB's limit, which only a whole write checks (`unstorable`)."""
-    book = ticket.book
-    if ticket.base is None or book is None:
+    change more than half the book, so it is no smaller than the whole, or the map holds more removed
+    levels than `TOMBSTONES_MIN` and the book. `size_check`: the document could be near MongoDB's limit,
+    which only a whole write checks (`unstorable`)."""
+    book, base = ticket.book, ticket.base
+    if base is None or book is None:
         return "no_base"
-    if len(ticket.changed) > len(book) // 2:
+    if len(ticket.changed) > len(book) // 2 or base.tombstones > max(TOMBSTONES_MIN, len(book)):
         return "compaction"
-    if document_bound(len(book), top_levels) > MAX_DOCUMENT_BYTES:
+    if document_bound(len(book) + base.tombstones + len(ticket.changed), top_levels) > MAX_DOCUMENT_BYTES:
         return "size_check"
     return None
 
 
-def over_field_limit(update: Document) -> bool:
-    """Whether an update removes fields beyond what every server applies (`UNSET_FIELDS_MAX`)."""
-    unsets = len(update.get("$unset", ()))
-    return bool(unsets) and (unsets > UNSET_FIELDS_MAX or
-                             len(update.get("$set", ())) + len(update.get("$currentDate", ())) > UPDATE_FIELDS_MAX)
-
-
-def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int, top_levels: int) -> tuple[Delta, TopLevels]:
-    """The delta that turns the stored document of `ticket.base` into the one of `state`, and the best
-    levels it leaves stored."""
+def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int,
+               top_levels: int) -> tuple[Delta, TopLevels, int]:
+    """The delta that turns the stored document of `ticket.base` into the one of `state`, with the best
+    levels and (at most) the tombstones it leaves stored."""
     book, base = ticket.book, ticket.base
     assert book is not None and base is not None
-    sets, unsets = level_changes(book, ticket.changed)
+    sets, removed = level_changes(book, ticket.changed)
     top = bids, asks = _top(book, top_levels)
     if base.top is None or base.top[0] != bids:
         sets["bids"] = bids
@@ -192,19 +193,19 @@ def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int, top_levels: 
     if received is not None:
         sets["received_at"] = received
     update: Document = {"$set": sets, "$currentDate": {"updated_at": True}}
-    if unsets:
-        update["$unset"] = unsets
-    return Delta(fields["version"], tuple(base.versions), update), top
+    return Delta(fields["version"], tuple(base.versions), update), top, base.tombstones + removed
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedWrite:
     """How one flush writes a book: whole (`document`) or as a `delta`; `kind` is "delta" or the reason
-    for a whole write (`full_write_reason`), `version` and `top` what the document holds once written."""
+    for a whole write (`full_write_reason`); `version`, `top` and (at most) `tombstones` removed levels are
+    what the document holds once written."""
 
     kind: str
     version: str
     top: TopLevels
+    tombstones: int
     document: Document | None = None
     delta: Delta | None = None
 
@@ -214,12 +215,10 @@ def plan_write(state: SymbolState, ticket: FlushTicket, epoch: int, now: dt.date
     """The write of `ticket` (just taken from `state`) by the owner of `epoch`."""
     reason = full_write_reason(ticket, top_levels)
     if reason is None:
-        delta, top = book_delta(state, ticket, epoch, top_levels)
-        if not over_field_limit(delta.update):
-            return PlannedWrite("delta", delta.version, top, delta=delta)
-        reason = "field_limit"
+        delta, top, removed = book_delta(state, ticket, epoch, top_levels)
+        return PlannedWrite("delta", delta.version, top, removed, delta=delta)
     document = book_document(state, epoch, now, top_levels)
-    return PlannedWrite(reason, document["version"], (document["bids"], document["asks"]), document=document)
+    return PlannedWrite(reason, document["version"], (document["bids"], document["asks"]), 0, document=document)
 
 
 def restore_state(symbol: str, document: Document | None, resync_interval: float, now: float) -> SymbolState:
@@ -265,7 +264,7 @@ def restore_state(symbol: str, document: Document | None, resync_interval: float
     state = SymbolState.restored(symbol, resync_interval, now, book=book, stale_kind=kind, reason=reason,
                                  **position)
     if book is not None and document.get("layout") == LAYOUT and state.shown_book is book:
-        state.written = Written(book, book.loads, [document["version"]])
+        state.written = Written(book, book.loads, [document["version"]], tombstones=tombstones(document))
     return state
 
 

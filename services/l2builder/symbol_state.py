@@ -20,7 +20,7 @@ The state also keeps what must be persisted and acknowledged: `dirty` and the id
 durable write, handed out as a `FlushTicket` and given back if the write fails. So that a write can send
 only the levels that changed, it also remembers what the last acknowledged write stored (`written`) and the
 level ids changed since then that went out in writes whose outcome is unknown (`unsure_ids`, sent again
-with the next write: a `$set` or `$unset` of current values is harmless twice).
+with the next write: a `$set` of current values is harmless twice).
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ class Written:
     loads: int
     versions: list[str]
     top: TopLevels | None = None
+    tombstones: int = 0
+    """At most this many removed levels (null) are in the stored level map."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,19 +381,20 @@ class SymbolState:
         self.pending_ids = []
         return ticket
 
-    def flush_written(self, ticket: FlushTicket, version: str, top: TopLevels) -> None:
-        """The write of `ticket` is durable as `version`, with `top` in `bids`/`asks`: the next delta
-        builds on it."""
+    def flush_written(self, ticket: FlushTicket, version: str, top: TopLevels, tombstones: int = 0) -> None:
+        """The write of `ticket` is durable as `version`, with `top` in `bids`/`asks` and `tombstones` removed
+        levels in its map: the next delta builds on it."""
         if ticket.book is not None:
-            self.written = Written(ticket.book, ticket.loads, [version], top)
+            self.written = Written(ticket.book, ticket.loads, [version], top, tombstones)
             self.unsure_ids = set()
 
-    def flush_failed(self, ticket: FlushTicket, version: str | None = None, lost: bool = False) -> None:
+    def flush_failed(self, ticket: FlushTicket, version: str | None = None, lost: bool = False,
+                     tombstones: int = 0) -> None:
         """Take the ticket back: its ids stay unacknowledged and the book is written again next time.
 
-        The write (as `version`) may still have landed: a delta's changed ids are sent again with the next
-        one, which may build on `version` too; after a whole write, or when `lost` (the stored document is
-        not one a delta can build on), the next write is whole.
+        The write (as `version`, leaving `tombstones` removed levels) may still have landed: a delta's
+        changed ids are sent again with the next one, which may build on `version` too; after a whole write,
+        or when `lost` (the stored document is not one a delta can build on), the next write is whole.
         """
         self.pending_ids = ticket.ids + self.pending_ids
         self.dirty = self.dirty or ticket.write
@@ -404,4 +407,5 @@ class SymbolState:
             return
         written.versions.append(version)
         written.top = None
+        written.tombstones = max(written.tombstones, tombstones)
         self.unsure_ids = ticket.changed

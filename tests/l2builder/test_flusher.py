@@ -10,6 +10,7 @@ from services.l2builder.store import (
     LEVEL_BYTES_MAX,
     MAP_LEVEL_BYTES_MAX,
     MAX_DOCUMENT_BYTES,
+    TOMBSTONES_MIN,
     WriteResult,
     full_write_reason,
 )
@@ -54,7 +55,14 @@ def test_a_book_is_written_whole_without_a_base_for_a_large_delta_or_near_the_si
     assert full_write_reason(ticket(book, {1, 2}, base=True), 25) is None
     assert full_write_reason(ticket(book, set(range(1, 6)), base=True), 25) is None
     assert full_write_reason(ticket(book, set(range(1, 7)), base=True), 25) == "compaction"
-    levels = (MAX_DOCUMENT_BYTES - FIELDS_BYTES_MAX - 2 * LEVEL_BYTES_MAX) // MAP_LEVEL_BYTES_MAX  # fits with 1 a side
+    many_removed = ticket(book, {1}, base=True)
+    assert many_removed.base is not None
+    many_removed.base.tombstones = TOMBSTONES_MIN
+    assert full_write_reason(many_removed, 25) is None
+    many_removed.base.tombstones = TOMBSTONES_MIN + 1  # the map holds more removed levels than allowed
+    assert full_write_reason(many_removed, 25) == "compaction"
+    # Fits, with one level a side in the arrays and one changed level in the map.
+    levels = (MAX_DOCUMENT_BYTES - FIELDS_BYTES_MAX - 2 * LEVEL_BYTES_MAX) // MAP_LEVEL_BYTES_MAX - 1
     deep = L2Book("XBTUSD")
     deep.apply(TableFrame("orderBookL2", "partial", "XBTUSD", [
         {"symbol": "XBTUSD", "id": ident, "side": "Buy", "size": 1, "price": float(ident)}

@@ -17,17 +17,16 @@ from hypothesis import strategies as st
 from pymongo import monitoring
 
 from services.core.book import L2Book
-from services.core.bookdoc import book_levels
+from services.core.bookdoc import book_levels, tombstones
 from services.l2builder.store import (
     MAX_DOCUMENT_BYTES,
-    UNSET_FIELDS_MAX,
+    TOMBSTONES_MIN,
     UTC,
     BookStore,
     WriteResult,
     book_document,
     document_bound,
     document_size,
-    over_field_limit,
     plan_write,
     restore_state,
     stored_epoch_us,
@@ -301,8 +300,11 @@ monitoring.register(COMMANDS)
 
 
 def comparable(document: dict[str, Any]) -> dict[str, Any]:
-    """A stored document but for `_id` and its dates (their types are tested on their own)."""
-    return {name: value for name, value in document.items() if name not in ("_id", "updated_at", "received_at")}
+    """A stored document but for `_id`, its dates (their types are tested on their own) and tombstones."""
+    kept = {name: value for name, value in document.items() if name not in ("_id", "updated_at", "received_at")}
+    if isinstance(kept.get("levels"), dict):
+        kept["levels"] = {ident: value for ident, value in kept["levels"].items() if value is not None}
+    return kept
 
 
 def deep_state(depth: int = 40) -> SymbolState:
@@ -335,9 +337,9 @@ async def flush(store: BookStore, state: SymbolState, epoch: int, lose_ack: bool
     result = await store.write({} if planned.document is None else {"XBTUSD": planned.document},
                                {} if planned.delta is None else {"XBTUSD": planned.delta})
     if "XBTUSD" in result.written and not lose_ack:
-        state.flush_written(ticket, planned.version, planned.top)
+        state.flush_written(ticket, planned.version, planned.top, planned.tombstones)
     else:
-        state.flush_failed(ticket, planned.version, lost="XBTUSD" in result.rebase)
+        state.flush_failed(ticket, planned.version, lost="XBTUSD" in result.rebase, tombstones=planned.tombstones)
     return planned.kind, result
 
 
@@ -370,7 +372,7 @@ def test_many_deltas_store_what_a_whole_write_of_the_same_book_stores(mongo_url:
     # One operation per document and flush: a reader sees a whole flush or none of it.
     assert all(len(command["updates"]) == 1 for command in COMMANDS.updates) and len(COMMANDS.updates) == len(kinds)
     delta = COMMANDS.updates[-1]["updates"][0]
-    assert not delta.get("upsert") and set(delta["u"]) <= {"$set", "$unset", "$currentDate"}
+    assert not delta.get("upsert") and set(delta["u"]) == {"$set", "$currentDate"}
     assert len(bson.encode(delta)) < len(bson.encode(stored_document)) / 4
 
 
@@ -463,34 +465,36 @@ def test_an_old_layout_document_is_restored_exactly_and_rewritten_whole(mongo_ur
     assert stored_document["layout"] == 2 and stored_document["levels"]["2"] == ["Buy", 100.0, 21]
 
 
-def test_a_delta_beyond_what_nx_27017_applies_is_written_whole(mongo_url: str, mongo_database: str) -> None:
-    """nx-27017 ignores the `$unset` of an update with 64 or more other fields: such a flush goes whole."""
+def test_many_changes_with_removals_go_as_one_delta_and_tombstones_are_compacted(mongo_url: str,
+                                                                                  mongo_database: str) -> None:
+    """nx-27017 ignores the `$unset` of an update with 64 fields or more: removals are tombstones (null) set
+    like every other level, so a flush of many changes stays one delta; a whole write clears them."""
     state = deep_state(200)
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
     collection = client[mongo_database]["orderbooks"]
 
-    def changes(number: int, updates: int) -> None:
-        rows = [row(1100 + i, "Buy", number) for i in range(updates)]
-        state.feed(entry(number, "update", frame("update", rows)), now=0)
-        state.feed(entry(number + 1, "delete", frame("delete", [row(2000 + number, "Sell")])), now=0)
-
     async def scenario() -> list[str]:
         store = BookStore(mongo_url, mongo_database)
-        kinds = []
+        kinds = [(await flush(store, state, 1))[0]]
         try:
+            rows = [row(1100 + i, "Buy", 3) for i in range(70)]
+            state.feed(entry(2, "update", frame("update", rows)), now=0)
+            state.feed(entry(3, "delete", frame("delete", [row(2000 + i, "Sell") for i in range(5)])), now=0)
+            kind, result = await flush(store, state, 1)
+            kinds.append(kind)
+            stored_document = collection.find_one({"_id": "XBTUSD"}) or {}
+            assert result.written == ["XBTUSD"] and tombstones(stored_document) == 5
+            assert comparable({**stored_document, "levels": None}) == \
+                comparable({**book_document(state, 1, NOW, top_levels=10), "levels": None})
+            assert L2Book.from_document("XBTUSD", book_levels(stored_document)).top(None) == state.book.top(None)
+            assert state.written is not None and state.written.tombstones == 5
+            state.written.tombstones = TOMBSTONES_MIN + 1  # as after many removals
+            state.feed(entry(4, "update", frame("update", [row(1100, "Buy", 4)])), now=0)
             kinds.append((await flush(store, state, 1))[0])
-            for number, updates in ((2, 30), (4, 70), (6, 30)):
-                changes(number, updates)
-                kind, result = await flush(store, state, 1)
-                assert result.written == ["XBTUSD"]
-                kinds.append(kind)
-                assert comparable(collection.find_one({"_id": "XBTUSD"}) or {}) == \
-                    comparable(book_document(state, 1, NOW, top_levels=10)), kind
+            assert tombstones(collection.find_one({"_id": "XBTUSD"}) or {}) == 0
+            assert state.written is not None and state.written.tombstones == 0
         finally:
             await store.close()
         return kinds
 
-    assert asyncio.run(scenario()) == ["no_base", "delta", "field_limit", "delta"]
-    assert not over_field_limit({"$set": dict.fromkeys(map(str, range(200)), 1)})  # without $unset: applied
-    assert over_field_limit({"$unset": dict.fromkeys(map(str, range(UNSET_FIELDS_MAX + 1)), "")})
-    assert not over_field_limit({"$unset": dict.fromkeys(map(str, range(UNSET_FIELDS_MAX)), "")})
+    assert asyncio.run(scenario()) == ["no_base", "delta", "compaction"]

@@ -1,4 +1,5 @@
-"""Layout-2 book documents without a server: the level map, the changes a delta writes, and the reader."""
+"""Layout-2 book documents without a server: the level map, the changes a delta writes (tombstones for removed
+levels), and the reader."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from services.core.bitmex import TableFrame
 from services.core.book import L2Book
-from services.core.bookdoc import LAYOUT, LEVELS, book_levels, level_changes, level_map
+from services.core.bookdoc import LAYOUT, LEVELS, book_levels, level_changes, level_map, tombstones
 
 SYMBOL = "XBTUSD"
 
@@ -30,12 +31,10 @@ def document(book: L2Book) -> dict[str, Any]:
     return {"layout": LAYOUT, LEVELS: level_map(book), "bid_depth": bids, "ask_depth": asks}
 
 
-def apply_update(stored: dict[str, Any], sets: dict[str, Any], unsets: dict[str, str]) -> None:
-    """`$set` and `$unset` of dotted paths into the level map, as MongoDB applies them to a document."""
+def apply_update(stored: dict[str, Any], sets: dict[str, Any]) -> None:
+    """`$set` of dotted paths into the level map, as MongoDB applies it to a document."""
     for path, value in sets.items():
         stored[LEVELS][path.split(".", 1)[1]] = value
-    for path in unsets:
-        stored[LEVELS].pop(path.split(".", 1)[1], None)
 
 
 def random_frame(book: L2Book, rng: random.Random, next_id: list[int]) -> TableFrame:
@@ -82,10 +81,12 @@ def test_deltas_of_the_changed_ids_keep_the_level_map_equal_to_the_book(seed: in
     for _ in range(flushes):
         for _ in range(rng.randrange(0, 15)):
             book.apply(random_frame(book, rng, next_id))
-        sets, unsets = level_changes(book, book.take_changes())
-        assert not set(sets) & set(unsets)
-        apply_update(stored, sets, unsets)
-        assert stored[LEVELS] == level_map(book)
+        changed = book.take_changes()
+        sets, removed = level_changes(book, changed)
+        assert set(sets) == {f"{LEVELS}.{ident}" for ident in changed}
+        assert removed == sum(value is None for value in sets.values())
+        apply_update(stored, sets)
+        assert {ident: value for ident, value in stored[LEVELS].items() if value is not None} == level_map(book)
         stored["bid_depth"], stored["ask_depth"] = book.depth
         assert book_levels(stored) == {"bids": [list(level) for level in book.top(None)[0]],
                                        "asks": [list(level) for level in book.top(None)[1]]}
@@ -96,6 +97,9 @@ def test_the_reader_gives_the_whole_book_best_first_of_either_layout() -> None:
     book.apply(partial(5))
     whole = {"bids": [list(level) for level in book.top(None)[0]], "asks": [list(level) for level in book.top(None)[1]]}
     assert book_levels(document(book)) == whole
+    removed = document(book)
+    removed[LEVELS]["77"] = None  # a tombstone: a level removed since the last whole write
+    assert book_levels(removed) == whole and tombstones(removed) == 1 and tombstones(document(book)) == 0
     assert book_levels({**whole, "status": "live"}) == whole  # layout 1: the arrays are the book
     assert L2Book.from_document(SYMBOL, book_levels(document(book))).top(None) == book.top(None)
 
