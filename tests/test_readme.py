@@ -117,7 +117,8 @@ def test_the_readme_snippet_is_safe_on_every_documented_state(
     books: Any = pymongo.MongoClient(mongo_url)[mongo_database]["orderbooks"]
     now = dt.datetime.now(dt.UTC)
     live = {"layout": 2, "bids": [[100.0, 5, 1], [99.5, 2, 2]], "asks": [[100.5, 3, 3]], "bid_depth": 2,
-            "ask_depth": 1, "levels": {"1": ["Buy", 100.0, 5], "2": ["Buy", 99.5, 2], "3": ["Sell", 100.5, 3], "4": None},
+            "ask_depth": 1,
+            "levels": {"1": ["Buy", 100.0, 5], "2": ["Buy", 99.5, 2], "3": ["Sell", 100.5, 3], "4": None},
             "status": "live", "reason": None}
     books.insert_many([
         {"_id": "LIVE", **live, "updated_at": now},
