@@ -24,9 +24,10 @@ from services.core.book import BUY, SELL, L2Book, Level
 LAYOUT: Final = 2
 """The layout l2builder writes; a document of any other layout is read as layout 1 only without `layout`."""
 LEVELS: Final = "levels"
-DEFAULT_TOP_LEVELS: Final = 25
-"""Levels per side in `bids`/`asks` unless configured (BOOK_TOP_LEVELS): deeper than orderBook10, the
-venue's own top, and small enough that rewriting the arrays on a flush stays a fraction of its bytes."""
+DEFAULT_TOP_LEVELS: Final = 10
+"""Levels per side in `bids`/`asks` unless configured (BOOK_TOP_LEVELS): the depth of orderBook10, the
+venue's own top; a delta rewrites the arrays whenever the top changed, so with few changes per book and
+flush their size is most of what a flush sends (the whole book is in `levels`)."""
 
 LevelValue = list[Any]
 """One entry of the level map: `[side, price, size]`."""
