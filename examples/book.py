@@ -3,10 +3,12 @@
     python examples/book.py XBTUSD [--mongo-url URL] [--database bitmex] [--depth N]
     python examples/book.py --all [--mongo-url URL] [--database bitmex]
 
-One document per symbol in `<database>.orderbooks`, `_id` = symbol: `bids` and `asks` are lists of
-`[price, size, id]`, best first (bids by price descending, asks ascending), with `status` ("live" or
-"stale") and `reason`. A stale book may keep its last levels or have none; either way it is not the
-market now, so check `status` before using the levels. Exit status: 0 live, 2 not live, 1 no book.
+One document per symbol in `<database>.orderbooks`, `_id` = symbol (docs/books.md): `levels` maps each
+level id to `[side, price, size]` (null: removed), the whole book, read here into `[price, size, id]` lists best first
+(bids by price descending, asks ascending); `bids`/`asks` hold only the best levels; `status` ("live" or
+"stale") and `reason` say whether to trust it. A stale book may keep its last levels or have none;
+either way it is not the market now, so check `status` before using the levels. Exit status: 0 live, 2
+not live, 1 no book.
 Settings come from the flags, else from MONGO_CONNECTION_STRING and MONGO_DATABASE, else the defaults
 of `docker compose`.
 """
@@ -29,9 +31,26 @@ def age(document: dict[str, Any]) -> str:
     return f"at {updated}" if updated is not None else "never"
 
 
+def full_book(document: dict[str, Any]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The whole book, best first; a document without `layout` (the previous shape) holds it in bids/asks."""
+    if "layout" not in document:
+        return document.get("bids") or [], document.get("asks") or []
+    if document["layout"] != 2:
+        raise SystemExit(f"{document['_id']}: document layout {document['layout']!r} is unknown to this script")
+    bids: list[list[Any]] = []
+    asks: list[list[Any]] = []
+    for ident, level in document["levels"].items():
+        if level is None:  # a level removed since the document was last written whole
+            continue
+        side, price, size = level
+        (bids if side == "Buy" else asks).append([price, size, int(ident)])
+    bids.sort(key=lambda level: -level[0])
+    asks.sort(key=lambda level: level[0])
+    return bids, asks
+
+
 def show_book(document: dict[str, Any], depth: int) -> None:
-    bids: list[list[Any]] = document.get("bids") or []
-    asks: list[list[Any]] = document.get("asks") or []
+    bids, asks = full_book(document)
     if document.get("status") == "live":
         print(f"{document['_id']}: live, written {age(document)}, {len(bids)} bids, {len(asks)} asks")
     else:

@@ -27,6 +27,7 @@ import orjson
 import pymongo
 import redis
 
+from services.core.bookdoc import book_levels
 from services.core.capture import iter_capture
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
 from testkit.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port
@@ -339,7 +340,7 @@ def inspect(stack: Stack, truth: Truth) -> Findings:
             findings.stale[symbol] = str(document.get("reason"))
             if not document.get("reason"):
                 findings.mismatches.append(f"{symbol}: stale without a reason")
-        elif {"bids": document["bids"], "asks": document["asks"]} != expected:
+        elif book_levels(document) != expected:
             findings.mismatches.append(f"{symbol}: book differs ({_difference(document, expected)})")
         else:
             findings.books_equal += 1
@@ -365,8 +366,9 @@ def inspect(stack: Stack, truth: Truth) -> Findings:
 
 
 def _difference(document: dict[str, Any], expected: Levels) -> str:
+    levels = book_levels(document)
     for side in ("bids", "asks"):
-        stored, wanted = document[side], expected[side]
+        stored, wanted = levels[side], expected[side]
         for position, (have, want) in enumerate(zip(stored, wanted, strict=False)):
             if have != want:
                 return f"{side}[{position}] {have} != {want}"

@@ -19,6 +19,7 @@ import orjson
 import pymongo
 import redis
 
+from services.core.bookdoc import book_levels
 from services.core.capture import iter_capture
 from services.core.entries import encode_entry, encode_gap
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, L2BUILDER_GROUP, Keys
@@ -242,7 +243,7 @@ class Books:
         return {document["_id"]: document for document in self.collection.find()}
 
     def levels(self) -> dict[str, Levels]:
-        return {symbol: {"bids": doc["bids"], "asks": doc["asks"]} for symbol, doc in self.all().items()}
+        return {symbol: book_levels(doc) for symbol, doc in self.all().items()}
 
 
 def settled(feed: Feed, books: Books) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import pymongo
 import redis
 
+from services.core.bookdoc import book_levels
 from testkit.harness import ServiceProcess, free_port, wait_until
 from tests.conftest import RunService
 
@@ -85,7 +86,8 @@ def test_book_and_consumer_group_examples_on_live_and_stale_books(
         documents = {document["_id"]: document for document in books.find()}
         return len(documents) == len(SYMBOLS) and all(
             document["status"] == "live"
-            and ([level[:2] for level in document["bids"]], [level[:2] for level in document["asks"]])
+            and ([level[:2] for level in book_levels(document)["bids"]],
+                 [level[:2] for level in book_levels(document)["asks"]])
             == exchange_book(port, symbol) for symbol, document in documents.items())
 
     wait_until(settled, 60, "every book live and equal to the exchange's, the market stopped", interval=0.25)

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import redis
 
+from services.core.bookdoc import book_levels
 from services.core.keys import Keys
 from testkit.harness import MongoServer, ServiceProcess, wait_until
 from testkit.l2feeds import Books
@@ -97,7 +98,7 @@ def test_a_silent_venue_or_a_killed_ingest_turns_book_and_top10_stale_in_time_an
     def live_and_true(what: str) -> None:
         bids, asks = truth.top10()
         wait_until(lambda: (book().get("status"), top10().get("status")) == ("live", "live")
-                   and {side: book().get(side) for side in ("bids", "asks")} == truth.book()
+                   and book_levels(book()) == truth.book()
                    and (top10().get("bids"), top10().get("asks")) == (bids, asks), 15, f"both live and true {what}")
 
     try:

@@ -116,10 +116,14 @@ def test_the_readme_snippet_is_safe_on_every_documented_state(
     client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
     books: Any = pymongo.MongoClient(mongo_url)[mongo_database]["orderbooks"]
     now = dt.datetime.now(dt.UTC)
-    live = {"bids": [[100.0, 5, 1], [99.5, 2, 2]], "asks": [[100.5, 3, 3]], "status": "live", "reason": None}
+    live = {"layout": 2, "bids": [[100.0, 5, 1], [99.5, 2, 2]], "asks": [[100.5, 3, 3]], "bid_depth": 2,
+            "ask_depth": 1,
+            "levels": {"1": ["Buy", 100.0, 5], "2": ["Buy", 99.5, 2], "3": ["Sell", 100.5, 3], "4": None},
+            "status": "live", "reason": None}
     books.insert_many([
         {"_id": "LIVE", **live, "updated_at": now},
-        {"_id": "ONESIDED", "bids": [], "asks": [[1.0, 1, 1]], "status": "live", "reason": None, "updated_at": now},
+        {"_id": "ONESIDED", "layout": 2, "bids": [], "asks": [[1.0, 1, 1]], "bid_depth": 0, "ask_depth": 1,
+         "levels": {"1": ["Sell", 1.0, 1]}, "status": "live", "reason": None, "updated_at": now},
         {"_id": "KEPT", **live, "status": "stale", "reason": "ingest_lost: session gone", "updated_at": now},
         {"_id": "EMPTY", "bids": [], "asks": [], "status": "stale", "reason": "too_large: 17 MB", "updated_at": now},
         {"_id": "FIRST", "bids": [], "asks": [], "status": "stale", "reason": "waiting for the first partial",
@@ -134,7 +138,7 @@ def test_the_readme_snippet_is_safe_on_every_documented_state(
                .replace("mongodb://localhost:27017", mongo_url).replace('["bitmex"]', f'["{mongo_database}"]')
                .replace('"bitmex:top10:', f'"{key_prefix}:top10:'))
     assert redis_url in snippet and mongo_url in snippet and mongo_database in snippet
-    for symbol, expected in (("LIVE", "best bid [100.0, 5]"), ("ONESIDED", "None 0 bids"),
+    for symbol, expected in (("LIVE", "[100.0, 5, 1] 2 bids"), ("ONESIDED", "None 0 bids"),
                              ("KEPT", "not trustworthy now: ingest_lost"), ("EMPTY", "too_large"),
                              ("FIRST", "waiting for the first partial"), ("NOSUCH", "not trustworthy now")):
         printed = io.StringIO()

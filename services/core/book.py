@@ -18,6 +18,10 @@ first instead (plain ascending prices) moves the whole side on every change near
 further behind the deeper the book; a dict sorted only when read is the fastest to update but the
 slowest once the top is read after each frame (figures in bench/RESULTS.md). Keys are compared, never
 rounded: the book is exact.
+
+Every id a delta sets or removes is added to `changed`, which its owner takes (`take_changes`) to
+persist only those levels; a partial (or an inconsistency) replaces every level at once, so it empties
+`changed` and counts in `loads` instead: a change of `loads` means "write it all".
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ class L2Book:
     """
 
     __slots__ = ("_ask_keys", "_ask_levels", "_ask_prices", "_bid_keys", "_bid_levels", "_bid_prices",
-                 "_sides", "dropped_before_partial", "has_partial", "stale_reason", "symbol", "timestamp")
+                 "_sides", "changed", "dropped_before_partial", "has_partial", "loads", "stale_reason", "symbol",
+                 "timestamp")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
@@ -86,6 +91,10 @@ class L2Book:
         self.stale_reason: str | None = None
         self.timestamp: str | None = None
         self.dropped_before_partial = 0
+        self.changed: set[int] = set()
+        """Ids set or removed by deltas since the last `take_changes` (or the last partial)."""
+        self.loads = 0
+        """Partials loaded and invalidations: each replaced every level."""
 
     def __len__(self) -> int:
         return len(self._bid_keys) + len(self._ask_keys)
@@ -116,6 +125,21 @@ class L2Book:
         else:
             raise ValueError(f"n must be >= 0, got {n}")
         return list(map(self._bid_levels.__getitem__, bid_keys)), list(map(self._ask_levels.__getitem__, ask_keys))
+
+    def level(self, ident: int) -> tuple[str, Level] | None:
+        """The side (`BUY` or `SELL`) and level of `ident`, None when the book does not hold it."""
+        price = self._bid_prices.get(ident)
+        if price is not None:
+            return BUY, self._bid_levels[price]
+        price = self._ask_prices.get(ident)
+        if price is not None:
+            return SELL, self._ask_levels[-price]
+        return None
+
+    def take_changes(self) -> set[int]:
+        """The ids changed since the last call (or the last partial); `changed` starts afresh."""
+        changed, self.changed = self.changed, set()
+        return changed
 
     def to_document(self, max_levels: int | None = None) -> dict[str, Any]:
         """The book in the DESIGN.md document form, at most `max_levels` per side (None: every level).
@@ -206,6 +230,8 @@ class L2Book:
         self.timestamp = None
         self.has_partial = True
         self.stale_reason = None
+        self.changed.clear()
+        self.loads += 1
         try:
             self._insert(rows, "partial", sort=False)
             self._bid_keys[:] = sorted(self._bid_levels)
@@ -216,7 +242,7 @@ class L2Book:
             raise
 
     def _insert(self, rows: Sequence[Mapping[str, Any]], action: str = "insert", sort: bool = True) -> None:
-        sides, bid_prices, ask_prices = self._sides, self._bid_prices, self._ask_prices
+        sides, bid_prices, ask_prices, changed = self._sides, self._bid_prices, self._ask_prices, self.changed
         for row in rows:
             ident = row["id"]
             if ident in bid_prices or ident in ask_prices:
@@ -232,9 +258,10 @@ class L2Book:
             prices[ident] = price
             if sort:
                 insort(keys, key)
+                changed.add(ident)
 
     def _update(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        sides = self._sides
+        sides, changed = self._sides, self.changed
         for row in rows:
             ident = row["id"]
             _, levels, prices, sign = sides[row["side"]]
@@ -244,9 +271,10 @@ class L2Book:
             if "price" in row and row["price"] != price:
                 raise self._error(ident, "update", f"row price {row['price']} differs from book price {price}")
             levels[price * sign] = (price, row["size"], ident)
+            changed.add(ident)
 
     def _delete(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        sides = self._sides
+        sides, changed = self._sides, self.changed
         for row in rows:
             ident = row["id"]
             keys, levels, prices, sign = sides[row["side"]]
@@ -258,11 +286,14 @@ class L2Book:
             key = price * sign
             del levels[key]
             del keys[bisect_left(keys, key)]
+            changed.add(ident)
 
     def _invalidate(self, reason: str) -> None:
         for side in (self._bid_keys, self._ask_keys, self._bid_levels, self._ask_levels,
                      self._bid_prices, self._ask_prices):
             side.clear()
+        self.changed.clear()
+        self.loads += 1
         self.has_partial = False
         self.stale_reason = reason
 

@@ -1,5 +1,8 @@
 """Persisting the owned books: one bulk write of every changed book, then XACK what it covered.
 
+Each book goes as a delta (the levels changed since its last acknowledged write) unless
+`full_write_reason` says it must be written whole (services.l2builder.store).
+
 An entry is acknowledged only after the write covering it succeeded. What the flusher does with each
 symbol a write carried is decided by `flush_decisions`, a pure function of the write's result: a symbol
 whose write failed is retried alone after its own backoff, never holding up the others; one a newer owner
@@ -23,7 +26,16 @@ from redis.exceptions import RedisError
 from services.l2builder import metrics
 from services.l2builder.owned import BACKOFF_FIRST, Owned, OwnedBooks
 from services.l2builder.ownership import Ownership
-from services.l2builder.store import MAX_DOCUMENT_BYTES, UTC, BookStore, Document, WriteResult, book_document
+from services.l2builder.store import (
+    MAX_DOCUMENT_BYTES,
+    UTC,
+    BookStore,
+    Delta,
+    Document,
+    PlannedWrite,
+    WriteResult,
+    plan_write,
+)
 from services.l2builder.streams import L2Streams
 from services.l2builder.symbol_state import FlushTicket, Outcome, StaleKind
 from services.runtime.dependency import DependencyHealth
@@ -43,6 +55,8 @@ class FlushAction(enum.Enum):
     """A newer owner wrote the book: give the symbol up; its entries are the new owner's."""
     RETRY = "retry"
     """Not written: keep its entries unacknowledged and retry this symbol alone, after its own backoff."""
+    REWRITE = "rewrite"
+    """A delta found no document to build on: keep its entries unacknowledged, write it whole next flush."""
     MARK_STALE = "mark_stale"
     """The book cannot be stored: make it stale without levels (`stale_kind`, `reason`); the next flush
     writes that document and acknowledges the entries."""
@@ -71,6 +85,8 @@ def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[
         elif symbol in result.unwritable:
             problem = result.unwritable[symbol]
             decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE, f"book cannot be stored: {problem}")
+        elif symbol in result.rebase:
+            decision = FlushDecision(FlushAction.REWRITE, detail=result.rebase[symbol])
         elif symbol in result.failed:
             decision = FlushDecision(FlushAction.RETRY, detail=result.failed[symbol])
         else:
@@ -81,8 +97,11 @@ def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[
 
 class Flusher:
     def __init__(self, books: OwnedBooks, store: BookStore, streams: L2Streams, ownership: Ownership,
-                 redis: DependencyHealth, mongo: DependencyHealth, health_stale_after: float) -> None:
+                 redis: DependencyHealth, mongo: DependencyHealth, health_stale_after: float,
+                 top_levels: int) -> None:
+        """`top_levels`: the best levels per side stored in `bids`/`asks` (BOOK_TOP_LEVELS)."""
         self.books, self.store, self.streams, self.ownership = books, store, streams, ownership
+        self.top_levels = top_levels
         self.redis, self.mongo = redis, mongo
         self._ping_every = min(MONGO_PING_EVERY, health_stale_after / 3)
         self._pinged_at = 0.0
@@ -102,8 +121,9 @@ class Flusher:
         now = time.monotonic()
         wall = dt.datetime.now(UTC)
         owned_now, backlog = self.books.owned, self.books.ack_backlog
-        tickets: dict[str, tuple[Owned, FlushTicket]] = {}
-        documents = {}
+        tickets: dict[str, tuple[Owned, FlushTicket, PlannedWrite]] = {}
+        documents: dict[str, Document] = {}
+        deltas: dict[str, Delta] = {}
         for symbol, owned in owned_now.items():
             state = owned.state
             if state is None or not owned.lease.valid(now) or owned.retry_at > now:
@@ -112,30 +132,42 @@ class Flusher:
             if ticket is None:
                 continue
             if ticket.write:
-                tickets[symbol] = (owned, ticket)
-                documents[symbol] = book_document(state, owned.lease.epoch, wall)
+                planned = plan_write(state, ticket, owned.lease.epoch, wall, self.top_levels)
+                if planned.delta is not None:
+                    deltas[symbol] = planned.delta
+                elif planned.document is not None:
+                    documents[symbol] = planned.document
+                tickets[symbol] = (owned, ticket, planned)
+                metrics.BOOK_WRITES.labels(planned.kind).inc()
             else:
                 # Only entries seen again: the last durable write covers them already.
                 backlog.setdefault(symbol, []).extend(ticket.ids)
-        result = await self._write(documents)
-        for symbol, decision in flush_decisions(documents, result).items():
-            owned, ticket = tickets[symbol]
-            self._follow(symbol, owned, ticket, decision, raised=result is None, now=now)
+        result = await self._write(documents, deltas)
+        for symbol, decision in flush_decisions(tickets, result).items():
+            owned, ticket, planned = tickets[symbol]
+            if decision.action is FlushAction.ACKNOWLEDGE:
+                if owned.state is not None:
+                    owned.state.flush_written(ticket, planned.version, planned.top, planned.tombstones)
+            elif owned.state is not None:
+                owned.state.flush_failed(ticket, planned.version, lost=decision.action is FlushAction.REWRITE,
+                                         tombstones=planned.tombstones)
+            self._follow(symbol, owned, decision, ticket.ids, raised=result is None, now=now)
         await self._ack()
         await self._release_settled()
 
-    def _follow(self, symbol: str, owned: Owned, ticket: FlushTicket, decision: FlushDecision, raised: bool,
+    def _follow(self, symbol: str, owned: Owned, decision: FlushDecision, ids: list[str], raised: bool,
                 now: float) -> None:
-        """Carry out what the write's result decided for one symbol."""
+        """Carry out what the write's result decided for one symbol, whose state took the write's outcome."""
         action = decision.action
         if action is FlushAction.ACKNOWLEDGE:
             owned.retry_at = 0.0
             owned.write_backoff.reset()
-            self.books.ack_backlog.setdefault(symbol, []).extend(ticket.ids)
+            self.books.ack_backlog.setdefault(symbol, []).extend(ids)
             return
-        if owned.state is not None:
-            owned.state.flush_failed(ticket)
-        if action is FlushAction.DROP:
+        if action is FlushAction.REWRITE:
+            # Not a failure of MongoDB: the next flush writes the book whole, without a backoff.
+            log.warning("book_rewrite", symbol=symbol, detail=decision.detail)
+        elif action is FlushAction.DROP:
             metrics.WRITE_CONFLICTS.inc()
             log.warning("write_conflict", symbol=symbol, epoch=owned.lease.epoch, detail=decision.detail)
             if self.books.owned.get(symbol) is owned:
@@ -154,17 +186,19 @@ class Flusher:
             owned.state.mark_stale(decision.stale_kind, decision.detail, now)
             self.books.note(symbol, owned.state, Outcome.STALE)
 
-    async def _write(self, documents: dict[str, Document]) -> WriteResult | None:
-        """The bulk write of `documents`; None when it raised, which decides nothing about any of them. A
-        ping proves MongoDB reachable when nothing has for a while (no writes, or only failed ones)."""
+    async def _write(self, documents: dict[str, Document], deltas: dict[str, Delta]) -> WriteResult | None:
+        """The bulk write of whole `documents` and `deltas`; None when it raised, which decides nothing about
+        any of them. A ping proves MongoDB reachable when nothing has for a while (no writes, or only failed
+        ones)."""
         result = WriteResult()
+        count = len(documents) + len(deltas)
         try:
-            if documents:
+            if count:
                 started = time.perf_counter()
-                result = await self.store.write(documents)
+                result = await self.store.write(documents, deltas)
                 metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
-                metrics.FLUSH_DOCUMENTS.observe(len(documents))
-                if len(result.failed) < len(documents):
+                metrics.FLUSH_DOCUMENTS.observe(count)
+                if len(result.failed) < count:
                     self.mongo.succeeded("write")
         except Exception as exc:  # not only PyMongoError: nothing may end the flush loop (or the shutdown)
             self._raised("write", exc)

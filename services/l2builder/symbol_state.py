@@ -17,13 +17,17 @@ partial has come after a grace period, because ingest subscribes afresh after ev
 `resync_due`/`resync_requested` carry that policy; the caller owns the clock and the I/O.
 
 The state also keeps what must be persisted and acknowledged: `dirty` and the ids consumed since the last
-durable write, handed out as a `FlushTicket` and given back if the write fails.
+durable write, handed out as a `FlushTicket` and given back if the write fails. So that a write can send
+only the levels that changed, it also remembers what the last acknowledged write stored (`written`) and the
+level ids changed since then that went out in writes whose outcome is unknown (`unsure_ids`, sent again
+with the next write: a `$set` of current values is harmless twice).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.core.bitmex import ProtocolError, TableFrame, parse_frame
 from services.core.book import BookInconsistency, L2Book
@@ -93,13 +97,41 @@ class Outcome(enum.Enum):
     """Consumed: a partial made a stale book live."""
 
 
+TopLevels = tuple[list[list[Any]], list[list[Any]]]
+"""The best levels of each side as stored in `bids`/`asks`, `[price, size, id]`, best first."""
+MAX_UNSURE_WRITES = 8
+"""Writes of unknown outcome in a row after which the next write is whole again (each one's version is a
+stored version a delta must be able to build on)."""
+
+
+@dataclass(slots=True)
+class Written:
+    """What an acknowledged write stored of `book`: a delta builds on it while the book is the same object
+    and has loaded no partial since (`loads`). `top` is the best levels stored in `bids`/`asks`, None when
+    unknown (after a restore, or a write of unknown outcome that may have changed them). `versions` are the
+    versions the document may hold: the acknowledged one, then those of writes of unknown outcome."""
+
+    book: L2Book
+    loads: int
+    versions: list[str]
+    top: TopLevels | None = None
+    tombstones: int = 0
+    """At most this many removed levels (null) are in the stored level map."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlushTicket:
-    """What one flush takes from a state: whether the book must be written and the ids it covers."""
+    """What one flush takes from a state: whether the book must be written and the ids it covers; for a
+    write, the book shown (`SymbolState.shown_book`) with its `loads`, and the level ids changed since the
+    last acknowledged write, `base` (None: no delta can build on it, write the whole book)."""
 
     symbol: str
     write: bool
     ids: list[str]
+    book: L2Book | None = None
+    loads: int = 0
+    changed: set[int] = field(default_factory=set)
+    base: Written | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +156,8 @@ class SymbolState:
     received_us: int | None = None
     dirty: bool = False
     pending_ids: list[str] = field(default_factory=list)
+    written: Written | None = None
+    unsure_ids: set[int] = field(default_factory=set)
     frames_applied: int = 0
     rows_applied: int = 0
     next_resync_at: float | None = None
@@ -150,6 +184,11 @@ class SymbolState:
     @property
     def status(self) -> Status:
         return Status.LIVE if self.live else Status.STALE
+
+    @property
+    def shown_book(self) -> L2Book:
+        """The book the document shows: the current one, or a stale state's last exact levels."""
+        return self.book if self.book.has_partial or self.last_book is None else self.last_book
 
     @property
     def position(self) -> StreamKey:
@@ -327,12 +366,46 @@ class SymbolState:
         """Hand the unpersisted state to one flush, or None when there is nothing to write or ack."""
         if not self.dirty and not self.pending_ids:
             return None
-        ticket = FlushTicket(self.symbol, self.dirty, self.pending_ids)
+        if self.dirty:
+            book = self.shown_book
+            changed = book.take_changes()
+            written = self.written
+            if written is not None and written.book is book and written.loads == book.loads:
+                changed |= self.unsure_ids
+            else:
+                written = None
+            ticket = FlushTicket(self.symbol, True, self.pending_ids, book, book.loads, changed, written)
+        else:
+            ticket = FlushTicket(self.symbol, False, self.pending_ids)
         self.dirty = False
         self.pending_ids = []
         return ticket
 
-    def flush_failed(self, ticket: FlushTicket) -> None:
-        """Take the ticket back: its ids stay unacknowledged and the book is written again next time."""
+    def flush_written(self, ticket: FlushTicket, version: str, top: TopLevels, tombstones: int = 0) -> None:
+        """The write of `ticket` is durable as `version`, with `top` in `bids`/`asks` and `tombstones` removed
+        levels in its map: the next delta builds on it."""
+        if ticket.book is not None:
+            self.written = Written(ticket.book, ticket.loads, [version], top, tombstones)
+            self.unsure_ids = set()
+
+    def flush_failed(self, ticket: FlushTicket, version: str | None = None, lost: bool = False,
+                     tombstones: int = 0) -> None:
+        """Take the ticket back: its ids stay unacknowledged and the book is written again next time.
+
+        The write (as `version`, leaving `tombstones` removed levels) may still have landed: a delta's
+        changed ids are sent again with the next one, which may build on `version` too; after a whole write,
+        or when `lost` (the stored document is not one a delta can build on), the next write is whole.
+        """
         self.pending_ids = ticket.ids + self.pending_ids
         self.dirty = self.dirty or ticket.write
+        if not ticket.write:
+            return
+        written = self.written
+        if (lost or ticket.base is None or written is not ticket.base or version is None
+                or len(written.versions) > MAX_UNSURE_WRITES):
+            self.written, self.unsure_ids = None, set()
+            return
+        written.versions.append(version)
+        written.top = None
+        written.tombstones = max(written.tombstones, tombstones)
+        self.unsure_ids = ticket.changed

@@ -127,7 +127,7 @@ class L2Builder:
                                  self.redis_health, self.mongo_health, settings.resubscribe_interval,
                                  self._wake_reader.set)
         self.flusher = Flusher(self.books, self.store, self.streams, self.ownership, self.redis_health,
-                               self.mongo_health, settings.health_stale_after)
+                               self.mongo_health, settings.health_stale_after, settings.book_top_levels)
 
     async def close(self) -> None:
         self.streams.close()

@@ -19,6 +19,7 @@ from urllib.parse import unquote_plus, urlsplit
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser_shared import _validate_uri
 
+from services.core.bookdoc import DEFAULT_TOP_LEVELS
 from services.core.keys import SYMBOL_PATTERN
 
 LOCAL_EXCHANGE_WS_URL = "ws://127.0.0.1:8080/realtime"
@@ -156,7 +157,7 @@ def _symbols(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
             value = int(raw)
@@ -164,6 +165,8 @@ def _int(minimum: int) -> Callable[[str], int]:
             raise ValueError(f"not an integer: {raw!r}") from None
         if value < minimum:
             raise ValueError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum}, got {value}")
         return value
 
     return parse
@@ -240,6 +243,8 @@ SETTINGS: tuple[Setting, ...] = (
             "approximate MAXLEN of every stream (trimming loss is detected, never silent)"),
     Setting("flush_interval", "FLUSH_INTERVAL", "0.25", _seconds,
             "seconds between coalesced MongoDB writes per symbol"),
+    Setting("book_top_levels", "BOOK_TOP_LEVELS", str(DEFAULT_TOP_LEVELS), _int(1, 1000),
+            "best levels per side in a MongoDB book's bids/asks arrays, 1..1000 (every level is in its levels map)"),
     Setting("metrics_host", "METRICS_HOST", "127.0.0.1", str,
             "address of the /healthz and /metrics server (0.0.0.0 to be scraped from other hosts)"),
     Setting("metrics_port", "METRICS_PORT", "9100", _port,
@@ -274,7 +279,8 @@ SERVICE_SETTINGS: Mapping[str, tuple[str, ...]] = {
     "ingest": ("redis_url", "ws_url", "symbols", "key_prefix", "l2_table", "stream_maxlen", "ingest_buffer_frames",
                "resubscribe_interval", "instance_name", "health_stale_after", "retry_after_max", *_SERVER),
     "top10": (*_CONSUMER, "claim_idle", "timestamp_tolerance"),
-    "l2builder": (*_CONSUMER, "mongo_url", "mongo_database", "flush_interval", "lease_ttl", "resubscribe_interval"),
+    "l2builder": (*_CONSUMER, "mongo_url", "mongo_database", "flush_interval", "book_top_levels", "lease_ttl",
+                  "resubscribe_interval"),
     "status": ("redis_url", "mongo_url", "mongo_database", "key_prefix", "claim_idle", "health_stale_after"),
 }
 """The settings each subcommand reads: its `--help` lists these, its start-up line shows these, the others
@@ -306,6 +312,7 @@ class Settings:
     l2_table: str
     stream_maxlen: int
     flush_interval: float
+    book_top_levels: int
     metrics_host: str
     metrics_port: int
     log_level: str

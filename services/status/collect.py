@@ -170,8 +170,10 @@ class Collector:
         pipeline: list[dict[str, Any]] = [{"$project": {
             "status": 1, "reason": 1, "updated_at": 1, "timestamp": 1, "stream_id": 1, "session": 1, "seq": 1,
             "epoch": 1, "version": 1,
-            # Depth and best levels are computed by the server: the full books never cross the network.
-            "bid_depth": {"$size": {"$ifNull": ["$bids", []]}}, "ask_depth": {"$size": {"$ifNull": ["$asks", []]}},
+            # The full books never cross the network: depths are stored beside the level map (layout 2) or
+            # counted by the server in the arrays (layout 1), whose first levels are the best either way.
+            "bid_depth": {"$ifNull": ["$bid_depth", {"$size": {"$ifNull": ["$bids", []]}}]},
+            "ask_depth": {"$ifNull": ["$ask_depth", {"$size": {"$ifNull": ["$asks", []]}}]},
             "best_bid": {"$arrayElemAt": ["$bids", 0]}, "best_ask": {"$arrayElemAt": ["$asks", 0]}}}]
         url = mask_url(self._mongo_url)
         try:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from services.core.bookdoc import book_levels
 from services.core.keys import INGEST_ALIVE_TTL_MS, Keys
 from services.core.liveness import IngestLiveness
 from testkit.harness import MongoServer, RedisServer, ServiceProcess, free_port, wait_until
@@ -146,7 +147,7 @@ def test_a_malformed_frame_makes_the_mongodb_book_stale_until_a_fresh_partial(
         return books.get("XBTUSD") or {}
 
     wait_until(lambda: document().get("status") == "live", 20, "the book live from the first partial")
-    assert {side: document()[side] for side in ("bids", "asks")} == expected()
+    assert book_levels(document()) == expected()
 
     truth[2] = ("Buy", 30, 100.0)  # A
     truth[3] = ("Buy", 7, 99.5)  # B happened at the venue, but reaches ingest broken
@@ -161,7 +162,7 @@ def test_a_malformed_frame_makes_the_mongodb_book_stale_until_a_fresh_partial(
     wait_until(lambda: venue.subscribed("orderBookL2:XBTUSD") == 2, 15, "the resync's subscribe")
     venue.send(l2_frame("XBTUSD", "partial", book_rows()))
     wait_until(lambda: document().get("status") == "live", 15, "the book live again after the fresh partial")
-    assert {side: document()[side] for side in ("bids", "asks")} == expected()
+    assert book_levels(document()) == expected()
 
 
 def test_the_liveness_key_lives_while_connected_and_expires_after_kill_9(

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import redis
 
+from services.core.bookdoc import book_levels
 from services.core.keys import Keys
 from testkit.harness import free_port, wait_until
 from testkit.l2feeds import Books, Levels, log_values
@@ -62,4 +63,4 @@ def test_simulated_market_with_a_forced_resync_ends_equal_to_the_exchange(
     stale = [symbol for builder in builders for symbol in log_values(builder, "book_stale", "symbol")]
     assert "XBTUSD" in stale
     assert any(builder.metric("bookstream_l2builder_resync_requests_total") for builder in builders)
-    assert all(len(books.all()[symbol]["bids"]) > 10 for symbol in SYMBOLS)
+    assert all(len(book_levels(books.all()[symbol])["bids"]) > 10 for symbol in SYMBOLS)

@@ -9,7 +9,8 @@ from typing import Any
 
 import bson
 
-from services.l2builder.store import MAX_DOCUMENT_BYTES
+from services.core.bookdoc import book_levels
+from services.l2builder.store import MAX_DOCUMENT_BYTES, stored_epoch_us
 from testkit.harness import MongoServer, wait_until
 from testkit.l2feeds import Books, Feed, Frame, log_values, make_frame, wait_settled
 from tests.conftest import RunService
@@ -27,7 +28,7 @@ def update(symbol: str, size: int) -> Frame:
 
 def sides(document: dict[str, Any] | None) -> dict[str, Any]:
     assert document is not None
-    return {side: document[side] for side in ("bids", "asks")}
+    return book_levels(document)
 
 
 def test_foreign_documents_are_taken_over_and_dates_are_dates(
@@ -50,14 +51,20 @@ def test_foreign_documents_are_taken_over_and_dates_are_dates(
     assert set(log_values(builder, "restored", "symbol")) == set(foreign)
     assert "write_failed" not in builder.logs()
 
-    # Dates are BSON dates whether the write inserted, replaced a foreign document or replaced its own.
+    # Dates are BSON dates whether the write inserted or replaced a foreign document ...
+    for symbol, document in books.all().items():
+        for name in ("updated_at", "received_at"):
+            assert type(document[name]) is dt.datetime, (symbol, name, document[name])
+    # ... and after a delta `updated_at` is one too ($currentDate); `received_at` is text on nx-27017 (a $set
+    # date), `received_us` the same instant as an integer.
     feed.frames([update(symbol, 7) for symbol in foreign])
     wait_settled(feed, books)
     for symbol, document in books.all().items():
         assert sides(document)["bids"][0] == [100.0, 7, 2], symbol
-        for name in ("updated_at", "received_at"):
-            assert type(document[name]) is dt.datetime, (symbol, name, document[name])
+        assert type(document["updated_at"]) is dt.datetime, (symbol, document["updated_at"])
         assert abs(document["updated_at"] - dt.datetime.now(dt.UTC).replace(tzinfo=None)) < dt.timedelta(minutes=5)
+        received_us = document["received_us"]
+        assert isinstance(received_us, int) and stored_epoch_us(document["received_at"]) == received_us // 1000 * 1000
 
 
 def test_one_symbols_failing_writes_never_hold_up_the_others(

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import redis
 
+from services.core.bookdoc import book_levels
 from services.core.keys import SESSION_LOST_AFTER, Keys
 from testkit.harness import RedisServer, wait_until
 from testkit.l2feeds import Books, Feed, Frame, Liveness, log_values, make_frame, wait_settled
@@ -53,7 +54,7 @@ def revived(feed: Feed, books: Books, symbol: str, alive: Liveness) -> Iterator[
         feed.frames([partial(symbol, size=44)])
         wait_settled(feed, books)
         assert status(books, symbol) == ("live", "")
-        assert {key: book(books, symbol)[key] for key in ("bids", "asks")} == levels(44)
+        assert book_levels(book(books, symbol)) == levels(44)
         yield
     finally:
         alive.stop()
@@ -82,7 +83,7 @@ def test_a_lost_ingest_session_makes_its_books_stale_until_a_partial_of_a_live_s
                    "the book of the lost session stale")
         document = book(books, "LOST")
         assert document["reason"].startswith("ingest_lost: session s-lost")
-        assert {"bids": document["bids"], "asks": document["asks"]} == levels(10, bid=21)  # last levels kept
+        assert book_levels(document) == levels(10, bid=21)  # last levels kept
         wait_until(lambda: any(request["symbol"] == "LOST" and request["reason"].startswith("ingest_lost")
                                for request in lost.control_requests()), 10, "a resync request for LOST")
 
@@ -119,7 +120,7 @@ def test_a_late_partial_of_a_lost_session_leaves_the_book_stale(
     document = book(books, "LATE")
     assert (document["status"], document["session"]) == ("stale", "s-dead")
     assert document["reason"].startswith("ingest_lost: session s-dead has had no liveness key for ")
-    assert {"bids": document["bids"], "asks": document["asks"]} == levels(33)
+    assert book_levels(document) == levels(33)
 
     # A partial of a live session makes it live.
     with revived(feed, books, "LATE", Liveness(redis_url, key_prefix, "s-live")):
@@ -150,7 +151,7 @@ def test_flushall_mid_run_makes_the_books_stale_then_live_again_with_fresh_parti
             for symbol in symbols:
                 document = book(books, symbol)
                 # Never live with levels other than the exact ones (nothing was written since).
-                assert document["status"] == "stale" or {key: document[key] for key in ("bids", "asks")} == \
+                assert document["status"] == "stale" or book_levels(document) == \
                     levels(10, bid=21), document
                 if document["status"] == "stale":
                     seen[symbol].add(document["reason"])
@@ -167,7 +168,7 @@ def test_flushall_mid_run_makes_the_books_stale_then_live_again_with_fresh_parti
         after = {symbol: book(books, symbol) for symbol in symbols}
         for symbol in symbols:
             assert (after[symbol]["status"], after[symbol]["reason"]) == ("live", None)
-            assert {key: after[symbol][key] for key in ("bids", "asks")} == levels(55)
+            assert book_levels(after[symbol]) == levels(55)
             assert after[symbol]["epoch"] > before[symbol]["epoch"]
         assert builder.alive() and builder.health()[0] == 200
         assert builder.metric("bookstream_l2builder_redis_lost_total", 'what="epoch"') >= len(symbols)
@@ -198,7 +199,7 @@ def test_a_stream_lost_by_redis_makes_only_its_book_stale(
     feed.frames([partial("GONE", size=66), update("KEPT", 5)])
     wait_settled(feed, books)
     assert status(books, "GONE") == ("live", "") and status(books, "KEPT") == ("live", "")
-    assert {key: book(books, "GONE")[key] for key in ("bids", "asks")} == levels(66)
+    assert book_levels(book(books, "GONE")) == levels(66)
     assert book(books, "KEPT")["bids"] == [[100.0, 5, 2]]
     assert builder.metric("bookstream_l2builder_redis_lost_total", 'what="group"') >= 1
 

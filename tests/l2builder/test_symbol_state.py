@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from services.core.book import L2Book
 from services.core.entries import EntryError, StreamEntry, decode_entry, encode_entry, encode_gap
-from services.l2builder.symbol_state import Outcome, StaleKind, Status, SymbolState
+from services.l2builder.symbol_state import MAX_UNSURE_WRITES, Outcome, StaleKind, Status, SymbolState
 
 SYMBOL = "XBTUSD"
 INTERVAL = 5.0
@@ -262,6 +262,56 @@ def test_a_flush_ticket_hands_out_the_ids_and_takes_them_back_on_failure() -> No
     assert state.pending_ids == ["1000-1", "1000-2"] and state.dirty
     retry = state.take_flush()
     assert retry is not None and retry.ids == ["1000-1", "1000-2"]
+
+
+def test_a_flush_builds_on_the_last_acknowledged_write_of_the_same_book() -> None:
+    state = live_state()
+    first = state.take_flush()
+    assert first is not None and first.base is None and first.book is state.book  # nothing stored to build on
+    state.flush_written(first, "v1", ([], []))
+    state.feed(entry(2, "update", frame("update", [row(2, "Buy", 1)])), now=0)
+    delta = state.take_flush()
+    assert delta is not None and delta.base is state.written and delta.changed == {2}
+    # Outcome unknown (a lost acknowledgement): the next write re-sends id 2 and may build on either version.
+    state.flush_failed(delta, "v2")
+    assert state.written is not None and (state.written.versions, state.written.top) == (["v1", "v2"], None)
+    state.feed(entry(3, "delete", frame("delete", [row(3, "Buy")])), now=0)
+    retry = state.take_flush()
+    assert retry is not None and retry.base is state.written and retry.changed == {2, 3}
+    state.flush_written(retry, "v3", ([], []))
+    assert state.written.versions == ["v3"] and not state.unsure_ids
+    # A stale mark keeps the written book (its last levels): still a delta; a partial replaces every level.
+    state.feed(entry(4, "gap", reason="disconnect"), now=0)
+    stale = state.take_flush()
+    assert stale is not None and stale.base is state.written and stale.book is state.last_book
+    state.flush_written(stale, "v4", ([], []))
+    state.feed(entry(5, "partial", PARTIAL), now=0)
+    after_partial = state.take_flush()
+    assert after_partial is not None and after_partial.base is None
+
+
+def test_a_write_of_unknown_outcome_that_was_whole_or_lost_its_base_is_followed_by_a_whole_one() -> None:
+    state = live_state()
+    whole = state.take_flush()
+    assert whole is not None
+    state.flush_failed(whole, "v1")
+    again = state.take_flush()
+    assert again is not None and again.base is None
+    state.flush_written(again, "v1", ([], []))
+    state.feed(entry(2, "update", frame("update", [row(2, "Buy", 1)])), now=0)
+    delta = state.take_flush()
+    assert delta is not None and delta.base is not None
+    state.flush_failed(delta, "v2", lost=True)  # the stored document is not one a delta can build on
+    rewrite = state.take_flush()
+    assert rewrite is not None and rewrite.base is None and rewrite.ids == ["1000-2"]
+    state.flush_written(rewrite, "v2", ([], []))
+    for number in range(3, 3 + MAX_UNSURE_WRITES + 1):
+        state.feed(entry(number, "update", frame("update", [row(2, "Buy", number)])), now=0)
+        ticket = state.take_flush()
+        assert ticket is not None and ticket.base is not None, number
+        state.flush_failed(ticket, f"v{number}")
+    ticket = state.take_flush()
+    assert ticket is not None and ticket.base is None  # too many versions it could hold: write it whole
 
 
 def test_resync_requests_repeat_only_after_the_interval() -> None:

@@ -16,9 +16,11 @@ import pytest
 import redis
 from rich.console import Console
 
-from services.core.entries import encode_entry, encode_gap
+from services.core.entries import StreamEntry, encode_entry, encode_gap
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
 from services.dev.state import DevState, write_state
+from services.l2builder.store import book_document
+from services.l2builder.symbol_state import SymbolState
 from services.status.collect import Collector
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
@@ -148,6 +150,26 @@ def test_collect_reads_streams_groups_owners_keys_and_books(
     console.print(render_status(snap))
     text = console.export_text()
     assert "XBTUSD" in text and "epoch 7" in text and "live" in text and "book_stale" in text
+
+
+def test_a_layout_2_book_shows_its_whole_depth_and_best_levels(
+        books: pymongo.collection.Collection[dict[str, object]], redis_url: str, mongo_url: str,
+        mongo_database: str, key_prefix: str) -> None:
+    """`bids`/`asks` hold only the best levels: the depths come from the stored counts of the whole book."""
+    state = SymbolState("DEEP", 5.0)
+    rows = [{"symbol": "DEEP", "id": 100 + i, "side": "Buy", "size": 1 + i, "price": 100.0 - i} for i in range(40)]
+    rows += [{"symbol": "DEEP", "id": 200 + i, "side": "Sell", "size": 2, "price": 101.0 + i} for i in range(30)]
+    partial = orjson.dumps({"table": "orderBookL2", "action": "partial", "data": rows}).decode()
+    state.feed(StreamEntry("1-1", partial, "orderBookL2", "partial", "s1", 1, 1_700_000_000_000_000, ""), now=0)
+    document = book_document(state, 1, dt.datetime.now(dt.UTC), top_levels=5)
+    books.insert_one({"_id": "DEEP", **document})
+    collector = Collector(redis_url, mongo_url, mongo_database, key_prefix)
+    try:
+        book = {status.symbol: status for status in collector.collect().symbols}["DEEP"].book
+    finally:
+        collector.close()
+    assert book is not None and (book.bid_depth, book.ask_depth) == (40, 30) and len(document["bids"]) == 5
+    assert (book.best_bid, book.best_ask, book.status) == ((100.0, 1), (101.0, 2), "live")
 
 
 def test_unreachable_servers_are_reported_not_raised(key_prefix: str) -> None:
