@@ -25,6 +25,10 @@ FLUSH_DOCUMENTS = Histogram("bookstream_l2builder_flush_documents", "documents p
                             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 FLUSH_SECONDS = Histogram("bookstream_l2builder_flush_seconds", "duration of one MongoDB bulk write",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+FLUSH_CYCLE_SECONDS = Histogram("bookstream_l2builder_flush_cycle_seconds",
+                                "time from the start of one flush to the start of the next (FLUSH_INTERVAL "
+                                "while the writes keep up)",
+                                buckets=(0.1, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30))
 FLUSH_ERRORS = Counter("bookstream_l2builder_flush_errors_total", "failed MongoDB bulk writes and failed ops")
 WRITE_CONFLICTS = Counter("bookstream_l2builder_write_conflicts_total",
                           "writes refused because a newer version (a later owner) was already stored")
