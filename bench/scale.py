@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pymongo
 import redis
@@ -218,7 +218,7 @@ class Stack:
 
     def documents(self, symbols: Sequence[str]) -> dict[str, tuple[str, int]]:
         """(status, epoch) of the documents of `symbols`."""
-        return {document["_id"]: (document.get("status"), document.get("epoch") or 0) for document
+        return {document["_id"]: (str(document.get("status")), int(document.get("epoch") or 0)) for document
                 in self.books.find({"_id": {"$in": list(symbols)}}, {"status": 1, "epoch": 1})}
 
     def streams_filled(self) -> bool:
@@ -242,7 +242,7 @@ class Stack:
 
     def xreadgroup(self) -> tuple[float, float]:
         """(calls, µs) of XREADGROUP so far."""
-        stats = cast(dict[str, Any], self.client.info("commandstats")).get("cmdstat_xreadgroup", {})
+        stats = self.client.info("commandstats").get("cmdstat_xreadgroup", {})
         return float(stats.get("calls", 0)), float(stats.get("usec", 0))
 
     def stop(self) -> None:
@@ -336,7 +336,8 @@ def _window(stack: Stack, run: Run, builders: list[ServiceProcess], window: floa
     run.cpu_us = {name: (cpu_after[name] - cpu[name]) / max(run.frames, 1) * 1e6 for name in pids}
     run.xreadgroup_calls_per_s = (calls_after - calls) / run.seconds
     run.xreadgroup_us_per_call = (usec_after - usec) / max(calls_after - calls, 1)
-    cycles = [delta(histogram(early, CYCLE), histogram(late, CYCLE)) for early, late in zip(scrapes, after, strict=True)]
+    cycles = [delta(histogram(early, CYCLE), histogram(late, CYCLE))
+              for early, late in zip(scrapes, after, strict=True)]
     if all(cycles):
         merged = [(bound, sum(buckets[index][1] for buckets in cycles)) for index, (bound, _) in enumerate(cycles[0])]
         if merged[-1][1]:
@@ -397,7 +398,8 @@ def section(runs: Sequence[Run], figure: str | None, quick: bool, baseline: str)
              "rows the l2builders applied; CPU is per L2 frame applied in the window; lag / pending are the "
              "`l2builder` group's undelivered / delivered-but-not-durable entries at the end of the window; "
              "warm-up runs from the l2builders' start (streams already holding their partials) until every "
-             "document is `live` (polled every 0.5 s, reading only the documents not yet seen live); takeover from `kill -9` of one l2builder until the survivor holds every "
+             "document is `live` (polled every 0.5 s, reading only the documents not yet seen live); takeover "
+             "from `kill -9` of one l2builder until the survivor holds every "
              "lease, and until every document of the dead one's symbols is `live` under a new epoch.", ""]
     if quick:
         lines += ["**Quick run: short windows, a smoke test; do not quote these numbers.**", ""]
