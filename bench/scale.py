@@ -198,7 +198,9 @@ class Stack:
 
     def _start(self, name: str, args: list[str], tree: Path) -> ServiceProcess:
         env = {**self.env, "PYTHONPATH": str(tree)}
-        process = start_service(self.workdir, name, *args, env=env, command=[sys.executable, "-m", "services.cli"])
+        # -P: the working directory (this tree) must not come ahead of PYTHONPATH in the child's sys.path.
+        process = start_service(self.workdir, name, *args, env=env,
+                                command=[sys.executable, "-P", "-m", "services.cli"])
         self.processes[name] = process
         return process
 
@@ -424,7 +426,7 @@ def write_section(path: Path, lines: list[str]) -> None:
 
 def run(workdir: Path, quick: bool, baseline: str = BASELINE, log: Any = print) -> list[Run]:
     scenarios = QUICK_SCENARIOS if quick else SCENARIOS
-    window = 5.0 if quick else 20.0
+    window = 5.0 if quick else 15.0
     runs: list[Run] = []
     with checkout(baseline, workdir) as baseline_tree:
         for number, scenario in enumerate(scenarios):
