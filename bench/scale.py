@@ -394,15 +394,17 @@ def section(runs: Sequence[Run], figure: str | None, quick: bool, baseline: str)
              f"`python -m bench.scale{' --quick' if quick else ''}`: `exchange` (the simulator at {RATE:,} changes/s "
              "over all symbols, depth 300 per side unless said, or a real capture at its own pace) -> ingest -> "
              f"top10 and two l2builders (FLUSH_INTERVAL {FLUSH_INTERVAL} s, LEASE_TTL {LEASE_TTL:g} s), each "
-             f"scenario once with this tree's code and once with `{baseline}` (the baseline: whole-document "
-             "writes, one XREADGROUP naming every owned stream per read, restores one symbol at a time) run from "
+             f"scenario once with this tree's code and once with `{baseline}` (the baseline revision) run from "
              "a temporary git worktree. Bytes to MongoDB are counted on the wire by a proxy and divided by the "
              "rows the l2builders applied; CPU is per L2 frame applied in the window; lag / pending are the "
              "`l2builder` group's undelivered / delivered-but-not-durable entries at the end of the window; "
              "warm-up runs from the l2builders' start (streams already holding their partials) until every "
              "document is `live` (polled every 0.5 s, reading only the documents not yet seen live); takeover "
              "from `kill -9` of one l2builder until the survivor holds every "
-             "lease, and until every document of the dead one's symbols is `live` under a new epoch.", ""]
+             "lease, and until every document of the dead one's symbols is `live` under a new epoch (`-`: not "
+             "within 60 s; a book that no longer changes, as at the end of a capture, is not written again). "
+             "The flush cycle is the `bookstream_l2builder_flush_cycle_seconds` histogram where the code has it, "
+             "else the mean from the number of bulk writes.", ""]
     if quick:
         lines += ["**Quick run: short windows, a smoke test; do not quote these numbers.**", ""]
     if figure:

@@ -6,8 +6,8 @@ import re
 import time
 from pathlib import Path
 
-from bench.__main__ import ServiceBench, write_results
 from bench import scale
+from bench.__main__ import ServiceBench, write_results
 from tests.test_bench_plots import results, scale_runs
 
 FIGURES = {name: f"{name}.png" for name in ("book", "throughput", "latency_percentiles", "latency_cdf", "resources")}
