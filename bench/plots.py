@@ -2,7 +2,8 @@
 
 Every figure puts a measurement beside its baseline: the list-based book beside the engine, the original
 design's published numbers beside the services' throughput and latency, one l2builder beside two and
-three, and each speed idea beside the same service without it.
+three, each speed idea beside the same service without it, and every scale scenario beside the baseline
+revision's code.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bench.pipeline import STAGES, PipelineResults
+from bench.scale import Run
 
 ORIGINAL_REBUILD_FRAMES_PER_S = 1_300
 """The original design's book rebuild: about 176 messages in 140 ms."""
@@ -226,3 +228,35 @@ def speed_ideas(results: PipelineResults, path: Path) -> str:
     codec.legend(fontsize=8)
     figure.suptitle("Speed ideas of the original design: each service with and without it")
     return _save(figure, path, original_design=True)
+
+
+def scale(runs: Sequence[Run], path: Path) -> str:
+    """Per scenario, this tree beside the baseline revision: MongoDB bytes per changed row, redis-server CPU
+    per L2 frame, flush cycle, and the times to every book live (warm-up, after kill -9)."""
+    scenarios = list(dict.fromkeys(run.scenario for run in runs))
+    variants = list(dict.fromkeys(run.variant for run in runs))
+    found = {(run.scenario, run.variant): run for run in runs}
+    nan = float("nan")
+
+    def series(value: Any) -> dict[str, list[float]]:
+        return {variant: [value(found[scenario, variant]) if (scenario, variant) in found else nan
+                          for scenario in scenarios] for variant in variants}
+
+    def cycle(run: Run) -> float:
+        return run.cycle_p99 if run.cycle_p99 is not None else run.cycle_mean or nan
+
+    panels = (("bytes to MongoDB per changed row (log)", series(lambda run: run.bytes_per_row)),
+              ("redis-server CPU µs per L2 frame", series(lambda run: run.redis_us_per_frame)),
+              ("flush cycle p99 s (baseline: mean)", series(cycle)),
+              ("warm-up to all live, s", series(lambda run: run.warmup_s if run.warmup_s is not None else nan)),
+              ("kill -9 to all live, s", series(lambda run: run.takeover_s if run.takeover_s is not None else nan)))
+    figure, axes = plt.subplots(1, len(panels), figsize=(17, 4.2))
+    colors = {variant: ("tab:blue" if index == 0 else "tab:gray") for index, variant in enumerate(variants)}
+    for panel, (title, values) in zip(axes, panels, strict=True):
+        _grouped_bars(panel, scenarios, values, colors, "", title)
+        panel.title.set_fontsize(9)
+        panel.tick_params(axis="x", labelsize=7, rotation=45)
+        if "log" in title:
+            panel.set_yscale("log")
+    figure.suptitle("bench.scale: this tree beside the baseline revision, two l2builders")
+    return _save(figure, path, legend_below=True)

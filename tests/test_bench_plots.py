@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from bench import plots
 from bench.pipeline import STAGES, Distribution, PipelineResults, RateRun
+from bench.scale import Run
 
 PROCESSES = ("exchange", "l2builder", "top10", "ingest", "redis-server", "nx-27017", "bench")
 
@@ -90,3 +91,23 @@ def test_throughput_legend_says_target(figures: list[Figure], tmp_path: Path) ->
     plots.throughput([("ingest", 30_000.0, 20_000.0), ("l2builder", 60_000.0, 5_000.0)], tmp_path / "t.png")
     (figure,) = figures
     assert legend_texts(figure)[0] == "target"
+
+
+def scale_runs() -> list[Run]:
+    runs = []
+    for scenario, symbols in (("10 symbols", 10), ("500 symbols", 500)):
+        for variant, factor in (("this tree", 1.0), ("cb97c34", 3.0)):
+            runs.append(Run(scenario, variant, symbols, seconds=10, frames=10_000, rows=16_000,
+                            mongo_bytes=1e6 * factor * symbols / 10, cycle_mean=0.25 * factor,
+                            cycle_p50=0.25 if factor == 1 else None, cycle_p99=0.3 if factor == 1 else None,
+                            cpu_us={"redis-server": 150 * factor}, warmup_s=2 * factor, takeover_s=7 * factor))
+    return runs
+
+
+def test_scale_sets_every_scenario_beside_the_baseline_with_one_legend(figures: list[Figure], tmp_path: Path) -> None:
+    plots.scale(scale_runs(), tmp_path / "scale.png")
+    (figure,) = figures
+    assert legend_texts(figure) == ["this tree", "cb97c34"]
+    assert all(axes.get_legend() is None for axes in figure.axes)
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == ["10 symbols", "500 symbols"]
+    assert figure.axes[0].get_yscale() == "log"

@@ -86,8 +86,9 @@ class ControlReader:
             now = time.monotonic()
             for stream_id, fields in entries:
                 self._request(stream_id.decode(), fields, now)
-            for symbol in self._schedule.take_due(now):
-                outcome = await self._feed.resubscribe(symbol)
+            due = self._schedule.take_due(now)
+            # In as few requests as the venue allows: a new owner asks for many partials at once.
+            for symbol, outcome in (await self._feed.resubscribe_many(due) if due else {}).items():
                 metrics.RESUBSCRIBES.labels(outcome).inc()
                 if outcome != "sent":
                     self._log.info("resubscribe_skipped", symbol=symbol, outcome=outcome)

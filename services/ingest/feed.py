@@ -137,17 +137,26 @@ class Feed:
     async def resubscribe(self, symbol: str, table: str | None = None) -> str:
         """Ask the venue for a fresh partial of `symbol`'s topic of `table` (the L2 table unless said);
         returns the outcome for metrics."""
+        return (await self.resubscribe_many([symbol], table))[symbol]
+
+    async def resubscribe_many(self, symbols: list[str], table: str | None = None) -> dict[str, str]:
+        """`resubscribe` for many symbols, in as few requests as the venue allows; the outcome by symbol."""
         session, ws = self.session, self._ws
         if session is None or ws is None:
-            return "not_connected"
-        if symbol not in session.symbols:
-            return "unknown_symbol"
-        request = session.resubscribe(symbol, table)
-        if request is None:
-            return "in_progress"
-        await ws.send(request)
-        self._log.info("resubscribe_sent", session=session.id, symbol=symbol, table=table or session.l2_table)
-        return "sent"
+            return dict.fromkeys(symbols, "not_connected")
+        outcomes = {symbol: "unknown_symbol" for symbol in symbols if symbol not in session.symbols}
+        known = [symbol for symbol in symbols if symbol not in outcomes]
+        waiting = {symbol for symbol in known if session.topics.get(f"{table or session.l2_table}:{symbol}")
+                   not in (TopicState.SUBSCRIBED, TopicState.REJECTED)}
+        for request in session.resubscribe_many(known, table):
+            await ws.send(request)
+        for symbol in known:
+            outcomes[symbol] = "in_progress" if symbol in waiting else "sent"
+        sent = [symbol for symbol in known if symbol not in waiting]
+        if sent:
+            self._log.info("resubscribe_sent", session=session.id, symbols=",".join(sent), count=len(sent),
+                           table=table or session.l2_table)
+        return outcomes
 
     def quiet(self) -> tuple[Session, float] | None:
         """The connected session and for how many seconds the venue has said nothing on it (none while

@@ -97,6 +97,8 @@ class Session:
         self.errors: dict[str, str] = {}
         self._unanswered: list[tuple[dict[str, Any], list[str]]] = []
         self._subscribed_symbols = frozenset(self.symbols)
+        self._unsubscribed: list[str] = []
+        """Topics unsubscribed for a resubscription, to subscribe again when their request is answered."""
         self._gapped: set[str] = set()
         """Streams whose latest entry is a gap marker: another malformed frame there adds nothing."""
         self.foreign: list[str] = []
@@ -152,8 +154,12 @@ class Session:
                 if (not named or symbol in named) and self._stream(table, symbol) not in self._gapped]
 
     def on_ack(self, ack: SubscriptionAck, recv_us: int, received_ns: int) -> Reaction:
-        """Settle the topic an ack names; the unsubscribe half of a resubscription sends the subscribe half."""
-        self._answer(ack.request, ack.topic)
+        """Settle the topic an ack names; the unsubscribe halves of resubscriptions send the subscribe half
+        once their request is answered in full."""
+        answered = self._answer(ack.request, ack.topic)
+        return self._resubscribe_after(self._on_ack(ack, recv_us, received_ns), answered)
+
+    def _on_ack(self, ack: SubscriptionAck, recv_us: int, received_ns: int) -> Reaction:
         state = self.topics.get(ack.topic)
         if state is None:
             return Reaction()
@@ -170,40 +176,65 @@ class Session:
         table, _, symbol = ack.topic.partition(":")
         gap = self._gap(table, symbol, "resubscribe", recv_us, received_ns)
         self.topics[ack.topic] = TopicState.PENDING
-        return Reaction(((ack.topic, TopicState.PENDING),), (self._request("subscribe", [ack.topic]),), (gap,))
+        self._unsubscribed.append(ack.topic)
+        return Reaction(((ack.topic, TopicState.PENDING),), (), (gap,))
+
+    def _resubscribe_after(self, reaction: Reaction, answered: bool) -> Reaction:
+        """`reaction`, plus the subscribe of every topic unsubscribed for a resubscription once a request
+        is answered in full: one request for the many topics of one unsubscribe."""
+        if not answered or not self._unsubscribed:
+            return reaction
+        topics, self._unsubscribed = self._unsubscribed, []
+        requests = tuple(self._request("subscribe", topics[start:start + SUBSCRIBE_ARGS_LIMIT])
+                         for start in range(0, len(topics), SUBSCRIBE_ARGS_LIMIT))
+        return Reaction(reaction.settled, reaction.send + requests, reaction.entries)
 
     def on_error(self, error: ErrorReply) -> Reaction:
         """Charge an error frame to the topic it answers, if it answers one of our requests."""
         request = error.request
         if request is None or request.get("op") not in ("subscribe", "unsubscribe"):
             return Reaction()
-        topic = self._answer_error(request, error.error)
+        topic, answered = self._answer_error(request, error.error)
+        return self._resubscribe_after(self._on_error(request, topic, error.error), answered)
+
+    def _on_error(self, request: dict[str, Any], topic: str | None, text: str) -> Reaction:
         state = self.topics.get(topic) if topic is not None else None
         if topic is None or state is None:
             return Reaction()
         if request["op"] == "unsubscribe":
             return self._settle(topic, TopicState.SUBSCRIBED) if state is TopicState.RESUBSCRIBING else Reaction()
-        if "already subscribed" in error.error:
+        if "already subscribed" in text:
             return self._settle(topic, TopicState.SUBSCRIBED)
-        return self._reject(topic, error.error)
+        return self._reject(topic, text)
 
     def resubscribe(self, symbol: str, table: str | None = None) -> str | None:
         """The request that starts a fresh partial of `symbol`'s topic of `table` (the L2 table unless said),
-        or None when one is on its way.
+        or None when one is on its way."""
+        requests = self.resubscribe_many([symbol], table)
+        return requests[0] if requests else None
 
-        A subscribed topic is unsubscribed first (its ack sends the subscribe); a rejected one is simply
-        asked for again.
+    def resubscribe_many(self, symbols: Iterable[str], table: str | None = None) -> list[str]:
+        """The requests that start fresh partials of the topics of `table` (the L2 table unless said) of
+        `symbols`, as few as the venue allows (SUBSCRIBE_ARGS_LIMIT topics each); a topic whose partial is
+        on its way is left out.
+
+        Subscribed topics are unsubscribed first; once the venue has answered every topic of such a request,
+        one subscribe asks for all of them again (`on_ack`). A rejected topic is simply asked for again.
         """
-        topic = f"{table or self.l2_table}:{symbol}"
-        state = self.topics.get(topic)
-        if state is TopicState.SUBSCRIBED:
-            self.topics[topic] = TopicState.RESUBSCRIBING
-            return self._request("unsubscribe", [topic])
-        if state is TopicState.REJECTED:
-            self.topics[topic] = TopicState.PENDING
-            self.errors.pop(topic, None)
-            return self._request("subscribe", [topic])
-        return None
+        unsubscribe, subscribe = [], []
+        for symbol in symbols:
+            topic = f"{table or self.l2_table}:{symbol}"
+            state = self.topics.get(topic)
+            if state is TopicState.SUBSCRIBED:
+                self.topics[topic] = TopicState.RESUBSCRIBING
+                unsubscribe.append(topic)
+            elif state is TopicState.REJECTED:
+                self.topics[topic] = TopicState.PENDING
+                self.errors.pop(topic, None)
+                subscribe.append(topic)
+        return [self._request(op, topics[start:start + SUBSCRIBE_ARGS_LIMIT])
+                for op, topics in (("unsubscribe", unsubscribe), ("subscribe", subscribe))
+                for start in range(0, len(topics), SUBSCRIBE_ARGS_LIMIT)]
 
     def disconnect_gaps(self, reason: str, recv_us: int, received_ns: int) -> list[Entry]:
         """A gap marker for every book table's stream of every symbol subscribed (or heard from) in this session."""
@@ -259,23 +290,27 @@ class Session:
         self.errors[topic] = reason
         return self._settle(topic, TopicState.REJECTED)
 
-    def _answer(self, request: dict[str, Any] | None, topic: str) -> None:
+    def _answer(self, request: dict[str, Any] | None, topic: str) -> bool:
+        """Note the answer for `topic`; True when it was the last its request waited for."""
         for index, (sent, waiting) in enumerate(self._unanswered):
             if topic in waiting and (request is None or request == sent):
                 waiting.remove(topic)
                 if not waiting:
                     del self._unanswered[index]
-                return
+                    return True
+                return False
+        return False
 
-    def _answer_error(self, request: dict[str, Any], text: str) -> str | None:
+    def _answer_error(self, request: dict[str, Any], text: str) -> tuple[str | None, bool]:
+        """The topic an error answers, and whether it was the last its request waited for."""
         for index, (sent, waiting) in enumerate(self._unanswered):
             if request == sent:
                 topic = next((name for name in waiting if name in text), waiting[0])
                 waiting.remove(topic)
                 if not waiting:
                     del self._unanswered[index]
-                return topic
-        return None
+                return topic, not waiting
+        return None, False
 
 
 def _table_stream(keys: Keys, table: str) -> Callable[[str], str]:

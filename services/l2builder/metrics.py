@@ -29,6 +29,10 @@ BOOK_WRITES = Counter("bookstream_l2builder_book_writes_total",
                       "book writes sent, by kind: delta, or whole for want of a base to build on (no_base), a delta"
                       " as large as the book or too many removed levels kept (compaction), or a size near the limit"
                       " (size_check)", ["kind"])
+FLUSH_CYCLE_SECONDS = Histogram("bookstream_l2builder_flush_cycle_seconds",
+                                "time from the start of one flush to the start of the next (FLUSH_INTERVAL "
+                                "while the writes keep up)",
+                                buckets=(0.1, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30))
 FLUSH_ERRORS = Counter("bookstream_l2builder_flush_errors_total", "failed MongoDB bulk writes and failed ops")
 WRITE_CONFLICTS = Counter("bookstream_l2builder_write_conflicts_total",
                           "writes refused because a newer version (a later owner) was already stored")

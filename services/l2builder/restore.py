@@ -40,6 +40,10 @@ log = EventLog("l2builder")
 DocumentsTask = asyncio.Task[dict[str, Document]]
 RANGE_COUNT = 1000
 """Entries per XRANGE page while catching up."""
+RESTORE_CONCURRENCY = 16
+"""Restores and catch-ups talking to Redis at once. Each holds a connection of the shared pool (redis-py's
+default: 100) while it waits; hundreds of symbols taken at once would otherwise exhaust it, and every
+restore, the ownership loop's renewals included, would fail and back off."""
 
 
 class Restorer:
@@ -51,6 +55,7 @@ class Restorer:
         self.redis, self.mongo = redis, mongo
         self.resync_interval = resync_interval
         self._caught_up = caught_up
+        self._slots = asyncio.Semaphore(RESTORE_CONCURRENCY)
 
     def take(self, leases: list[Lease]) -> None:
         """Own the symbols of newly acquired leases and restore each."""
@@ -125,10 +130,12 @@ class Restorer:
                             preloaded = await asyncio.shield(documents)
                         documents = None
                     document = preloaded.get(symbol) if preloaded is not None else await self.store.load(symbol)
-                    if not await self._load(symbol, owned, document):
+                    async with self._slots:
+                        if not await self._load(symbol, owned, document):
+                            return
+                async with self._slots:
+                    if not await self._catch_up(symbol, owned):
                         return
-                if not await self._catch_up(symbol, owned):
-                    return
                 deferred, owned.deferred = owned.deferred, []
                 assert owned.state is not None
                 state = owned.state

@@ -56,6 +56,11 @@ READ_COUNT = 500
 """Entries per stream per XREADGROUP."""
 READ_BLOCK_MS = 100
 """XREADGROUP BLOCK; short, so a newly owned stream is read within this time."""
+READ_PAUSE_SHARE = 0.1
+"""After a read that filled no stream's COUNT, the next waits this share of FLUSH_INTERVAL: Redis pays for
+every stream an XREADGROUP names, quiet or not, so reading at every entry makes its CPU per entry grow with
+the symbols owned; a book is written once per FLUSH_INTERVAL anyway, so this adds at most a tenth of it to
+the receive -> MongoDB latency. A full read is followed at once (a backlog drains at full speed)."""
 REDIS_SOCKET_TIMEOUT = 5.0
 """Longer than READ_BLOCK_MS, or every idle read would time out; short enough to notice a hung server."""
 MAX_UNACKED_PER_SYMBOL = 100_000
@@ -217,10 +222,11 @@ class L2Builder:
     # -- reading and applying --------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        """Read new entries, always one XREADGROUP ahead, so Redis prepares the next batch while this
-        one is applied."""
+        """Read new entries: while a backlog lasts, one XREADGROUP ahead, so Redis prepares the next batch
+        while this one is applied; once reads come back short, paced (READ_PAUSE_SHARE)."""
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         ahead: ReadTask | None = None
+        pause = self.settings.flush_interval * READ_PAUSE_SHARE
         try:
             while not self._draining:
                 ahead = ahead or self._read_ahead()
@@ -247,12 +253,16 @@ class L2Builder:
                     continue
                 self.redis_health.succeeded("read")
                 backoff.reset()
-                ahead = self._read_ahead()
+                read_at = time.monotonic()
+                full = any(len(entries) >= READ_COUNT for _, entries in batch)
+                ahead = self._read_ahead() if full else None
                 if ahead is not None:
                     await asyncio.sleep(0)  # the read-ahead sends its command now, not after this whole batch
                 for symbol, entries in batch:
                     self._apply(symbol, entries)
                     await asyncio.sleep(0)
+                if not full:
+                    await self._pause(read_at + pause - time.monotonic())
         finally:
             if ahead is not None:
                 ahead.cancel()  # whatever it delivers stays pending; the next owner reads it with XRANGE
@@ -293,7 +303,11 @@ class L2Builder:
 
     async def _flush_loop(self) -> None:
         """Flush every FLUSH_INTERVAL whatever happened: a failure only backs off the symbols it concerns."""
+        previous: float | None = None
         while not self._draining:
             started = time.monotonic()
+            if previous is not None:
+                metrics.FLUSH_CYCLE_SECONDS.observe(started - previous)
+            previous = started
             await self.flusher.flush()
             await self._pause(max(self.settings.flush_interval - (time.monotonic() - started), 0.001))

@@ -261,3 +261,28 @@ def test_resubscribing_an_orderbook10_topic_gaps_its_own_stream() -> None:
     [gap] = reaction.entries
     assert (gap.stream, gap.fields["seq"], gap.fields["reason"]) == ("p:ob10:{A}", "2", "resubscribe")
     assert state_of(s, "orderBookL2:A") is TopicState.SUBSCRIBED
+
+
+def test_many_resubscriptions_go_out_in_as_few_requests_as_the_venue_allows() -> None:
+    symbols = tuple(f"S{n:02d}" for n in range(SUBSCRIBE_ARGS_LIMIT + 5))
+    s = session(symbols)
+    for text in s.subscribe_requests():
+        request = orjson.loads(text)
+        for topic in request["args"]:
+            s.on_ack(ack(topic, request), 0, 0)
+    unsubscribes = [orjson.loads(text) for text in s.resubscribe_many(symbols)]
+    assert [(request["op"], len(request["args"])) for request in unsubscribes] == [
+        ("unsubscribe", SUBSCRIBE_ARGS_LIMIT), ("unsubscribe", 5)]
+    assert s.resubscribe_many(symbols) == []  # every one on its way
+    first = unsubscribes[0]
+    reactions = [s.on_ack(ack(topic, first, "unsubscribe"), 0, 0) for topic in first["args"]]
+    assert all(not reaction.send for reaction in reactions[:-1]), "no subscribe before the request is answered"
+    assert [orjson.loads(text) for text in reactions[-1].send] == [{"op": "subscribe", "args": first["args"]}]
+    assert sum(len(reaction.entries) for reaction in reactions) == SUBSCRIBE_ARGS_LIMIT  # one gap each
+    # An error answering the last topic of a request still sends the subscribe of those unsubscribed.
+    second = unsubscribes[1]
+    for topic in second["args"][:-1]:
+        s.on_ack(ack(topic, second, "unsubscribe"), 0, 0)
+    last = s.on_error(ErrorReply(400, f"cannot unsubscribe {second['args'][-1]}", {}, second))
+    assert [orjson.loads(text) for text in last.send] == [{"op": "subscribe", "args": second["args"][:-1]}]
+    assert state_of(s, second["args"][-1]) is TopicState.SUBSCRIBED
