@@ -99,7 +99,15 @@ class ServerProcess:
 
 
 class RedisServer(ServerProcess):
-    """A private redis-server with append-only persistence, so a restart keeps the streams."""
+    """A private redis-server with append-only persistence, so a restart keeps the streams.
+
+    `extra_args` are further redis-server options (a cluster node's, say)."""
+
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.extra_args = list(extra_args)
+        if port is not None:
+            self.port = port
 
     @property
     def url(self) -> str:
@@ -108,7 +116,7 @@ class RedisServer(ServerProcess):
     def start(self) -> Self:
         self.process = _spawn([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                                "--dir", str(self.workdir), "--save", "", "--appendonly", "yes",
-                               "--appendfsync", "everysec", "--protected-mode", "no"],
+                               "--appendfsync", "everysec", "--protected-mode", "no", *self.extra_args],
                               self.workdir / "redis.log")
         client = redis.Redis.from_url(self.url, socket_timeout=1)
 
@@ -123,6 +131,102 @@ class RedisServer(ServerProcess):
         finally:
             client.close()
         return self
+
+
+CLUSTER_NODE_TIMEOUT_MS = 2000
+"""How long cluster nodes wait before calling a silent node failed: short, so a failover test is quick."""
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _cluster_ok(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        info = client.execute_command("CLUSTER", "INFO")
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text
+
+
+class RedisClusterServers:
+    """A real local Redis Cluster: `masters` primaries, each with `replicas_per_master` replicas, joined by
+    `redis-cli --cluster create`, every node a `RedisServer` (append-only, as the single-node harness)."""
+
+    def __init__(self, workdir: Path, masters: int = 3, replicas_per_master: int = 1) -> None:
+        self.workdir = workdir
+        self.replicas_per_master = replicas_per_master
+        self.nodes = [RedisServer(workdir / f"node{index}", port=_free_cluster_port(),
+                                  extra_args=["--cluster-enabled", "yes",
+                                              "--cluster-config-file", "nodes.conf",
+                                              "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS)])
+                      for index in range(masters * (1 + replicas_per_master))]
+
+    @property
+    def url(self) -> str:
+        """The bookstream URL naming this cluster (two seed nodes are enough: the rest are discovered)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2]) + "/"
+
+    def start(self) -> Self:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli not found on PATH; it comes with redis-server (`make test` installs it)")
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                        "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                       timeout=60)
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every running node says cluster_state:ok and sees every slot served."""
+        def ok() -> bool:
+            return all(_cluster_ok(node.port) for node in self.nodes if node.process and node.process.poll() is None)
+
+        wait_until(ok, timeout, "cluster_state:ok on every node", interval=0.1)
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes serving slots now, as their own CLUSTER NODES says (a failover changes them)."""
+        live = [node for node in self.nodes if node.process and node.process.poll() is None]
+        client = redis.Redis(port=live[0].port, socket_timeout=2)
+        try:
+            table = client.execute_command("CLUSTER", "NODES")
+        finally:
+            client.close()
+        text = table.decode() if isinstance(table, bytes) else str(table)
+        ports = {int(line.split()[1].split("@")[0].rsplit(":", 1)[1])
+                 for line in text.splitlines() if "master" in line.split()[2] and "fail" not in line.split()[2]}
+        return [node for node in live if node.port in ports]
+
+    def flushall(self) -> None:
+        """Empty every primary (replicas follow) and forget every script."""
+        for node in self.primaries():
+            client = redis.Redis(port=node.port, socket_timeout=5)
+            try:
+                client.flushall()
+                client.script_flush()
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class MongoServer(ServerProcess):

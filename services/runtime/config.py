@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser_shared import _validate_uri
 
 from services.core.keys import SYMBOL_PATTERN
+from services.core.slots import CLUSTER_SCHEMES, cluster_node_urls, is_cluster_url
 
 LOCAL_EXCHANGE_WS_URL = "ws://127.0.0.1:8080/realtime"
 """Where `bookstream exchange` listens by default: BitMEX closed its venue on 2026-09-23, so the project's own
@@ -129,6 +130,27 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+_redis_node_url = _url(("redis", "rediss", "unix"))
+
+
+def _redis_url(raw: str) -> str:
+    """One server (`redis://`, `rediss://`, `unix://`) or a cluster (`redis+cluster://h1:7000,h2:7001/`,
+    `rediss+cluster://` for TLS): each of a cluster's seed nodes is checked as a one-server URL, and a
+    cluster has only database 0."""
+    if not is_cluster_url(raw):
+        try:
+            return _redis_node_url(raw)
+        except ValueError as exc:
+            if str(exc).startswith("scheme"):
+                raise ValueError(f"scheme must be one of redis, rediss, unix, {', '.join(CLUSTER_SCHEMES)}") from None
+            raise
+    for node in cluster_node_urls(raw):
+        parts = urlsplit(_redis_node_url(node))
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError("a cluster has only database 0 (end the URL with / or /0)")
+    return raw
+
+
 def _mongo_uri(raw: str) -> str:
     """Checked by the driver's own parser, replica-set host lists and `mongodb+srv://` included.
 
@@ -226,7 +248,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "REDIS_URL", "redis://localhost:6379/0",
-            _url(("redis", "rediss", "unix")), "Redis server URL", secret_url=True),
+            _redis_url, "Redis server URL, or a cluster's seed nodes (redis+cluster://h1:7000,h2:7001/)",
+            secret_url=True),
     Setting("mongo_url", "MONGO_CONNECTION_STRING", "mongodb://localhost:27017",
             _mongo_uri, "MongoDB connection string", secret_url=True),
     Setting("mongo_database", "MONGO_DATABASE", "bitmex", _prefix, "MongoDB database name"),
