@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import redis
 
@@ -154,13 +154,12 @@ def _free_cluster_port() -> int:
 def _cluster_ok(port: int) -> bool:
     client = redis.Redis(port=port, socket_timeout=1)
     try:
-        info = client.execute_command("CLUSTER", "INFO")
+        info: dict[str, Any] = client.cluster("INFO")
     except redis.exceptions.RedisError:
         return False
     finally:
         client.close()
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    return "cluster_state:ok" in text
+    return info.get("cluster_state") == "ok"
 
 
 class RedisClusterServers:
@@ -206,23 +205,12 @@ class RedisClusterServers:
         live = [node for node in self.nodes if node.process and node.process.poll() is None]
         client = redis.Redis(port=live[0].port, socket_timeout=2)
         try:
-            table = client.execute_command("CLUSTER", "NODES")
+            table: dict[str, dict[str, Any]] = client.cluster("NODES")
         finally:
             client.close()
-        text = table.decode() if isinstance(table, bytes) else str(table)
-        ports = {int(line.split()[1].split("@")[0].rsplit(":", 1)[1])
-                 for line in text.splitlines() if "master" in line.split()[2] and "fail" not in line.split()[2]}
+        ports = {int(address.rsplit(":", 1)[1]) for address, node in table.items()
+                 if "master" in node["flags"] and "fail" not in node["flags"]}
         return [node for node in live if node.port in ports]
-
-    def flushall(self) -> None:
-        """Empty every primary (replicas follow) and forget every script."""
-        for node in self.primaries():
-            client = redis.Redis(port=node.port, socket_timeout=5)
-            try:
-                client.flushall()
-                client.script_flush()
-            finally:
-                client.close()
 
     def stop(self) -> None:
         for node in self.nodes:

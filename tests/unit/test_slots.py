@@ -27,7 +27,7 @@ def test_slots_agree_with_cluster_keyslot(redis_cluster_url: str) -> None:
     keys = ["foo", "x{a}y{b}", "x{}y", "{{a}}", "bitmex:top10:{XBTUSD}", "bitmex:symbols", "é{ü}", *map(str, range(200))]
     client = redis.Redis.from_url(cluster_node_urls(redis_cluster_url)[0])
     try:
-        answers = [int(client.execute_command("CLUSTER", "KEYSLOT", key)) for key in keys]
+        answers = [int(client.cluster("KEYSLOT", key)) for key in keys]
     finally:
         client.close()
     assert [key_slot(key) for key in keys] == answers
