@@ -151,15 +151,19 @@ def _free_cluster_port() -> int:
         return port
 
 
-def _cluster_ok(port: int) -> bool:
+def _cluster_ok(port: int, masters: int) -> bool:
+    """Whether the node says cluster_state:ok and already sees `masters` primaries, every other node as a replica
+    (right after joining, a replica-to-be is still listed as a primary without slots)."""
     client = redis.Redis(port=port, socket_timeout=1)
     try:
         info: dict[str, Any] = client.cluster("INFO")
+        table: dict[str, dict[str, Any]] = client.cluster("NODES")
     except redis.exceptions.RedisError:
         return False
     finally:
         client.close()
-    return info.get("cluster_state") == "ok"
+    listed = sum(1 for entry in table.values() if "master" in entry["flags"] and "fail" not in entry["flags"])
+    return info.get("cluster_state") == "ok" and listed == masters
 
 
 class RedisClusterServers:
@@ -168,7 +172,7 @@ class RedisClusterServers:
 
     def __init__(self, workdir: Path, masters: int = 3, replicas_per_master: int = 1) -> None:
         self.workdir = workdir
-        self.replicas_per_master = replicas_per_master
+        self.masters, self.replicas_per_master = masters, replicas_per_master
         self.nodes = [RedisServer(workdir / f"node{index}", port=_free_cluster_port(),
                                   extra_args=["--cluster-enabled", "yes",
                                               "--cluster-config-file", "nodes.conf",
@@ -196,21 +200,62 @@ class RedisClusterServers:
     def wait_ok(self, timeout: float = 30) -> None:
         """Wait until every running node says cluster_state:ok and sees every slot served."""
         def ok() -> bool:
-            return all(_cluster_ok(node.port) for node in self.nodes if node.process and node.process.poll() is None)
+            return all(_cluster_ok(node.port, self.masters)
+                       for node in self.nodes if node.process and node.process.poll() is None)
 
         wait_until(ok, timeout, "cluster_state:ok on every node", interval=0.1)
 
     def primaries(self) -> list[RedisServer]:
         """The nodes serving slots now, as their own CLUSTER NODES says (a failover changes them)."""
         live = [node for node in self.nodes if node.process and node.process.poll() is None]
-        client = redis.Redis(port=live[0].port, socket_timeout=2)
+        table = self._table(live[0])
+        ports = {int(address.rsplit(":", 1)[1]) for address, entry in table.items()
+                 if "master" in entry["flags"] and "fail" not in entry["flags"] and entry["slots"]}
+        return [node for node in live if node.port in ports]
+
+    def owner(self, slot: int) -> RedisServer:
+        """The primary serving `slot`, as the first live node sees it."""
+        live = [node for node in self.nodes if node.process and node.process.poll() is None]
+        for address, entry in self._table(live[0]).items():
+            if "master" in entry["flags"] and any(int(first) <= slot <= int(last) for first, last in entry["slots"]):
+                return next(node for node in self.nodes if node.port == int(address.rsplit(":", 1)[1]))
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(self._table(node)[f"127.0.0.1:{node.port}"]["node_id"])
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        primary_id = self.node_id(primary)
+        ports = {int(address.rsplit(":", 1)[1]) for address, entry in self._table(primary).items()
+                 if entry["master_id"] == primary_id and "fail" not in entry["flags"]}
+        return next(node for node in self.nodes if node.port in ports)
+
+    def fail_over(self, primary: RedisServer) -> RedisServer:
+        """Promote a replica of `primary` with CLUSTER FAILOVER (nothing is lost: it waits for the replica to
+        catch up); returns the new primary once every node agrees."""
+        replica = self.replica_of(primary)
+        client = redis.Redis(port=replica.port, socket_timeout=5)
+        try:
+            client.cluster("FAILOVER")
+        finally:
+            client.close()
+
+        def promoted() -> bool:
+            return all("master" in self._table(node)[f"127.0.0.1:{replica.port}"]["flags"]
+                       and "slave" in self._table(node)[f"127.0.0.1:{primary.port}"]["flags"]
+                       for node in self.nodes if node.process and node.process.poll() is None)
+
+        wait_until(promoted, 30, f"node {replica.port} promoted in place of {primary.port}", interval=0.1)
+        self.wait_ok()
+        return replica
+
+    def _table(self, node: RedisServer) -> dict[str, dict[str, Any]]:
+        client = redis.Redis(port=node.port, socket_timeout=2)
         try:
             table: dict[str, dict[str, Any]] = client.cluster("NODES")
         finally:
             client.close()
-        ports = {int(address.rsplit(":", 1)[1]) for address, node in table.items()
-                 if "master" in node["flags"] and "fail" not in node["flags"]}
-        return [node for node in live if node.port in ports]
+        return table
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -65,14 +65,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis Cluster URL shared by the session: $REDIS_CLUSTER_URL, or a private local cluster."""
-    if os.environ.get("REDIS_CLUSTER_URL"):
-        yield os.environ["REDIS_CLUSTER_URL"]
-        return
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """The session's private local Redis Cluster, for tests that change its topology (failover, resharding):
+    they leave every slot served, so the tests sharing it by key prefix carry on."""
     cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield cluster.url
+    yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(request: pytest.FixtureRequest) -> str:
+    """A Redis Cluster URL shared by the session: $REDIS_CLUSTER_URL, or the private local cluster's."""
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        return os.environ["REDIS_CLUSTER_URL"]
+    cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+    return cluster.url
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -122,12 +129,13 @@ def mongo_database() -> str:
 
 
 @pytest.fixture
-def service_env(request: pytest.FixtureRequest, mongo_url: str, key_prefix: str, mongo_database: str) -> dict[str, str]:
+def service_env(request: pytest.FixtureRequest, mongo_url: str, key_prefix: str,
+                mongo_database: str) -> dict[str, str]:
     """Settings for services under test: this test's servers (its `redis_target` when it takes one), prefix
     and database; no metrics port."""
     target = "redis_target" if "redis_target" in request.fixturenames else "redis_url"
-    return base_env(REDIS_URL=str(request.getfixturevalue(target)), MONGO_CONNECTION_STRING=mongo_url, KEY_PREFIX=key_prefix,
-                    MONGO_DATABASE=mongo_database, METRICS_PORT="0", LOG_LEVEL="INFO")
+    return base_env(REDIS_URL=str(request.getfixturevalue(target)), MONGO_CONNECTION_STRING=mongo_url,
+                    KEY_PREFIX=key_prefix, MONGO_DATABASE=mongo_database, METRICS_PORT="0", LOG_LEVEL="INFO")
 
 
 RunService = Callable[..., ServiceProcess]

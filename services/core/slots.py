@@ -6,6 +6,7 @@ how bookstream's key layout is checked to keep each multi-key command inside one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 SLOTS: Final = 16384
@@ -79,3 +80,35 @@ def _end_of_hosts(text: str, start: int) -> int:
     """Where the host list that starts at `start` ends: at the first `/`, `?` or `#` after it."""
     ends = [index for index in (text.find(char, start) for char in "/?#") if index >= 0]
     return min(ends) if ends else len(text)
+
+
+_SCRIPT_CALLS: Final = frozenset({"EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", "FCALL", "FCALL_RO"})
+_STREAM_READS: Final = frozenset({"XREAD", "XREADGROUP"})
+_KEYLESS: Final = frozenset({"ASKING", "AUTH", "CLIENT", "CLUSTER", "CONFIG", "DBSIZE", "FLUSHALL", "FUNCTION",
+                             "HELLO", "INFO", "PING", "READONLY", "SCAN", "SCRIPT", "SELECT", "TIME", "WAIT"})
+
+
+def _text(part: object) -> str:
+    return part.decode() if isinstance(part, bytes) else str(part)
+
+
+def command_key(command: Sequence[object]) -> bytes | str | None:
+    """The key that routes `command` on a cluster (its first key), or None for a command without keys.
+
+    A command naming several keys goes where its first key lives; bookstream's key layout keeps the others
+    in the same slot (Redis answers CROSSSLOT otherwise)."""
+    name = _text(command[0]).upper()
+    if name in _SCRIPT_CALLS:
+        return _as_key(command[3]) if len(command) > 3 and int(_text(command[2])) > 0 else None
+    if name in _STREAM_READS:
+        for index, part in enumerate(command):
+            if _text(part).upper() == "STREAMS" and index + 1 < len(command):
+                return _as_key(command[index + 1])
+        return None
+    if name in _KEYLESS or len(command) < 2:
+        return None
+    return _as_key(command[1])
+
+
+def _as_key(part: object) -> bytes | str:
+    return part if isinstance(part, bytes | str) else str(part)

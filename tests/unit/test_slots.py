@@ -24,7 +24,8 @@ def test_hash_tags_follow_redis_rules() -> None:
 
 
 def test_slots_agree_with_cluster_keyslot(redis_cluster_url: str) -> None:
-    keys = ["foo", "x{a}y{b}", "x{}y", "{{a}}", "bitmex:top10:{XBTUSD}", "bitmex:symbols", "é{ü}", *map(str, range(200))]
+    keys = ["foo", "x{a}y{b}", "x{}y", "{{a}}", "bitmex:top10:{XBTUSD}", "bitmex:symbols", "é{ü}",
+            *map(str, range(200))]
     client = redis.Redis.from_url(cluster_node_urls(redis_cluster_url)[0])
     try:
         answers = [int(client.cluster("KEYSLOT", key)) for key in keys]
