@@ -22,6 +22,8 @@ from typing import Any, Self
 
 import redis
 
+from services.core.slots import cluster_node_urls, is_cluster_url, key_slot
+
 ALL_PROCESSES: list[subprocess.Popen[bytes]] = []
 BIN_DIR = Path(sys.executable).parent
 
@@ -65,6 +67,27 @@ def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, ti
 def stop_all() -> None:
     for process in ALL_PROCESSES:
         _stop(process, signal.SIGKILL)
+
+
+def redis_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A synchronous client of `url`, one server's or a cluster's: what tests read the services' keys with."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url)
+    return redis.RedisCluster.from_url(cluster_node_urls(url)[0])
+
+
+def node_url(url: str, key: str) -> str:
+    """The one-server URL of the node serving `key` (`url` itself when it names one server)."""
+    if not is_cluster_url(url):
+        return url
+    client = redis.Redis.from_url(cluster_node_urls(url)[0])
+    try:
+        slots: list[list[Any]] = client.cluster("SLOTS")
+    finally:
+        client.close()
+    slot = key_slot(key)
+    host, port, *_ = next(primary for first, last, primary, *_ in slots if first <= slot <= last)
+    return f"redis://{host.decode()}:{port}/0"
 
 
 def redis_server_binary() -> str:

@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 
 from services.core.keys import Keys
-from services.core.slots import cluster_node_urls, is_cluster_url
+from services.core.slots import cluster_node_urls, is_cluster_url, key_slot
 from services.runtime.logs import EventLog
 
 CONNECT_TIMEOUT = 2.0
@@ -72,6 +72,17 @@ def connect(url: str, socket_timeout: float, client_name: str | None = None) -> 
     for command in RAW_REPLIES:
         client.response_callbacks.pop(command, None)
     return client
+
+
+def slot_groups(client: RedisClient, keys: Sequence[str]) -> list[list[str]]:
+    """`keys` in groups one multi-key command or script may take together: all of them on one server, those of
+    each slot on a cluster; each group in the order of `keys`."""
+    if not isinstance(client, RedisCluster):
+        return [list(keys)] if keys else []
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key), []).append(key)
+    return list(groups.values())
 
 
 def _connect_cluster(url: str, socket_timeout: float, client_name: str | None) -> RedisCluster:
