@@ -4,8 +4,8 @@ Entries wait in one FIFO buffer. The publisher takes everything buffered (up to 
 it with a single `EVALSHA` of `xadd_batch.lua`, one round trip for the whole batch, while the connection
 loop keeps receiving. On a Redis Cluster a script may only touch keys of one slot, so a batch is one
 `EVALSHA` per slot (per symbol: its streams share its hash tag), all sent in one call of the `ClusterWire`,
-which writes them to their primaries at once. A frame arriving alone is sent alone at once (low latency at a low rate); frames
-arriving during a round trip go together in the next one (high throughput at a high rate).
+which writes them to their primaries at once. A frame arriving alone is sent alone at once (low latency at
+a low rate); frames arriving during a round trip go together in the next one (high throughput at a high rate).
 
 Why a script rather than a pipeline of XADDs: this process has one reply to read per batch instead of
 one per XADD, at the price of more work in Redis, and this process is the one that runs out of CPU first
@@ -242,8 +242,8 @@ class Publisher:
     async def _connect(self) -> None:
         """Open the connection if needed, and load the script on each new one.
 
-        Each connection's client id (`client_ids`: one per node on a cluster) is noted with the batch sent on it, so that
-        after a failure the old connection can be killed before anything is read back (see `_reconcile`).
+        Each connection's client id (`client_ids`: one per node on a cluster) is noted with the batch sent on it,
+        so that after a failure the old connection can be killed before anything is read back (see `_reconcile`).
         """
         if not self._wire.connected:
             await self._wire.connect()
