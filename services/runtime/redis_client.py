@@ -19,7 +19,8 @@ A cluster URL (`redis+cluster://h1:7000,h2:7001/`, `rediss+cluster://` for TLS) 
 `RedisCluster`, seeded with every node the URL names. It follows MOVED, ASK and TRYAGAIN itself (those
 commands did not run, so sending them on is safe), and with its retries off a connection error or
 CLUSTERDOWN is raised to the caller's loop after marking the slot map for a refresh on the next command.
-Its errors are redis-py's, as the one-server client's are. Commands keep bookstream's layout: every
+Its errors are `RedisError`s, as the one-server client's are: redis-py raises `RedisClusterException`, which
+is none, when no node answers or some slot has no node, and `_Cluster` raises that as a `ClusterError`. Commands keep bookstream's layout: every
 multi-key command, script and transaction touches keys of one slot (README, "Redis keys").
 """
 
@@ -35,6 +36,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ClusterError, RedisClusterException, RedisError
 
 from services.core.keys import Keys
 from services.core.slots import cluster_node_urls, is_cluster_url, key_slot
@@ -85,12 +87,33 @@ def slot_groups(client: RedisClient, keys: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, its topology errors raised as `ClusterError` (a `RedisError`): "no node
+    reachable" is Redis unreachable to every caller, on a cluster as on one server."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _as_redis_error(exc) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _as_redis_error(exc) from exc
+
+
+def _as_redis_error(exc: RedisClusterException) -> RedisError:
+    return exc if isinstance(exc, RedisError) else ClusterError(str(exc))
+
+
 def _connect_cluster(url: str, socket_timeout: float, client_name: str | None) -> RedisCluster:
     nodes = [parse_url(node) for node in cluster_node_urls(url)]
     options = {name: value for name, value in nodes[0].items() if name not in ("host", "port", "db")}
     if options.pop("connection_class", None) is SSLConnection:
         options["ssl"] = True
-    client = RedisCluster(startup_nodes=[ClusterNode(node["host"], node["port"]) for node in nodes],
+    client = _Cluster(startup_nodes=[ClusterNode(node["host"], node["port"]) for node in nodes],
                           socket_timeout=socket_timeout, socket_connect_timeout=CONNECT_TIMEOUT,
                           retry=Retry(NoBackoff(), 0), client_name=client_name, **cast(dict[str, Any], options))
     # Every node's connections share this one callback table.

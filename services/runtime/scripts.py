@@ -72,7 +72,9 @@ class LuaScript:
     async def _pipelined(self, redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
+                # Not `pipe.evalsha`: a cluster pipeline refuses that method, though it routes the command
+                # itself by its first key (one node's calls travel together).
+                pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
