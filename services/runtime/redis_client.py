@@ -19,8 +19,9 @@ A cluster URL (`redis+cluster://h1:7000,h2:7001/`, `rediss+cluster://` for TLS) 
 `RedisCluster`, seeded with every node the URL names. It follows MOVED, ASK and TRYAGAIN itself (those
 commands did not run, so sending them on is safe), and with its retries off a connection error or
 CLUSTERDOWN is raised to the caller's loop after marking the slot map for a refresh on the next command.
-Its errors are `RedisError`s, as the one-server client's are: redis-py raises `RedisClusterException`, which
-is none, when no node answers or some slot has no node, and `_Cluster` raises that as a `ClusterError`. Commands keep bookstream's layout: every
+Its errors are `RedisError`s, as the one-server client's are: redis-py raises `RedisClusterException`,
+which is none, when no node answers or some slot has no node, and `_Cluster` raises that as a
+`ClusterError`. Commands keep bookstream's layout: every
 multi-key command, script and transaction touches keys of one slot (README, "Redis keys").
 """
 
