@@ -240,7 +240,8 @@ class RedisClusterServers:
         """The primary serving `slot`, as the first live node sees it."""
         live = [node for node in self.nodes if node.process and node.process.poll() is None]
         for address, entry in self._table(live[0]).items():
-            if "master" in entry["flags"] and any(int(first) <= slot <= int(last) for first, last in entry["slots"]):
+            # A range of one slot (left by a resharding) is listed as its lone number.
+            if "master" in entry["flags"] and any(int(span[0]) <= slot <= int(span[-1]) for span in entry["slots"]):
                 return next(node for node in self.nodes if node.port == int(address.rsplit(":", 1)[1]))
         raise AssertionError(f"no primary serves slot {slot}")
 
@@ -258,17 +259,29 @@ class RedisClusterServers:
         catch up); returns the new primary once every node agrees."""
         replica = self.replica_of(primary)
         client = redis.Redis(port=replica.port, socket_timeout=5)
-        try:
-            client.cluster("FAILOVER")
-        finally:
-            client.close()
+
+        def linked() -> bool:
+            return client.info("replication").get("master_link_status") == "up"
 
         def promoted() -> bool:
             return all("master" in self._table(node)[f"127.0.0.1:{replica.port}"]["flags"]
                        and "slave" in self._table(node)[f"127.0.0.1:{primary.port}"]["flags"]
                        for node in self.nodes if node.process and node.process.poll() is None)
 
-        wait_until(promoted, 30, f"node {replica.port} promoted in place of {primary.port}", interval=0.1)
+        try:
+            # A manual failover needs the replica in sync, and gives up (silently) after a few seconds
+            # when the primary does not pause in time: asked again until it happens.
+            wait_until(linked, 30, f"replica {replica.port} in sync with {primary.port}", interval=0.1)
+            for attempt in range(3):
+                client.cluster("FAILOVER")
+                try:
+                    wait_until(promoted, 15, f"node {replica.port} promoted in place of {primary.port}", 0.1)
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
+        finally:
+            client.close()
         self.wait_ok()
         return replica
 

@@ -387,13 +387,15 @@ class Collector:
 
     def _discover_symbols(self) -> tuple[set[str], int]:
         """The symbols named in Redis, and how many names were not symbols (anyone may write keys there)."""
-        found = [as_text(member) for member in self._redis.smembers(self.keys.symbols)]
+        found: list[str] = []
+        # The walk comes first: on a cluster it notes every primary's reachability before any read can fail.
         for kind in ("l2", "ob10"):
             for key in self._scan(f"{self.keys.prefix}:{kind}:*", "stream"):
                 try:
                     found.append(self.keys.symbol_of(as_text(key)))
                 except ValueError:
                     continue
+        found += [as_text(member) for member in self._redis.smembers(self.keys.symbols)]
         return _valid_symbols(found)
 
     def _sessions_with_a_key(self) -> set[str]:
