@@ -2,7 +2,7 @@
 
     python examples/top10.py XBTUSD [--redis-url URL] [--prefix bitmex] [--updates N] [--seconds S]
 
-The key `<prefix>:top10:SYM` is a hash (`bids`, `asks` as JSON `[[price, size], ...]` best first,
+The key `<prefix>:top10:{SYM}` is a hash (`bids`, `asks` as JSON `[[price, size], ...]` best first,
 `timestamp`, `status`, `reason`, ...) and a pub/sub channel of the same name announcing every write.
 Subscribe first and read the hash second: an update that lands in between is then not missed.
 Settings come from the flags, else from REDIS_URL and KEY_PREFIX, else the defaults of `docker compose`.
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=0, help="stop after N updates (0: follow until Ctrl-C)")
     parser.add_argument("--seconds", type=float, default=0, help="stop after S seconds (0: no limit)")
     args = parser.parse_args()
-    key = f"{args.prefix}:top10:{args.symbol}"
+    key = f"{args.prefix}:top10:{{{args.symbol}}}"
     client = redis.Redis.from_url(args.redis_url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(key)

@@ -17,7 +17,7 @@ from services.runtime.config import ConfigError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("services.ingest.cli", "BitMEX websocket -> per-symbol Redis Streams"),
-    "top10": ("services.top10.cli", "orderBook10 streams -> <prefix>:top10:SYM keys (consumer group)"),
+    "top10": ("services.top10.cli", "orderBook10 streams -> <prefix>:top10:{SYM} keys (consumer group)"),
     "l2builder": ("services.l2builder.cli", "orderBookL2 streams -> full books in MongoDB (consumer group)"),
     "exchange": ("services.exchange.cli", "BitMEX-protocol websocket server: --sim or --replay FILE"),
     "status": ("services.status.cli", "streams, groups, lag, owners and book freshness (--json)"),

@@ -18,9 +18,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import redis
+
+from services.core.slots import cluster_node_urls, is_cluster_url, key_slot
 
 ALL_PROCESSES: list[subprocess.Popen[bytes]] = []
 BIN_DIR = Path(sys.executable).parent
@@ -67,6 +69,27 @@ def stop_all() -> None:
         _stop(process, signal.SIGKILL)
 
 
+def redis_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A synchronous client of `url`, one server's or a cluster's: what tests read the services' keys with."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url)
+    return redis.RedisCluster.from_url(cluster_node_urls(url)[0])
+
+
+def node_url(url: str, key: str) -> str:
+    """The one-server URL of the node serving `key` (`url` itself when it names one server)."""
+    if not is_cluster_url(url):
+        return url
+    client = redis.Redis.from_url(cluster_node_urls(url)[0])
+    try:
+        slots: list[list[Any]] = client.cluster("SLOTS")
+    finally:
+        client.close()
+    slot = key_slot(key)
+    host, port, *_ = next(primary for first, last, primary, *_ in slots if first <= slot <= last)
+    return f"redis://{host.decode()}:{port}/0"
+
+
 def redis_server_binary() -> str:
     found = shutil.which("redis-server") or shutil.which("redis-server", path=str(BIN_DIR))
     if found is None:
@@ -99,7 +122,15 @@ class ServerProcess:
 
 
 class RedisServer(ServerProcess):
-    """A private redis-server with append-only persistence, so a restart keeps the streams."""
+    """A private redis-server with append-only persistence, so a restart keeps the streams.
+
+    `extra_args` are further redis-server options (a cluster node's, say)."""
+
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.extra_args = list(extra_args)
+        if port is not None:
+            self.port = port
 
     @property
     def url(self) -> str:
@@ -108,7 +139,7 @@ class RedisServer(ServerProcess):
     def start(self) -> Self:
         self.process = _spawn([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                                "--dir", str(self.workdir), "--save", "", "--appendonly", "yes",
-                               "--appendfsync", "everysec", "--protected-mode", "no"],
+                               "--appendfsync", "everysec", "--protected-mode", "no", *self.extra_args],
                               self.workdir / "redis.log")
         client = redis.Redis.from_url(self.url, socket_timeout=1)
 
@@ -123,6 +154,148 @@ class RedisServer(ServerProcess):
         finally:
             client.close()
         return self
+
+
+CLUSTER_NODE_TIMEOUT_MS = 2000
+"""How long cluster nodes wait before calling a silent node failed: short, so a failover test is quick."""
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _cluster_ok(port: int, masters: int) -> bool:
+    """Whether the node says cluster_state:ok and already sees `masters` primaries, every other node as a replica
+    (right after joining, a replica-to-be is still listed as a primary without slots)."""
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        info: dict[str, Any] = client.cluster("INFO")
+        table: dict[str, dict[str, Any]] = client.cluster("NODES")
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+    listed = sum(1 for entry in table.values() if "master" in entry["flags"] and "fail" not in entry["flags"])
+    return info.get("cluster_state") == "ok" and listed == masters
+
+
+class RedisClusterServers:
+    """A real local Redis Cluster: `masters` primaries, each with `replicas_per_master` replicas, joined by
+    `redis-cli --cluster create`, every node a `RedisServer` (append-only, as the single-node harness)."""
+
+    def __init__(self, workdir: Path, masters: int = 3, replicas_per_master: int = 1) -> None:
+        self.workdir = workdir
+        self.masters, self.replicas_per_master = masters, replicas_per_master
+        self.nodes = [RedisServer(workdir / f"node{index}", port=_free_cluster_port(),
+                                  extra_args=["--cluster-enabled", "yes",
+                                              "--cluster-config-file", "nodes.conf",
+                                              "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS)])
+                      for index in range(masters * (1 + replicas_per_master))]
+
+    @property
+    def url(self) -> str:
+        """The bookstream URL naming this cluster (two seed nodes are enough: the rest are discovered)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2]) + "/"
+
+    def start(self) -> Self:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli not found on PATH; it comes with redis-server (`make test` installs it)")
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                        "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                       timeout=60)
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every running node says cluster_state:ok and sees every slot served."""
+        def ok() -> bool:
+            return all(_cluster_ok(node.port, self.masters)
+                       for node in self.nodes if node.process and node.process.poll() is None)
+
+        wait_until(ok, timeout, "cluster_state:ok on every node", interval=0.1)
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes serving slots now, as their own CLUSTER NODES says (a failover changes them)."""
+        live = [node for node in self.nodes if node.process and node.process.poll() is None]
+        table = self._table(live[0])
+        ports = {int(address.rsplit(":", 1)[1]) for address, entry in table.items()
+                 if "master" in entry["flags"] and "fail" not in entry["flags"] and entry["slots"]}
+        return [node for node in live if node.port in ports]
+
+    def owner(self, slot: int) -> RedisServer:
+        """The primary serving `slot`, as the first live node sees it."""
+        live = [node for node in self.nodes if node.process and node.process.poll() is None]
+        for address, entry in self._table(live[0]).items():
+            # A range of one slot (left by a resharding) is listed as its lone number.
+            if "master" in entry["flags"] and any(int(span[0]) <= slot <= int(span[-1]) for span in entry["slots"]):
+                return next(node for node in self.nodes if node.port == int(address.rsplit(":", 1)[1]))
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(self._table(node)[f"127.0.0.1:{node.port}"]["node_id"])
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        primary_id = self.node_id(primary)
+        ports = {int(address.rsplit(":", 1)[1]) for address, entry in self._table(primary).items()
+                 if entry["master_id"] == primary_id and "fail" not in entry["flags"]}
+        return next(node for node in self.nodes if node.port in ports)
+
+    def fail_over(self, primary: RedisServer) -> RedisServer:
+        """Promote a replica of `primary` with CLUSTER FAILOVER (nothing is lost: it waits for the replica to
+        catch up); returns the new primary once every node agrees."""
+        replica = self.replica_of(primary)
+        client = redis.Redis(port=replica.port, socket_timeout=5)
+
+        def linked() -> bool:
+            return client.info("replication").get("master_link_status") == "up"
+
+        def promoted() -> bool:
+            return all("master" in self._table(node)[f"127.0.0.1:{replica.port}"]["flags"]
+                       and "slave" in self._table(node)[f"127.0.0.1:{primary.port}"]["flags"]
+                       for node in self.nodes if node.process and node.process.poll() is None)
+
+        try:
+            # A manual failover needs the replica in sync, and gives up (silently) after a few seconds
+            # when the primary does not pause in time: asked again until it happens.
+            wait_until(linked, 30, f"replica {replica.port} in sync with {primary.port}", interval=0.1)
+            for attempt in range(3):
+                client.cluster("FAILOVER")
+                try:
+                    wait_until(promoted, 15, f"node {replica.port} promoted in place of {primary.port}", 0.1)
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
+        finally:
+            client.close()
+        self.wait_ok()
+        return replica
+
+    def _table(self, node: RedisServer) -> dict[str, dict[str, Any]]:
+        client = redis.Redis(port=node.port, socket_timeout=2)
+        try:
+            table: dict[str, dict[str, Any]] = client.cluster("NODES")
+        finally:
+            client.close()
+        return table
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class MongoServer(ServerProcess):

@@ -1,7 +1,10 @@
 """Fixtures: real Redis and MongoDB-protocol servers, `bookstream` subprocesses, the real captures.
 
-Set REDIS_URL or MONGO_CONNECTION_STRING to run the same tests against servers of your own; every test
-then works under its own key prefix and database, so it never touches anything else there.
+Set REDIS_URL, REDIS_CLUSTER_URL or MONGO_CONNECTION_STRING to run the same tests against servers of your
+own; every test then works under its own key prefix and database, so it never touches anything else there.
+
+The end-to-end tests that take `redis_target` run twice: on one server and on a Redis Cluster (3 primaries,
+3 replicas, started once per session); `service_env` then points the services at that target.
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from testkit.harness import MongoServer, RedisServer, ServiceProcess, base_env, free_port, stop_all
+from testkit.harness import (
+    MongoServer,
+    RedisClusterServers,
+    RedisServer,
+    ServiceProcess,
+    base_env,
+    free_port,
+    stop_all,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE_CANDIDATES = (REPO.parent / "shared/data/bitmex-2021", Path("/work/shared/data/bitmex-2021"))
@@ -61,6 +72,30 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """The session's private local Redis Cluster, for tests that change its topology (failover, resharding):
+    they leave every slot served, so the tests sharing it by key prefix carry on."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(request: pytest.FixtureRequest) -> str:
+    """A Redis Cluster URL shared by the session: $REDIS_CLUSTER_URL, or the private local cluster's."""
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        return os.environ["REDIS_CLUSTER_URL"]
+    cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+    return cluster.url
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> str:
+    """The Redis URL of this run of the test: one server, then a cluster (tests share each, by key prefix)."""
+    return str(request.getfixturevalue("redis_url" if request.param == "single" else "redis_cluster_url"))
+
+
+@pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB URL shared by the session: $MONGO_CONNECTION_STRING, or a private nx-27017."""
     yield from _shared_server("MONGO_CONNECTION_STRING", lambda: MongoServer(tmp_path_factory.mktemp("mongo")))
@@ -98,10 +133,13 @@ def mongo_database() -> str:
 
 
 @pytest.fixture
-def service_env(redis_url: str, mongo_url: str, key_prefix: str, mongo_database: str) -> dict[str, str]:
-    """Settings for services under test: this test's servers, prefix and database; no metrics port."""
-    return base_env(REDIS_URL=redis_url, MONGO_CONNECTION_STRING=mongo_url, KEY_PREFIX=key_prefix,
-                    MONGO_DATABASE=mongo_database, METRICS_PORT="0", LOG_LEVEL="INFO")
+def service_env(request: pytest.FixtureRequest, mongo_url: str, key_prefix: str,
+                mongo_database: str) -> dict[str, str]:
+    """Settings for services under test: this test's servers (its `redis_target` when it takes one), prefix
+    and database; no metrics port."""
+    target = "redis_target" if "redis_target" in request.fixturenames else "redis_url"
+    return base_env(REDIS_URL=str(request.getfixturevalue(target)), MONGO_CONNECTION_STRING=mongo_url,
+                    KEY_PREFIX=key_prefix, MONGO_DATABASE=mongo_database, METRICS_PORT="0", LOG_LEVEL="INFO")
 
 
 RunService = Callable[..., ServiceProcess]

@@ -59,7 +59,7 @@ def test_top10_example_reads_the_key_and_follows_its_updates(
         run_service: RunService, service_env: dict[str, str], redis_url: str, key_prefix: str) -> None:
     _, env, _ = start_pipeline(run_service, service_env, "--rate", "200")
     client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
-    key = f"{key_prefix}:top10:XBTUSD"
+    key = f"{key_prefix}:top10:{{XBTUSD}}"
     wait_until(lambda: bool(client.exists(key)), 30, "the first top-10 snapshot")
 
     code, output = run_example("top10.py", "XBTUSD", "--updates", "3", "--seconds", "30", env=env)

@@ -131,9 +131,9 @@ def test_the_readme_snippet_is_safe_on_every_documented_state(
     ])
     top: dict[Any, Any] = {"bids": "[[100.0, 5]]", "asks": "[[100.5, 3]]", "timestamp": "2026-12-04T00:00:00.000Z",
                            "session": "s"}
-    client.hset(f"{key_prefix}:top10:LIVE", mapping={**top, "status": "live", "reason": ""})
-    client.hset(f"{key_prefix}:top10:KEPT", mapping={**top, "status": "stale", "reason": "ingest_lost"})
-    client.hset(f"{key_prefix}:top10:EMPTY", mapping={**top, "bids": "[]", "status": "live", "reason": ""})
+    client.hset(f"{key_prefix}:top10:{{LIVE}}", mapping={**top, "status": "live", "reason": ""})
+    client.hset(f"{key_prefix}:top10:{{KEPT}}", mapping={**top, "status": "stale", "reason": "ingest_lost"})
+    client.hset(f"{key_prefix}:top10:{{EMPTY}}", mapping={**top, "bids": "[]", "status": "live", "reason": ""})
     snippet = (readme_python_snippet().replace("redis://localhost:6379/0", redis_url)
                .replace("mongodb://localhost:27017", mongo_url).replace('["bitmex"]', f'["{mongo_database}"]')
                .replace('"bitmex:top10:', f'"{key_prefix}:top10:'))

@@ -91,7 +91,7 @@ def test_every_service_runs_under_its_documented_acl(
         refused = denials(redis_server.url, key_prefix)
         assert refused == [], f"Redis refused what the page does not allow: {refused}"
         live_books = books.count_documents({"_id": {"$in": list(SYMBOLS)}, "status": "live"})
-        live_keys = sum(watcher.hget(f"{key_prefix}:top10:{symbol}", "status") == "live" for symbol in SYMBOLS)
+        live_keys = sum(watcher.hget(f"{key_prefix}:top10:{{{symbol}}}", "status") == "live" for symbol in SYMBOLS)
         return live_books == len(SYMBOLS) and live_keys == len(SYMBOLS)
 
     wait_until(everything_live, 60, "every book and top-10 key live under the documented ACLs", interval=0.5)

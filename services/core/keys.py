@@ -1,7 +1,9 @@
 """Redis key and stream names of the contract in DESIGN.md, in one place.
 
 Per-symbol keys wrap the symbol in braces (`bitmex:l2:{XBTUSD}`): a Redis Cluster hash tag, so a symbol's
-streams, lease and epoch share one slot and a Lua script may touch them together.
+streams, top-10 key, lease and epoch share one slot and a Lua script or a pipeline may touch them together.
+Set-wide keys (`symbols`, `control`, `l2builder:members`, `alive:<session>`) each live in a slot of their
+own: no command ever names one of them together with another key.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Keys:
         return f"{self.prefix}:{table}:{{{symbol}}}"
 
     def top10(self, symbol: str) -> str:
-        """The cached orderBook10 hash, and the PUBLISH channel announcing its changes."""
-        return f"{self.prefix}:top10:{symbol}"
+        """The cached orderBook10 hash, and the PUBLISH channel announcing its changes (in its symbol's slot)."""
+        return f"{self.prefix}:top10:{{{symbol}}}"
 
     @property
     def control(self) -> str:

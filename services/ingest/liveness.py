@@ -15,6 +15,9 @@ publisher's batches never queue behind it):
   look lost history, and that stream's topic (L2 or orderBook10) is resubscribed so its consumers get a
   fresh partial to resync from;
 - about every `EVICTION_CHECK_INTERVAL` seconds, whether Redis runs with an evicting `maxmemory-policy`.
+
+On a cluster each of these keys lives in its own slot and the client routes each command; the stream
+check runs once per slot (a script's keys must share one), all in one pipeline.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import contextlib
 import time
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.core.bitmex import ORDERBOOK10_TABLE
@@ -36,7 +38,7 @@ from services.ingest.publisher import Publisher
 from services.ingest.session import TopicState
 from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
-from services.runtime.redis_client import EvictionWatch
+from services.runtime.redis_client import EvictionWatch, RedisClient, slot_groups
 from services.runtime.scripts import LuaScript
 
 STREAM_CHECK: Final = LuaScript.beside(__file__, "stream_check.lua")
@@ -101,7 +103,7 @@ def renewal_withheld(quiet_s: float | None, stalled_s: float) -> str | None:
 class Heartbeat:
     """The once-a-second task described above; Redis failures are reported and retried, never raised."""
 
-    def __init__(self, redis: Redis, keys: Keys, instance: str, feed: Feed, publisher: Publisher,
+    def __init__(self, redis: RedisClient, keys: Keys, instance: str, feed: Feed, publisher: Publisher,
                  redis_health: DependencyHealth, log: EventLog) -> None:
         self._redis, self._keys, self._instance = redis, keys, instance
         self._feed, self._publisher, self._health, self._log = feed, publisher, redis_health, log
@@ -171,8 +173,13 @@ class Heartbeat:
     async def _check_streams_kept(self, acked: dict[str, int]) -> None:
         if not acked:
             return
-        streams = sorted(acked)
-        replies: Any = await STREAM_CHECK(self._redis, streams)
+        groups = slot_groups(self._redis, sorted(acked))
+        streams = [stream for group in groups for stream in group]
+        replies: list[Any] = []
+        for group_replies in await STREAM_CHECK.run_each(self._redis, [(group, ()) for group in groups]):
+            if isinstance(group_replies, Exception):
+                raise group_replies
+            replies += group_replies
         sent = dict(self._publisher.appended)
         for stream, count in self._publisher.unconfirmed_by_stream().items():
             sent[stream] = sent.get(stream, 0) + count

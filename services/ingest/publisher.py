@@ -2,8 +2,10 @@
 
 Entries wait in one FIFO buffer. The publisher takes everything buffered (up to a batch limit) and appends
 it with a single `EVALSHA` of `xadd_batch.lua`, one round trip for the whole batch, while the connection
-loop keeps receiving. A frame arriving alone is sent alone at once (low latency at a low rate); frames
-arriving during a round trip go together in the next one (high throughput at a high rate).
+loop keeps receiving. On a Redis Cluster a script may only touch keys of one slot, so a batch is one
+`EVALSHA` per slot (per symbol: its streams share its hash tag), all sent in one call of the `ClusterWire`,
+which writes them to their primaries at once. A frame arriving alone is sent alone at once (low latency at
+a low rate); frames arriving during a round trip go together in the next one (high throughput at a high rate).
 
 Why a script rather than a pipeline of XADDs: this process has one reply to read per batch instead of
 one per XADD, at the price of more work in Redis, and this process is the one that runs out of CPU first
@@ -13,11 +15,12 @@ stream at its first error, so what is retried can never land out of order.
 Nothing is dropped when Redis is slow or down: the batch stays at the head of the buffer and is retried
 with a short capped backoff, and the connection loop stops reading the websocket once the buffer holds
 `capacity` entries, pushing back on the venue through TCP. The connection (a `RedisWire`, the lean client of
-the hot loops: see `python -m bench.wire`) never retries on its own, because
+the hot loops: see `python -m bench.wire`; a `ClusterWire` on a cluster) never retries on its own, because
 replaying a batch that Redis may already have applied would duplicate entries. After a failure whose
 outcome is unknown (a timeout, or the connection died mid-call) the old connection is killed, so that a
 batch still sitting in it cannot land later, then each stream's last entry is read back and the entries
-it proves were appended are removed first: every entry lands exactly once. That kill is the fence; where an
+it proves were appended are removed first: every entry lands exactly once. That kill is the fence (on a
+cluster, one per primary the batch went to: a node no longer serving slots can append nothing); where an
 ACL refuses CLIENT KILL, the first connection finds out and says so (log and /healthz), because the check
 is then only as good as the old connection's death by timeout.
 """
@@ -38,7 +41,7 @@ from services.ingest import metrics
 from services.ingest.session import Entry
 from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
-from services.runtime.redis_wire import Command, RedisWire
+from services.runtime.redis_wire import Command, Wire
 from services.runtime.scripts import LuaScript
 
 XADD_BATCH: Final = LuaScript.beside(__file__, "xadd_batch.lua")
@@ -62,7 +65,7 @@ class RedisRefused(RedisError):
 class Publisher:
     """The bounded buffer of entries and the task that appends them to their streams."""
 
-    def __init__(self, wire: RedisWire, symbols_key: str, capacity: int, maxlen: int,
+    def __init__(self, wire: Wire, symbols_key: str, capacity: int, maxlen: int,
                  redis_health: DependencyHealth, log: EventLog) -> None:
         """`wire` is the publisher's own connection: batches must not queue behind other commands."""
         self.capacity = capacity
@@ -79,7 +82,7 @@ class Publisher:
         self._idle = False
         self._unconfirmed = 0
         self._announced: set[str] = set()
-        self._unconfirmed_on: int | None = None
+        self._unconfirmed_on: dict[str, int] = {}
         self._progress_at = time.monotonic()
         """When Redis last acknowledged entries, or the buffer last went from empty to holding some."""
         self.appended: dict[str, int] = {}
@@ -180,25 +183,37 @@ class Publisher:
         batch = self._take_batch()
         await self._connect()
         new_symbols = {entry.symbol for entry in batch} - self._announced
+        groups = self._wire.slot_groups([entry.stream for entry in batch])
+        scripts = [self._batch_command(batch, group) for group in groups]
         commands = [self._sadd_command(new_symbols)] if new_symbols else []
-        commands.append(self._batch_command(batch))
         started = time.perf_counter_ns()
-        self._unconfirmed, self._unconfirmed_on = len(batch), self._wire.client_id
-        replies = await self._wire.call(commands)
-        if isinstance(replies[-1], NoScriptError):
-            # Redis restarted or flushed its script cache: nothing ran, so loading and sending again is safe.
+        self._unconfirmed, self._unconfirmed_on = len(batch), self._wire.client_ids
+        replies = await self._wire.call(commands + scripts)
+        outcomes = replies[len(commands):]
+        missing = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
+        if missing:
+            # Redis restarted, flushed its script cache, or (a cluster) a replica took over: those scripts did
+            # not run, so loading and sending them again is safe.
             await self._load_script()
-            replies[-1:] = await self._wire.call([self._batch_command(batch)])
+            for index, outcome in zip(missing, await self._wire.call([scripts[index] for index in missing]),
+                                      strict=True):
+                outcomes[index] = outcome
         done = time.perf_counter_ns()
-        if new_symbols and not isinstance(replies[0], ResponseError):
-            self._announced |= new_symbols
-        outcome = replies[-1]
-        if isinstance(outcome, ResponseError):
-            raise outcome
+        for outcome in outcomes:
+            if isinstance(outcome, ResponseError):
+                raise outcome
         self._unconfirmed = 0
         metrics.BATCH_SECONDS.observe((done - started) / 1e9)
         metrics.BATCH_ENTRIES.observe(len(batch))
-        self._settle(batch, _first_failures(batch, outcome), done)
+        failures: dict[str, tuple[int, str]] = {}
+        for group, outcome in zip(groups, outcomes, strict=True):
+            failures |= _first_failures(batch, group, outcome)
+        self._settle(batch, failures, done)
+        if new_symbols:
+            if isinstance(replies[0], ResponseError):
+                # The entries landed, but consumers find symbols by the set: retried with the next batch.
+                raise RedisRefused(f"the symbol set refused {len(new_symbols)} symbols: {replies[0]}")
+            self._announced |= new_symbols
 
     def _take_batch(self) -> list[Entry]:
         batch: list[Entry] = []
@@ -210,11 +225,12 @@ class Publisher:
             batch.append(entry)
         return batch
 
-    def _batch_command(self, batch: list[Entry]) -> Command:
-        streams: list[Any] = [entry.stream for entry in batch]
+    def _batch_command(self, batch: list[Entry], group: list[int]) -> Command:
+        """The script call appending the entries of `batch` at the indices `group`, in order."""
+        streams: list[Any] = [batch[index].stream for index in group]
         argv: list[Any] = [self._maxlen]
-        for entry in batch:
-            fields = entry.fields
+        for index in group:
+            fields = batch[index].fields
             argv.append(len(fields))
             for item in fields.items():
                 argv += item
@@ -226,26 +242,27 @@ class Publisher:
     async def _connect(self) -> None:
         """Open the connection if needed, and load the script on each new one.
 
-        Each connection's client id (`RedisWire.client_id`) is noted with the batch sent on it, so that
-        after a failure the old connection can be killed before anything is read back (see `_reconcile`).
+        Each connection's client id (`client_ids`: one per node on a cluster) is noted with the batch sent on it,
+        so that after a failure the old connection can be killed before anything is read back (see `_reconcile`).
         """
         if not self._wire.connected:
             await self._wire.connect()
             await self._load_script()
             if self.fence == "unknown":
-                await self._probe_fence(self._wire.client_id)
+                await self._probe_fence(self._wire.client_ids)
 
-    async def _probe_fence(self, client_id: int | None) -> None:
+    async def _probe_fence(self, client_ids: dict[str, int]) -> None:
         """Find out once whether the fence can run: it needs CLIENT ID (refused, the wire has no id) and
         CLIENT KILL, tried here with SKIPME, which makes killing this very connection a no-op."""
-        if client_id is None:
+        if not client_ids:
             error = "CLIENT ID refused"
         else:
-            [reply] = await self._wire.call([("CLIENT", "KILL", "ID", client_id, "SKIPME", "yes")])
-            if not isinstance(reply, ResponseError):
+            refused = [reply for reply in await self._wire.kill_clients(client_ids, skip_me=True)
+                       if isinstance(reply, ResponseError)]
+            if not refused:
                 self.fence = "available"
                 return
-            error = str(reply)
+            error = str(refused[0])
         self.fence = "refused"
         self._log.warning("exactly_once_fence_refused", error=error,
                           consequence="after a failed batch, entries may land twice")
@@ -308,11 +325,12 @@ class Publisher:
         await self._connect()
         # The batch may still sit unread in the old connection's socket and run later; killing that
         # connection first settles it (run already, or never will), so the tails read next are final.
-        # Where CLIENT KILL is refused (said once, by `_probe_fence`) the check is as good as it can be.
-        fence: list[Command] = [] if self._unconfirmed_on is None else [("CLIENT", "KILL", "ID", self._unconfirmed_on)]
-        replies = await self._wire.call(fence + [("XREVRANGE", stream, "+", "-", "COUNT", 1) for stream in streams])
+        # Where CLIENT KILL is refused (said once, by `_probe_fence`) the check is as good as it can be; a
+        # connection already gone answers "No such client", which is the fence holding too.
+        await self._wire.kill_clients(self._unconfirmed_on)
+        replies = await self._wire.call([("XREVRANGE", stream, "+", "-", "COUNT", 1) for stream in streams])
         reached: dict[str, int] = {}
-        for stream, reply in zip(streams, replies[len(fence):], strict=True):
+        for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, ResponseError):
                 raise reply
             tail = _tail_identity(reply)
@@ -332,11 +350,12 @@ class Publisher:
         self._unconfirmed = 0
 
 
-def _first_failures(batch: list[Entry], reply: Any) -> dict[str, tuple[int, str]]:
-    """`{stream: (batch index of its first refused entry, error)}` from the script's reply."""
+def _first_failures(batch: list[Entry], group: list[int], reply: Any) -> dict[str, tuple[int, str]]:
+    """`{stream: (batch index of its first refused entry, error)}` from the reply of the script that appended
+    the entries at the indices `group`."""
     failures: dict[str, tuple[int, str]] = {}
     for position, error in reply or ():
-        index = int(position) - 1
+        index = group[int(position) - 1]
         text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
         failures[batch[index].stream] = (index, text)
     return failures

@@ -26,7 +26,7 @@ from services.runtime.config import Settings
 from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import connect
-from services.runtime.redis_wire import RedisWire
+from services.runtime.redis_wire import open_wire
 
 DRAIN_TIMEOUT: Final = 5.0
 REDIS_SOCKET_TIMEOUT: Final = 5.0
@@ -52,12 +52,13 @@ class IngestService:
         self._log = log = EventLog("ingest")
         keys = Keys(settings.key_prefix)
         # The control and heartbeat loops share the services' redis-py client (no retries: they retry on
-        # their own terms). The publisher has its own lean connection (RedisWire, no retries either:
+        # their own terms). The publisher has its own lean connection (RedisWire, or ClusterWire on a
+        # cluster; no retries either:
         # re-sending a batch Redis may already have applied would duplicate entries; it retries itself,
         # after checking what landed).
         self._redis = connect(settings.redis_url, REDIS_SOCKET_TIMEOUT, f"ingest:{settings.instance_name}:control")
         self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, metrics.REDIS_UP.labels)
-        publish_wire = RedisWire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
+        publish_wire = open_wire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
                                  REDIS_CONNECT_TIMEOUT)
         self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,
                                    settings.stream_maxlen, self._redis_health, log)

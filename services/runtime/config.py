@@ -21,6 +21,7 @@ from pymongo.uri_parser_shared import _validate_uri
 
 from services.core.bookdoc import DEFAULT_TOP_LEVELS
 from services.core.keys import SYMBOL_PATTERN
+from services.core.slots import CLUSTER_SCHEMES, cluster_node_urls, is_cluster_url
 
 LOCAL_EXCHANGE_WS_URL = "ws://127.0.0.1:8080/realtime"
 """Where `bookstream exchange` listens by default: BitMEX closed its venue on 2026-09-23, so the project's own
@@ -130,6 +131,27 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+_redis_node_url = _url(("redis", "rediss", "unix"))
+
+
+def _redis_url(raw: str) -> str:
+    """One server (`redis://`, `rediss://`, `unix://`) or a cluster (`redis+cluster://h1:7000,h2:7001/`,
+    `rediss+cluster://` for TLS): each of a cluster's seed nodes is checked as a one-server URL, and a
+    cluster has only database 0."""
+    if not is_cluster_url(raw):
+        try:
+            return _redis_node_url(raw)
+        except ValueError as exc:
+            if str(exc).startswith("scheme"):
+                raise ValueError(f"scheme must be one of redis, rediss, unix, {', '.join(CLUSTER_SCHEMES)}") from None
+            raise
+    for node in cluster_node_urls(raw):
+        parts = urlsplit(_redis_node_url(node))
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError("a cluster has only database 0 (end the URL with / or /0)")
+    return raw
+
+
 def _mongo_uri(raw: str) -> str:
     """Checked by the driver's own parser, replica-set host lists and `mongodb+srv://` included.
 
@@ -229,7 +251,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "REDIS_URL", "redis://localhost:6379/0",
-            _url(("redis", "rediss", "unix")), "Redis server URL", secret_url=True),
+            _redis_url, "Redis server URL, or a cluster's seed nodes (redis+cluster://h1:7000,h2:7001/)",
+            secret_url=True),
     Setting("mongo_url", "MONGO_CONNECTION_STRING", "mongodb://localhost:27017",
             _mongo_uri, "MongoDB connection string", secret_url=True),
     Setting("mongo_database", "MONGO_DATABASE", "bitmex", _prefix, "MongoDB database name"),
@@ -285,6 +308,9 @@ SERVICE_SETTINGS: Mapping[str, tuple[str, ...]] = {
 }
 """The settings each subcommand reads: its `--help` lists these, its start-up line shows these, the others
 keep their defaults whatever the environment says (compose shares one environment block between services)."""
+NOT_ON_A_CLUSTER = frozenset({"top10", "l2builder"})
+"""Subcommands whose multi-stream reads, acks and ownership scripts still span slots: on a cluster they would
+fail every read while looking started, so they refuse a cluster URL at start-up (exit 2) instead."""
 SERVICE_DEFAULTS: Mapping[str, Mapping[str, str]] = {
     # One port each, so the services run side by side on one host without a setting.
     "ingest": {"metrics_port": "9101"}, "top10": {"metrics_port": "9102"}, "l2builder": {"metrics_port": "9103"},
@@ -368,6 +394,9 @@ def load_settings(args: argparse.Namespace | None = None,
         except ValueError as exc:
             shown = mask_url(raw) if setting.secret_url else raw
             raise ConfigError(f"{source}={shown!r}: {exc}") from None
+    if service in NOT_ON_A_CLUSTER and is_cluster_url(values["redis_url"]):
+        raise ConfigError(f"REDIS_URL={mask_url(values['redis_url'])!r}: {service} does not run on a Redis Cluster"
+                          " yet (ingest and status do; see docs/cluster.md)")
     if not values["instance_name"]:
         values["instance_name"] = f"{socket.gethostname()}-{os.getpid()}"
     return Settings(**values)

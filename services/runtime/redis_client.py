@@ -14,6 +14,15 @@ With RESP3, redis-py's default, XREADGROUP answers a map of stream -> entries; w
 Retries are off because every loop of the services retries on its own terms (with backoff, re-reading
 what a failed read may have delivered, knowing that a lease may have expired meanwhile); a command silently
 retried for seconds would hide that.
+
+A cluster URL (`redis+cluster://h1:7000,h2:7001/`, `rediss+cluster://` for TLS) gives redis-py's own
+`RedisCluster`, seeded with every node the URL names. It follows MOVED, ASK and TRYAGAIN itself (those
+commands did not run, so sending them on is safe), and with its retries off a connection error or
+CLUSTERDOWN is raised to the caller's loop after marking the slot map for a refresh on the next command.
+Its errors are `RedisError`s, as the one-server client's are: redis-py raises `RedisClusterException`,
+which is none, when no node answers or some slot has no node, and `_Cluster` raises that as a
+`ClusterError`. Commands keep bookstream's layout: every
+multi-key command, script and transaction touches keys of one slot (README, "Redis keys").
 """
 
 from __future__ import annotations
@@ -23,11 +32,15 @@ from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ClusterError, RedisClusterException, RedisError
 
 from services.core.keys import Keys
+from services.core.slots import cluster_node_urls, is_cluster_url, key_slot
 from services.runtime.logs import EventLog
 
 CONNECT_TIMEOUT = 2.0
@@ -42,8 +55,18 @@ class _HiredisPacking:
         return packed
 
 
+RedisClient = aioredis.Redis | RedisCluster
+"""What `connect` gives: one server's client or a cluster's; both take the same command methods."""
+
+
 def connect(url: str, socket_timeout: float, client_name: str | None = None) -> aioredis.Redis:
-    """A client for `url`; `socket_timeout` must be longer than any BLOCK the caller uses."""
+    """A client for `url`; `socket_timeout` must be longer than any BLOCK the caller uses.
+
+    For a cluster URL, a `RedisCluster`: its command methods are the same, but it is no `Redis`. It is typed
+    as one while top10 and l2builder, which annotate `Redis`, are not yet ported to clusters; code that runs
+    on a cluster takes `RedisClient` and tells the two apart where they differ."""
+    if is_cluster_url(url):
+        return cast(aioredis.Redis, _connect_cluster(url, socket_timeout, client_name))
     pool = aioredis.ConnectionPool.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=CONNECT_TIMEOUT,
                                             retry=Retry(NoBackoff(), 0), client_name=client_name)
     base = pool.connection_class
@@ -54,10 +77,57 @@ def connect(url: str, socket_timeout: float, client_name: str | None = None) -> 
     return client
 
 
+def slot_groups(client: RedisClient, keys: Sequence[str]) -> list[list[str]]:
+    """`keys` in groups one multi-key command or script may take together: all of them on one server, those of
+    each slot on a cluster; each group in the order of `keys`."""
+    if not isinstance(client, RedisCluster):
+        return [list(keys)] if keys else []
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key), []).append(key)
+    return list(groups.values())
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, its topology errors raised as `ClusterError` (a `RedisError`): "no node
+    reachable" is Redis unreachable to every caller, on a cluster as on one server."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _as_redis_error(exc) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _as_redis_error(exc) from exc
+
+
+def _as_redis_error(exc: RedisClusterException) -> RedisError:
+    return exc if isinstance(exc, RedisError) else ClusterError(str(exc))
+
+
+def _connect_cluster(url: str, socket_timeout: float, client_name: str | None) -> RedisCluster:
+    nodes = [parse_url(node) for node in cluster_node_urls(url)]
+    options = {name: value for name, value in nodes[0].items() if name not in ("host", "port", "db")}
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    client = _Cluster(startup_nodes=[ClusterNode(node["host"], node["port"]) for node in nodes],
+                          socket_timeout=socket_timeout, socket_connect_timeout=CONNECT_TIMEOUT,
+                          retry=Retry(NoBackoff(), 0), client_name=client_name, **cast(dict[str, Any], options))
+    # Every node's connections share this one callback table.
+    callbacks: dict[Any, Any] = client.connection_kwargs["response_callbacks"]
+    for command in RAW_REPLIES:
+        callbacks.pop(command, None)
+    return client
+
+
 EVICTION_SAFE_POLICIES = frozenset({"noeviction"})
 
 
-async def evicting_policy(client: aioredis.Redis) -> str | None:
+async def evicting_policy(client: RedisClient) -> str | None:
     """The server's `maxmemory-policy` when it may evict keys (bookstream requires `noeviction`), else None.
 
     An evicting server drops streams, leases and epochs under memory pressure: the services detect and
@@ -91,7 +161,7 @@ class EvictionWatch:
         self.policy: str | None = None
         self._next_check = float("-inf")
 
-    async def check(self, client: aioredis.Redis, now: float) -> None:
+    async def check(self, client: RedisClient, now: float) -> None:
         """Ask Redis when a check is due (monotonic `now`); a failed ask raises, and is retried next call."""
         if now < self._next_check:
             return
@@ -128,7 +198,7 @@ def stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:
     return cast(Iterable[tuple[bytes, list[Any]]], reply.items() if isinstance(reply, dict) else reply)
 
 
-async def sessions_alive(redis: aioredis.Redis, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:
+async def sessions_alive(redis: RedisClient, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:
     """Whether each session's liveness key exists, in one round trip (none for no sessions)."""
     if not sessions:
         return {}

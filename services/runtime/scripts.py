@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from services.runtime.redis_client import RedisClient
 from services.runtime.redis_wire import Command
 
 Keys = Sequence[str | bytes]
@@ -49,14 +49,14 @@ class LuaScript:
         """The SCRIPT LOAD that makes `command` runnable, as a `RedisWire` command."""
         return ("SCRIPT", "LOAD", self.source)
 
-    async def __call__(self, redis: aioredis.Redis, keys: Keys = (), args: Args = ()) -> Any:
+    async def __call__(self, redis: RedisClient, keys: Keys = (), args: Args = ()) -> Any:
         """Run once through redis-py; an error reply raises, as redis-py raises it."""
         [reply] = await self.run_each(redis, [(keys, args)])
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    async def run_each(self, redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_each(self, redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run once per call in one pipeline; the replies in order, an error reply in its place (not raised).
 
         The calls that got NOSCRIPT are sent again, in order, after loading the script."""
@@ -69,10 +69,12 @@ class LuaScript:
                 replies[index] = reply
         return replies
 
-    async def _pipelined(self, redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def _pipelined(self, redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
+                # Not `pipe.evalsha`: a cluster pipeline refuses that method, though it routes the command
+                # itself by its first key (one node's calls travel together).
+                pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 

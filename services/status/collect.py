@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 
 from services.core.keys import BOOKS_COLLECTION, SESSION_PATTERN, SYMBOL_PATTERN, TOP10_GROUP, Keys
 from services.core.liveness import IngestLiveness
+from services.core.slots import cluster_node_urls, is_cluster_url
 from services.core.text import as_text
 from services.runtime.config import mask_url, redact
 from services.runtime.redis_client import connect, evicting_policy
@@ -35,6 +36,7 @@ from services.status.snapshot import (
     MongoEndpoint,
     Owner,
     RedisEndpoint,
+    RedisNode,
     Snapshot,
     Stream,
     Subscriptions,
@@ -117,13 +119,20 @@ class Collector:
         self.source = source
         self.live_idle_s = live_idle_s
         self._redis_url, self._mongo_url, self._database = redis_url, mongo_url, mongo_database
-        self._redis = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="replace",
-                                           socket_timeout=3, socket_connect_timeout=2,
-                                           client_name="bookstream-status")
+        self._redis_client: redis.Redis | redis.RedisCluster | None = None
+        self._nodes: list[RedisNode] = []
         self._mongo: pymongo.MongoClient[dict[str, Any]] | None = None
 
+    @property
+    def _redis(self) -> redis.Redis | redis.RedisCluster:
+        # Made on first use, inside the error handling: a cluster client connects as it is made.
+        if self._redis_client is None:
+            self._redis_client = _open_redis(self._redis_url)
+        return self._redis_client
+
     def close(self) -> None:
-        self._redis.close()
+        if self._redis_client is not None:
+            self._redis_client.close()
         if self._mongo is not None:
             self._mongo.close()
 
@@ -140,13 +149,19 @@ class Collector:
         """Read everything once; derived fields (`rate_per_s`, `problems`) are left for `problems.analyze`."""
         now_s = time.time()
         books, mongo, ignored = self._read_books(now_s)
+        self._nodes = []
         try:
             symbols, instances, ignored_in_redis = self._read_redis(books)
-            redis_endpoint = RedisEndpoint(mask_url(self._redis_url), True, None, self._evicting_policy())
+            redis_endpoint = RedisEndpoint(mask_url(self._redis_url), True, None, self._evicting_policy(),
+                                           tuple(self._nodes))
             ignored += ignored_in_redis
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            if self._redis_client is not None:  # a cluster's map is read again next time
+                self._redis_client.close()
+                self._redis_client = None
             redis_endpoint = RedisEndpoint(mask_url(self._redis_url), False,
-                                           f"{type(exc).__name__}: {redact(_first_clause(exc), self._redis_url)}")
+                                           f"{type(exc).__name__}: {redact(_first_clause(exc), self._redis_url)}",
+                                           None, tuple(self._nodes))
             symbols = tuple(SymbolStatus(sym, None, None, Owner(None, None, None), None, book)
                             for sym, book in sorted(books.items()))
             instances = Instances((), (), ())
@@ -194,19 +209,47 @@ class Collector:
 
     def _discover_symbols(self) -> tuple[set[str], int]:
         """The symbols named in Redis, and how many names were not symbols (anyone may write keys there)."""
-        found = [as_text(member) for member in self._redis.smembers(self.keys.symbols)]
+        found: list[str] = []
+        # The walk comes first: on a cluster it notes every primary's reachability before any read can fail.
         for kind in ("l2", "ob10"):
-            for key in self._redis.scan_iter(match=f"{self.keys.prefix}:{kind}:*", _type="stream", count=1000):
+            for key in self._scan(f"{self.keys.prefix}:{kind}:*", "stream"):
                 try:
                     found.append(self.keys.symbol_of(as_text(key)))
                 except ValueError:
                     continue
+        found += [as_text(member) for member in self._redis.smembers(self.keys.symbols)]
         return _valid_symbols(found)
 
     def _sessions_with_a_key(self) -> set[str]:
         start = len(self.keys.ingest_alive(""))
-        found = (as_text(key)[start:] for key in self._redis.scan_iter(match=self.keys.ingest_alive("*"), count=1000))
+        found = (as_text(key)[start:] for key in self._scan(self.keys.ingest_alive("*")))
         return {session for session in found if SESSION_PATTERN.fullmatch(session)}
+
+    def _scan(self, match: str, kind: str | None = None) -> Iterator[Any]:
+        """The keys matching `match` (of type `kind`) on one server, or on every primary of a cluster. The first
+        walk of a snapshot notes each primary's reachability; one that fails fails the snapshot's Redis read,
+        after the others were tried (so `redis.nodes` names every one that did not answer)."""
+        client = self._redis
+        if not isinstance(client, redis.RedisCluster):
+            yield from client.scan_iter(match=match, _type=kind, count=1000)
+            return
+        walk = not self._nodes
+        failed: Exception | None = None
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+            address = f"{node.host}:{node.port}"
+            try:
+                keys = list(client.get_redis_connection(node).scan_iter(match=match, _type=kind, count=1000))
+            except redis.RedisError as exc:
+                failed = failed or exc
+                if walk:
+                    self._nodes.append(RedisNode(address, False, f"{type(exc).__name__}: "
+                                                                 f"{redact(_first_clause(exc), self._redis_url)}"))
+                continue
+            if walk:
+                self._nodes.append(RedisNode(address, True, None))
+            yield from keys
+        if failed is not None:
+            raise failed
 
     def _alive(self, sessions: set[str]) -> dict[str, IngestLiveness]:
         """The ingest sessions among `sessions` whose liveness key exists, with what the key says."""
@@ -253,8 +296,9 @@ class Collector:
     def _pipelined_reads(self, names: list[str]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         queue_reads(pipe, self.keys, names)
+        now = self._redis.time()
         results: list[Any] = pipe.execute(raise_on_error=False)
-        return results
+        return [now, *results]
 
     def _read_consumers(self, names: list[str], replies: list[SymbolReplies]) -> dict[tuple[str, str], list[Any]]:
         wanted: list[tuple[str, str]] = []
@@ -283,6 +327,21 @@ class Collector:
         subscriptions = tuple(Subscriptions(session, said.instance, said.subscribed, said.rejected)
                               for session, said in sorted(alive.items()))
         return Instances(tuple(sorted(sessions)), tuple(sorted(readers)), tuple(sorted(members)), subscriptions)
+
+
+def _open_redis(url: str) -> redis.Redis | redis.RedisCluster:
+    """Status's client of `url`: one server's, or a cluster's found through the first seed node that answers."""
+    options: dict[str, Any] = {"decode_responses": True, "encoding_errors": "replace", "socket_timeout": 3,
+                               "socket_connect_timeout": 2, "client_name": "bookstream-status"}
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url, **options)
+    error: Exception | None = None
+    for node in cluster_node_urls(url):
+        try:
+            return redis.RedisCluster.from_url(node, **options)
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            error = exc
+    raise redis.exceptions.ClusterError(f"no seed node answered: {error}")
 
 
 def _valid_symbols(names: Iterable[str]) -> tuple[set[str], int]:

@@ -63,6 +63,10 @@ def find_problems(current: Snapshot, previous: Snapshot | None, limits: Threshol
     found: list[Problem] = []
     if not current.redis.ok:
         found.append(Problem("redis_unreachable", ERROR, None, "redis", f"{current.redis.url}: {current.redis.error}"))
+    for node in current.redis.nodes:
+        if not node.ok:
+            found.append(Problem("redis_node_unreachable", ERROR, None, "redis",
+                                 f"cluster primary {node.address}: {node.error}"))
     if not current.mongo.ok:
         found.append(Problem("mongo_unreachable", ERROR, None, "mongo", f"{current.mongo.url}: {current.mongo.error}"))
     if current.redis.evicting_policy is not None:

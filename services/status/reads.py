@@ -1,5 +1,8 @@
 """The one pipeline a status snapshot reads Redis with: what it asks, in order, and its replies by name.
 
+The server's TIME is asked just before, beside the pipeline (a cluster pipeline refuses a command of no key),
+and its reply comes first in what `split_reads` takes.
+
 The commands are queued and their replies split in this module only, so the snapshot never counts
 positions. A command that failed (XINFO of a missing stream, a key of another type) comes back in place
 as an error (services.runtime), read here as None.
@@ -20,7 +23,7 @@ STREAM_SUMMARY = LuaScript.beside(__file__, "stream_summary.lua")
 TOP10_FIELDS = ("updated_us", "stream_id", "timestamp", "bids", "asks", "status", "reason")
 """The fields of a top10 hash the snapshot shows, in the order `Top10` is built from."""
 HEAD = 2
-"""Commands before the per-symbol ones: the server's TIME and the l2builder members."""
+"""Replies before the per-symbol ones: the server's TIME (asked beside the pipeline) and the l2builder members."""
 PER_SYMBOL = 8
 """Commands per symbol: summary and groups of both streams, lease, epoch, lease TTL, top10 hash."""
 
@@ -54,13 +57,13 @@ class RedisReads:
         return int(seconds) * 1000 + int(micros) // 1000
 
 
-def queue_reads(pipe: redis.client.Pipeline, keys: Keys, names: Sequence[str]) -> None:
-    """Queue the snapshot's reads of `names` on `pipe`, in the order `split_reads` expects."""
-    pipe.time()
+def queue_reads(pipe: redis.client.Pipeline | redis.cluster.ClusterPipeline, keys: Keys, names: Sequence[str]) -> None:
+    """Queue the snapshot's reads of `names` on `pipe`, in the order `split_reads` expects after TIME."""
     pipe.zrange(keys.l2builder_members, 0, -1, withscores=True)
     for sym in names:
         for stream in (keys.l2_stream(sym), keys.ob10_stream(sym)):
-            pipe.evalsha(STREAM_SUMMARY.sha, 1, stream)
+            # A cluster pipeline refuses `.evalsha`; it routes the bare command by its key.
+            pipe.execute_command("EVALSHA", STREAM_SUMMARY.sha, 1, stream)  # type: ignore[no-untyped-call]
             pipe.xinfo_groups(stream)
         pipe.get(keys.lease(sym))
         pipe.get(keys.epoch(sym))

@@ -7,7 +7,8 @@ the order written here, tuples as arrays, None as null. Schema `bookstream.statu
      "source": "settings" | "dev",                              # "dev": found through `bookstream dev`'s state file
      "key_prefix": str,
      "redis": {"url": str (password masked), "ok": bool, "error": str|null,
-               "evicting_policy": str|null},                   # maxmemory-policy when it may evict, else null
+               "evicting_policy": str|null,                    # maxmemory-policy when it may evict, else null
+               "nodes": [{"address": str, "ok": bool, "error": str|null}]},   # a cluster's primaries; [] on one server
      "mongo": {"url": str (password masked), "database": str, "ok": bool, "error": str|null},
      "symbols": [{
         "symbol": str,
@@ -32,6 +33,10 @@ the order written here, tuples as arrays, None as null. Schema `bookstream.statu
                           "last_delivered_id": str,
                           "consumers": [{"name": str, "pending": int, "idle_s": float}]}],
               "last_session_alive": bool|null}                  # the liveness key of last_session exists
+
+On a cluster every primary is walked (SCAN on each, so every symbol's keys are found wherever their slot
+lives) and each one's reachability is reported in `redis.nodes`; the per-symbol reads go in one pipeline
+that redis-py's cluster client splits per node.
 
 Fields are only ever added to this schema, never renamed or removed, without changing the version.
 Ages are seconds: of stream entries and top10 keys by the Redis clock (which wrote them), of books by this
@@ -130,11 +135,21 @@ class SymbolStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisNode:
+    """One primary of a cluster, and whether it answered the walk."""
+
+    address: str
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class RedisEndpoint:
     url: str
     ok: bool
     error: str | None
     evicting_policy: str | None = None
+    nodes: tuple[RedisNode, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis
 
 from services.core.entries import StreamEntry, decode_entry
 from services.core.keys import Keys
-from testkit.harness import ServiceProcess, free_port, wait_until
+from testkit.harness import ServiceProcess, free_port, redis_client, wait_until
 from tests.conftest import RunService
 
 Levels = dict[tuple[str, int], tuple[int, float]]
@@ -60,7 +59,7 @@ def start_ingest(run_service: RunService, env: dict[str, str], exchange: Exchang
 
 
 def read_stream(redis_url: str, stream: str) -> list[StreamEntry]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         raw: Any = client.xrange(stream)
     finally:

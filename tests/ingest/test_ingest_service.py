@@ -11,7 +11,7 @@ import redis
 
 from services.core.capture import iter_capture
 from services.core.keys import Keys
-from testkit.harness import RedisServer, free_port, wait_until
+from testkit.harness import RedisServer, free_port, redis_client, wait_until
 from tests.conftest import RunService
 from tests.ingest.streams import (
     health_detail,
@@ -43,8 +43,9 @@ def capture_l2_frames(path: Path) -> list[tuple[str, str]]:
 
 
 def test_a_replayed_capture_lands_byte_for_byte_and_is_recorded_as_received(
-        run_service: RunService, service_env: dict[str, str], redis_url: str, key_prefix: str,
+        run_service: RunService, service_env: dict[str, str], redis_target: str, key_prefix: str,
         captures_dir: Path, tmp_path: Path) -> None:
+    redis_url = redis_target
     capture = captures_dir / "2021-04-17.capture"
     expected = capture_l2_frames(capture)
     symbols = list(dict.fromkeys(symbol for symbol, _ in expected))
@@ -58,7 +59,7 @@ def test_a_replayed_capture_lands_byte_for_byte_and_is_recorded_as_received(
         [session] = sessions_of(l2(redis_url, key_prefix, symbol))
         assert [entry.frame for entry in session] == [text for sym, text in expected if sym == symbol]
         assert session[0].action == "partial" and all(entry.table == "orderBookL2" for entry in session)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     assert client.smembers(Keys(key_prefix).symbols) == {symbol.encode() for symbol in symbols}
     client.close()
 
@@ -100,7 +101,8 @@ def test_other_tables_are_published_only_when_asked_for(
 
 
 def test_streams_rebuild_the_exchange_books_exactly_and_stop_leaves_a_gap(
-        run_service: RunService, service_env: dict[str, str], redis_url: str, key_prefix: str) -> None:
+        run_service: RunService, service_env: dict[str, str], redis_target: str, key_prefix: str) -> None:
+    redis_url = redis_target
     exchange = start_exchange(run_service, service_env, "--sim", "--symbols", SIM_SYMBOLS, "--rate", "500",
                               "--seed", "11", "--max-frames", "1500")
     ingest = start_ingest(run_service, service_env, exchange, SIM_SYMBOLS)

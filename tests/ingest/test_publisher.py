@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis as AsyncRedis
 
@@ -20,8 +19,8 @@ from services.ingest.publisher import OPERATION, Publisher
 from services.ingest.session import Entry
 from services.runtime.dependency import DependencyHealth, OperationHealth
 from services.runtime.logs import EventLog
-from services.runtime.redis_wire import RedisWire
-from testkit.harness import RedisServer, free_port
+from services.runtime.redis_wire import open_wire
+from testkit.harness import RedisServer, free_port, node_url, redis_client
 
 BUSY_SCRIPT = """
 local started = redis.call('TIME')
@@ -50,7 +49,7 @@ def entries(keys: Keys, symbols: list[str], count: int, session: str = "s1") -> 
 
 def stream_frames(url: str, stream: str) -> list[tuple[str, str]]:
     """`(seq, frame text or "gap")` of every entry of `stream`."""
-    client = redis.Redis.from_url(url)
+    client = redis_client(url)
     try:
         raw: Any = client.xrange(stream)
     finally:
@@ -66,7 +65,7 @@ def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awa
     health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, metrics.REDIS_UP.labels)
 
     async def main() -> None:
-        wire = RedisWire(url, timeout, "ingest-test", connect_timeout=timeout)
+        wire = open_wire(url, timeout, "ingest-test", connect_timeout=timeout)
         publisher = Publisher(wire, Keys(key_prefix).symbols, capacity, 100_000, health, log)
         task = asyncio.create_task(publisher.run())
         try:
@@ -93,9 +92,10 @@ def expected(batch: list[Entry], stream: str) -> list[tuple[str, str]]:
     return [(e.fields["seq"], e.fields.get("frame", e.fields["action"])) for e in batch if e.stream == stream]
 
 
-def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_url: str, key_prefix: str) -> None:
+def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_target: str, key_prefix: str) -> None:
+    redis_url = redis_target
     keys = Keys(key_prefix)
-    batch = entries(keys, ["A", "B", "C"], 3000)
+    batch = entries(keys, ["A", "B", "C", "D", "E", "F"], 3000)
     gap = Entry(keys.l2_stream("A"), "A", encode_gap("orderBookL2", "s1", 1001, 5, "closed"), time.perf_counter_ns())
     before = sample("bookstream_ingest_entries_published_total", kind="gap")
 
@@ -107,11 +107,11 @@ def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_
 
     status = run_publisher(redis_url, key_prefix, feed)
     assert status.up is True
-    for symbol in "ABC":
+    for symbol in "ABCDEF":
         want = expected(batch, keys.l2_stream(symbol)) + ([("1001", "gap")] if symbol == "A" else [])
         assert stream_frames(redis_url, keys.l2_stream(symbol)) == want
-    client = redis.Redis.from_url(redis_url)
-    assert client.smembers(keys.symbols) == {b"A", b"B", b"C"}
+    client = redis_client(redis_url)
+    assert client.smembers(keys.symbols) == {symbol.encode() for symbol in "ABCDEF"}
     client.close()
     assert sample("bookstream_ingest_entries_published_total", kind="gap") == before + 1
 
@@ -132,10 +132,11 @@ def test_the_buffer_bound_is_reported_and_room_comes_back_as_redis_catches_up(re
     assert len(stream_frames(redis_url, keys.l2_stream("A"))) == 120
 
 
-def test_a_stream_redis_refuses_for_good_is_dropped_loudly_and_the_others_go_on(redis_url: str,
+def test_a_stream_redis_refuses_for_good_is_dropped_loudly_and_the_others_go_on(redis_target: str,
                                                                                  key_prefix: str) -> None:
+    redis_url = redis_target
     keys = Keys(key_prefix)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     client.set(keys.l2_stream("B"), "not a stream")
     batch = entries(keys, ["A", "B"], 200)
     dropped = sample("bookstream_ingest_dropped_entries_total", reason="redis_refused")
@@ -179,9 +180,11 @@ def test_entries_buffered_while_redis_is_down_land_once_when_it_is_back(redis_se
         assert stream_frames(redis_server.url, stream) == expected(first, stream) + expected(second, stream)
 
 
-def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_prefix: str,
+def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_target: str, key_prefix: str,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    """Redis busy past the socket timeout: the publisher gives up on a batch Redis then applies anyway."""
+    """Redis busy past the socket timeout: the publisher gives up on a batch Redis then applies anyway (on a
+    cluster, the node of A's stream is busy while the others answer at once)."""
+    redis_url = redis_target
     keys = Keys(key_prefix)
     warm_up, batch = entries(keys, ["A", "B", "C"], 3), entries(keys, ["A", "B", "C"], 300, session="s2")
     errors = sample("bookstream_ingest_redis_errors_total", operation="publish")
@@ -189,7 +192,7 @@ def test_a_batch_whose_reply_was_lost_is_not_appended_twice(redis_url: str, key_
     async def feed(publisher: Publisher) -> None:
         publisher.append(warm_up)  # the connection is open and the script loaded before Redis stalls
         await until_empty(publisher)
-        blocker = AsyncRedis.from_url(redis_url)
+        blocker = AsyncRedis.from_url(node_url(redis_url, keys.l2_stream("A")))
         busy: asyncio.Future[Any] = asyncio.ensure_future(blocker.eval(BUSY_SCRIPT, 0, 1_000_000))
         await asyncio.sleep(0.1)
         publisher.append(batch)

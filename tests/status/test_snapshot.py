@@ -18,18 +18,24 @@ from rich.console import Console
 
 from services.core.entries import StreamEntry, encode_entry, encode_gap
 from services.core.keys import L2BUILDER_GROUP, TOP10_GROUP, Keys
+from services.core.slots import cluster_node_urls, is_cluster_url, key_slot
 from services.dev.state import DevState, write_state
 from services.l2builder.store import book_document
 from services.l2builder.symbol_state import SymbolState
 from services.status.collect import Collector
 from services.status.problems import Thresholds, analyze
 from services.status.render import render_status
-from testkit.harness import RedisServer, base_env, bookstream_argv, free_port
+from testkit.harness import RedisClusterServers, RedisServer, base_env, bookstream_argv, free_port
+
+Client = redis.Redis | redis.RedisCluster
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+def client(request: pytest.FixtureRequest) -> Iterator[Client]:
+    """A client of the test's Redis: its `redis_target` when it takes one, else the session's server."""
+    url = str(request.getfixturevalue("redis_target" if "redis_target" in request.fixturenames else "redis_url"))
+    connection: Client = (redis.RedisCluster.from_url(cluster_node_urls(url)[0], decode_responses=True)
+                          if is_cluster_url(url) else redis.Redis.from_url(url, decode_responses=True))
     yield connection
     connection.close()
 
@@ -42,12 +48,12 @@ def books(mongo_url: str, mongo_database: str) -> Iterator[pymongo.collection.Co
     mongo.close()
 
 
-def append(client: redis.Redis, stream: str, fields: dict[str, str]) -> None:
+def append(client: Client, stream: str, fields: dict[str, str]) -> None:
     # A comprehension takes redis-py's field type from context, where dict[str, str] is invariantly rejected.
     client.xadd(stream, {name: value for name, value in fields.items()})
 
 
-def entry_ids(client: redis.Redis, stream: str) -> list[str]:
+def entry_ids(client: Client, stream: str) -> list[str]:
     return [str(entry_id) for entry_id, _fields in client.xrange(stream) or ()]
 
 
@@ -55,7 +61,7 @@ LEASE_MS = 600_000
 """Far longer than any test takes, so that the lease and the member are still there however slow the host."""
 
 
-def make_system(client: redis.Redis, books: pymongo.collection.Collection[dict[str, object]], prefix: str) -> None:
+def make_system(client: Client, books: pymongo.collection.Collection[dict[str, object]], prefix: str) -> None:
     """XBTUSD healthy and owned; ETHUSD unowned with a stale book and a dead consumer; SOLUSD only in MongoDB."""
     keys = Keys(prefix)
     now = dt.datetime.now(dt.UTC)
@@ -95,11 +101,11 @@ def make_system(client: redis.Redis, books: pymongo.collection.Collection[dict[s
 
 
 def test_collect_reads_streams_groups_owners_keys_and_books(
-        client: redis.Redis, books: pymongo.collection.Collection[dict[str, object]], redis_url: str, mongo_url: str,
+        client: Client, books: pymongo.collection.Collection[dict[str, object]], redis_target: str, mongo_url: str,
         mongo_database: str, key_prefix: str) -> None:
     started = time.monotonic()
     make_system(client, books, key_prefix)
-    collector = Collector(redis_url, mongo_url, mongo_database, key_prefix)
+    collector = Collector(redis_target, mongo_url, mongo_database, key_prefix)
     try:
         raw = collector.collect()
         time.sleep(0.05)
@@ -110,6 +116,7 @@ def test_collect_reads_streams_groups_owners_keys_and_books(
     # of clock granularity): bounds of this run, whatever the host's speed.
     took = time.monotonic() - started + 1.0
     assert snap.redis.ok and snap.mongo.ok
+    assert [node.ok for node in snap.redis.nodes] == ([True] * 3 if is_cluster_url(redis_target) else [])
     by_symbol = {status.symbol: status for status in snap.symbols}
     assert list(by_symbol) == ["ETHUSD", "SOLUSD", "XBTUSD"]
 
@@ -188,7 +195,7 @@ def status(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes
     return subprocess.run([*bookstream_argv(), "status", *args], capture_output=True, timeout=60, env=env)
 
 
-def test_status_json_document(client: redis.Redis, books: pymongo.collection.Collection[dict[str, object]],
+def test_status_json_document(client: Client, books: pymongo.collection.Collection[dict[str, object]],
                               service_env: dict[str, str], key_prefix: str) -> None:
     make_system(client, books, key_prefix)
     result = status("--json", env=service_env)
@@ -219,7 +226,7 @@ def test_status_masks_passwords_and_exits_1_when_redis_is_down(tmp_path: Path) -
     assert b"hunter2" not in result.stdout + result.stderr
 
 
-def test_status_finds_the_stack_of_bookstream_dev(client: redis.Redis, redis_url: str, mongo_url: str,
+def test_status_finds_the_stack_of_bookstream_dev(client: Client, redis_url: str, mongo_url: str,
                                                   mongo_database: str, key_prefix: str, tmp_path: Path) -> None:
     client.sadd(Keys(key_prefix).symbols, "XBTUSD")
     append(client, Keys(key_prefix).l2_stream("XBTUSD"), encode_entry("{}", "orderBookL2", "partial", "s", 1, 1))
@@ -244,12 +251,12 @@ def test_status_finds_the_stack_of_bookstream_dev(client: redis.Redis, redis_url
     assert orjson.loads(status("--json", env=env).stdout)["source"] == "settings"
 
 
-def redis_now_ms(client: redis.Redis) -> int:
+def redis_now_ms(client: Client) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def test_status_tells_a_quiet_market_from_a_lost_ingest(client: redis.Redis, service_env: dict[str, str],
+def test_status_tells_a_quiet_market_from_a_lost_ingest(client: Client, service_env: dict[str, str],
                                                         key_prefix: str) -> None:
     keys = Keys(key_prefix)
     client.sadd(keys.symbols, "XBTUSD")
@@ -296,7 +303,7 @@ def test_status_warns_of_an_evicting_redis(redis_server: RedisServer, mongo_url:
 
 
 def test_status_prints_no_terminal_escape_and_no_name_that_is_not_a_symbol(
-        client: redis.Redis, books: pymongo.collection.Collection[dict[str, object]], service_env: dict[str, str],
+        client: Client, books: pymongo.collection.Collection[dict[str, object]], service_env: dict[str, str],
         key_prefix: str) -> None:
     keys = Keys(key_prefix)
     client.sadd(keys.symbols, "XBTUSD", "\x1b[31mEVIL")
@@ -337,3 +344,36 @@ def test_status_accepts_the_mongodb_uris_of_real_deployments(mongo: str, tmp_pat
     table = status(env=env)
     assert b"hunter2" not in result.stdout + result.stderr + table.stdout + table.stderr
     assert b"Traceback" not in result.stderr + table.stderr
+
+
+def test_on_a_cluster_every_primary_is_walked_and_a_dead_one_is_named(
+        redis_cluster: RedisClusterServers, mongo_url: str, mongo_database: str, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    symbols = [f"S{number}" for number in range(12)]
+    primaries = redis_cluster.primaries()
+    assert {redis_cluster.owner(key_slot(sym)).port for sym in symbols} == {node.port for node in primaries}
+    writer = redis.RedisCluster.from_url(cluster_node_urls(redis_cluster.url)[0])
+    for sym in symbols:  # streams only: the symbol set does not name them, the walk must find them
+        append(writer, keys.l2_stream(sym), encode_entry("{}", "orderBookL2", "update", "sess1", 1, 1))
+    writer.close()
+    collector = Collector(redis_cluster.url, mongo_url, mongo_database, key_prefix)
+    try:
+        snap = analyze(collector.collect(), None, Thresholds())
+        assert [status.symbol for status in snap.symbols] == sorted(symbols)
+        assert all(status.l2 is not None and status.l2.length == 1 for status in snap.symbols)
+        assert sorted(node.address for node in snap.redis.nodes) == sorted(f"127.0.0.1:{node.port}"
+                                                                           for node in primaries)
+
+        victim = redis_cluster.owner(key_slot("S0"))
+        victim.kill()
+        try:
+            down = analyze(collector.collect(), None, Thresholds())
+        finally:
+            victim.start()
+            redis_cluster.wait_ok()
+    finally:
+        collector.close()
+    assert not down.redis.ok
+    assert [node.address for node in down.redis.nodes if not node.ok] == [f"127.0.0.1:{victim.port}"]
+    [detail] = [problem.detail for problem in down.problems if problem.kind == "redis_node_unreachable"]
+    assert detail.startswith(f"cluster primary 127.0.0.1:{victim.port}: ")

@@ -53,6 +53,10 @@ def test_environment_then_flag_override() -> None:
         ({"SYMBOLS": "A" * 33}, "SYMBOLS", "invalid symbol"),
         ({"REDIS_URL": "notaurl"}, "REDIS_URL", "scheme"),
         ({"REDIS_URL": "redis://host:99999"}, "REDIS_URL", "not a valid URL"),
+        ({"REDIS_URL": "http://host"}, "REDIS_URL", "redis+cluster"),
+        ({"REDIS_URL": "redis+cluster:///"}, "REDIS_URL", "at least one node"),
+        ({"REDIS_URL": "redis+cluster://h1:7000,h2:99999/"}, "REDIS_URL", "not a valid URL"),
+        ({"REDIS_URL": "redis+cluster://h1:7000/2"}, "REDIS_URL", "database 0"),
         ({"MONGO_CONNECTION_STRING": "http://x"}, "MONGO_CONNECTION_STRING", "scheme"),
         ({"BITMEX_WS_URL": "ws://"}, "BITMEX_WS_URL", "no host"),
         ({"FLUSH_INTERVAL": "-1"}, "FLUSH_INTERVAL", ">= 0"),
@@ -182,3 +186,32 @@ def test_every_setting_is_read_by_some_subcommand() -> None:
     """A setting no subcommand lists keeps its default everywhere: it would be documented but dead."""
     used = {field for fields in SERVICE_SETTINGS.values() for field in fields}
     assert {setting.field for setting in SETTINGS} - used == set()
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://h1:7000,h2:7001/", "rediss+cluster://u:pw@h1:7000/0?ssl_cert_reqs=none",
+                                 "redis+cluster://h1:7000"])
+def test_a_cluster_is_named_by_its_seed_nodes(url: str) -> None:
+    assert load_settings(None, environ={"REDIS_URL": url}).redis_url == url
+
+
+def test_a_bad_cluster_url_is_one_line_with_the_password_masked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"REDIS_URL": "rediss+cluster://u:s3cret@h1:7000,h2:bad/"})
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL='rediss+cluster://u:***@h1:7000,h2:bad/'") and "port" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("service", ["top10", "l2builder"])
+def test_consumers_not_yet_ported_refuse_a_cluster_in_one_line(service: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(parse([], service), environ={"REDIS_URL": "redis+cluster://u:s3cret@h1:7000,h2:7001/"})
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL='redis+cluster://u:***@h1:7000,h2:7001/'") and service in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("service", ["ingest", "status"])
+def test_ingest_and_status_take_a_cluster(service: str) -> None:
+    url = "redis+cluster://h1:7000,h2:7001/"
+    assert load_settings(parse([], service), environ={"REDIS_URL": url}).redis_url == url

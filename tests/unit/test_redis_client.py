@@ -8,12 +8,22 @@ from typing import Any, cast
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from services.core.entries import decode_entry, encode_entry
+from services.core.keys import Keys
 from services.runtime.logs import EventLog
-from services.runtime.redis_client import EVICTION_CHECK_INTERVAL, EvictionWatch, connect, stream_pairs
-from testkit.harness import RedisServer
+from services.runtime.redis_client import (
+    EVICTION_CHECK_INTERVAL,
+    EvictionWatch,
+    connect,
+    sessions_alive,
+    slot_groups,
+    stream_pairs,
+)
+from services.runtime.scripts import LuaScript
+from testkit.harness import RedisServer, free_port
 
 
 def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:
@@ -81,3 +91,42 @@ def test_the_eviction_watch_logs_each_change_once_and_shows_it_in_healthz(
     assert asyncio.run(check(3 * EVICTION_CHECK_INTERVAL)) == {}
     assert [(record.getMessage(), record.levelname) for record in caplog.records] == [
         ("redis_evicting", "WARNING"), ("redis_eviction_safe", "INFO")]
+
+
+def test_a_cluster_url_gives_a_cluster_client_whose_scripts_and_reads_run_per_slot(
+        redis_cluster_url: str, key_prefix: str) -> None:
+    streams = [f"{key_prefix}:l2:{{S{number}}}" for number in range(9)]
+    script = LuaScript("return redis.call('XLEN', KEYS[1]) + #KEYS")
+
+    async def scenario() -> tuple[list[list[str]], list[Any], dict[str, bool]]:
+        client = connect(redis_cluster_url, 5.0, "cluster-client-test")
+        try:
+            assert isinstance(client, RedisCluster)
+            for stream in streams:
+                await client.xadd(stream, {"frame": "{}"})
+            await client.script_flush()  # every primary forgets it: run_each loads it again and resends
+            groups = slot_groups(client, streams)
+            replies = await script.run_each(client, [(group, ()) for group in groups])
+            [(_, fields)] = cast(list[tuple[bytes, list[bytes]]], await client.xrange(streams[0]))
+            assert isinstance(fields, list)  # raw, as on one server
+            alive = await sessions_alive(client, Keys(key_prefix), ["nobody", "somebody"])
+            return groups, replies, alive
+        finally:
+            await client.aclose()
+
+    groups, replies, alive = asyncio.run(scenario())
+    assert len(groups) == 9 and sorted(stream for group in groups for stream in group) == sorted(streams)
+    assert replies == [2] * 9
+    assert alive == {"nobody": False, "somebody": False}
+
+
+def test_an_unreachable_cluster_raises_a_redis_error() -> None:
+    async def scenario() -> None:
+        client = connect(f"redis+cluster://127.0.0.1:{free_port()}/", 1.0)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    with pytest.raises(redis.RedisError, match="cannot be connected"):
+        asyncio.run(scenario())
