@@ -19,6 +19,7 @@ import orjson
 import pymongo
 import redis
 
+from services.core.activity import signal_command
 from services.core.bookdoc import book_levels
 from services.core.capture import iter_capture
 from services.core.entries import encode_entry, encode_gap
@@ -106,10 +107,13 @@ class Feed:
         self.alive = alive
         self.seq: dict[str, int] = defaultdict(int)
         self.last_id: dict[str, str] = {}
+        self._signalled: set[str] = set()
+        """Symbols appended to in the pipeline being built: its activity signal names them."""
 
     def _add(self, symbol: str, fields: dict[str, str], pipe: Any) -> None:
         pipe.xadd(self.keys.l2_stream(symbol), fields)
         pipe.sadd(self.keys.symbols, symbol)
+        self._signalled.add(symbol)
 
     def _next_seq(self, symbol: str) -> int:
         self.seq[symbol] += 1
@@ -135,11 +139,17 @@ class Feed:
         self._record([symbol], self._execute(pipe))
 
     def _execute(self, pipe: Any) -> list[Any]:
-        """Run the pipeline; its replies, two per entry, without that of the liveness write."""
-        if not self.alive:
-            return cast(list[Any], pipe.execute())
-        pipe.set(self.keys.ingest_alive(self.session), "feed")
-        return cast(list[Any], pipe.execute()[:-1])
+        """Run the pipeline, with the activity signal (services.core.activity) and, `alive`, the liveness
+        write; the replies, two per entry."""
+        extra = [signal_command(self.keys.activity("l2"), self._signalled)] if self._signalled else []
+        self._signalled = set()
+        for command in extra:
+            pipe.execute_command(*command)
+        if self.alive:
+            pipe.set(self.keys.ingest_alive(self.session), "feed")
+            extra.append(("SET",))
+        replies = cast(list[Any], pipe.execute())
+        return replies[:len(replies) - len(extra)]
 
     def skip_seq(self, symbol: str) -> None:
         """Lose the next entry, as if ingest's write had vanished (a hole)."""

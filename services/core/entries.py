@@ -6,8 +6,8 @@ consumers that frames may be missing from here on, so the book must wait for a f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 from services.core.keys import SESSION_PATTERN
 from services.core.text import excerpt
@@ -154,3 +154,10 @@ def parse_stream_id(stream_id: str) -> tuple[int, int]:
         return int(ms), int(seq or 0)
     except ValueError:
         raise EntryError(f"not a stream id: {stream_id!r}") from None
+
+
+def stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:
+    """A raw XREADGROUP reply as (stream key, entries) pairs, whichever protocol version shaped it."""
+    if not reply:
+        return ()
+    return cast(Iterable[tuple[bytes, list[Any]]], reply.items() if isinstance(reply, dict) else reply)

@@ -2,8 +2,8 @@
 
 Per-symbol keys wrap the symbol in braces (`bitmex:l2:{XBTUSD}`): a Redis Cluster hash tag, so a symbol's
 streams, top-10 key, lease and epoch share one slot and a Lua script or a pipeline may touch them together.
-Set-wide keys (`symbols`, `control`, `l2builder:members`, `alive:<session>`) each live in a slot of their
-own: no command ever names one of them together with another key.
+Set-wide keys (`symbols`, `control`, `activity:<kind>`, `l2builder:members`, `alive:<session>`) each live
+in a slot of their own: no command ever names one of them together with another key.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ SESSION_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 """What an ingest session id may look like: it becomes part of a Redis key (the session's liveness key), a
 log field and a document, so one read from a stream entry or a key is checked against this first."""
 
+ACTIVITY_KINDS = frozenset({"l2", "ob10"})
+"""The stream kinds whose appends are announced on an activity stream (services.core.activity)."""
 TOP10_GROUP = "top10"
 L2BUILDER_GROUP = "l2builder"
 BOOKS_COLLECTION = "orderbooks"
@@ -53,6 +55,16 @@ class Keys:
     def top10(self, symbol: str) -> str:
         """The cached orderBook10 hash, and the PUBLISH channel announcing its changes (in its symbol's slot)."""
         return f"{self.prefix}:top10:{{{symbol}}}"
+
+    def activity(self, kind: str) -> str:
+        """The activity stream of the `kind` (`l2`, `ob10`) streams: which symbols just got entries
+        (services.core.activity)."""
+        return f"{self.prefix}:activity:{kind}"
+
+    def stream_activity(self, stream: str) -> str | None:
+        """The activity stream that announces entries of `stream`, None for a stream without one."""
+        kind = stream[len(self.prefix) + 1:].partition(":")[0]
+        return self.activity(kind) if kind in ACTIVITY_KINDS else None
 
     @property
     def control(self) -> str:

@@ -6,6 +6,9 @@ loop keeps receiving. On a Redis Cluster a script may only touch keys of one slo
 `EVALSHA` per slot (per symbol: its streams share its hash tag), all sent in one call of the `ClusterWire`,
 which writes them to their primaries at once. A frame arriving alone is sent alone at once (low latency at
 a low rate); frames arriving during a round trip go together in the next one (high throughput at a high rate).
+After its entries, a batch appends one signal per activity stream naming the symbols it appended to, so
+that readers read only those streams (services.core.activity): in the same call on one server, in the next
+on a cluster, whose nodes run a call's commands side by side.
 
 Why a script rather than a pipeline of XADDs: this process has one reply to read per batch instead of
 one per XADD, at the price of more work in Redis, and this process is the one that runs out of CPU first
@@ -36,7 +39,9 @@ from typing import Any, Final
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from services.core.activity import signal_command
 from services.core.entries import GAP_ACTION
+from services.core.keys import Keys
 from services.ingest import metrics
 from services.ingest.session import Entry
 from services.runtime.dependency import DependencyHealth
@@ -65,14 +70,14 @@ class RedisRefused(RedisError):
 class Publisher:
     """The bounded buffer of entries and the task that appends them to their streams."""
 
-    def __init__(self, wire: Wire, symbols_key: str, capacity: int, maxlen: int,
+    def __init__(self, wire: Wire, keys: Keys, capacity: int, maxlen: int,
                  redis_health: DependencyHealth, log: EventLog) -> None:
         """`wire` is the publisher's own connection: batches must not queue behind other commands."""
         self.capacity = capacity
         # Reading resumes only once a tenth of the buffer is free again, not at the first free slot, so a
         # long catch-up after an outage is not a pause/resume cycle per batch.
         self._resume_at = capacity - max(1, capacity // 10)
-        self._wire, self._symbols_key, self._maxlen = wire, symbols_key, maxlen
+        self._wire, self._keys, self._symbols_key, self._maxlen = wire, keys, keys.symbols, maxlen
         self._health, self._log = redis_health, log
         self._buffer: deque[Entry] = deque()
         self._wake = asyncio.Event()
@@ -188,7 +193,13 @@ class Publisher:
         commands = [self._sadd_command(new_symbols)] if new_symbols else []
         started = time.perf_counter_ns()
         self._unconfirmed, self._unconfirmed_on = len(batch), self._wire.client_ids
-        replies = await self._wire.call(commands + scripts)
+        signals = self._signal_commands(batch)
+        # One server runs a call's commands in order, so the signals can follow the entries in the same
+        # call; a cluster only per node, so there they go once the entries are in.
+        same_call = signals if self._wire.ordered else []
+        replies = await self._wire.call(commands + scripts + same_call)
+        if same_call:
+            replies, signal_replies = replies[:-len(same_call)], replies[-len(same_call):]
         outcomes = replies[len(commands):]
         missing = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
@@ -208,7 +219,16 @@ class Publisher:
         failures: dict[str, tuple[int, str]] = {}
         for group, outcome in zip(groups, outcomes, strict=True):
             failures |= _first_failures(batch, group, outcome)
-        self._settle(batch, failures, done)
+        try:
+            if signals and not same_call:
+                # Before settling, which raises when some stream refused: the others' entries are in.
+                signal_replies = await self._wire.call(signals)
+        finally:
+            self._settle(batch, failures, done)  # whatever the signals' fate: these entries must not go again
+        for reply in signal_replies if signals else ():
+            if isinstance(reply, ResponseError):
+                # The entries are in: a lost signal only delays their readers (services.core.activity).
+                raise RedisRefused(f"the activity signal was refused: {reply}")
         if new_symbols:
             if isinstance(replies[0], ResponseError):
                 # The entries landed, but consumers find symbols by the set: retried with the next batch.
@@ -235,6 +255,15 @@ class Publisher:
             for item in fields.items():
                 argv += item
         return XADD_BATCH.command(streams, argv)
+
+    def _signal_commands(self, batch: list[Entry]) -> list[Command]:
+        """One XADD per activity stream naming the symbols `batch` appends to (services.core.activity)."""
+        symbols: dict[str, set[str]] = {}
+        for entry in batch:
+            key = self._keys.stream_activity(entry.stream)
+            if key is not None:
+                symbols.setdefault(key, set()).add(entry.symbol)
+        return [signal_command(key, names) for key, names in symbols.items()]
 
     def _sadd_command(self, symbols: set[str]) -> Command:
         return ("SADD", self._symbols_key, *sorted(symbols))

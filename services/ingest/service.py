@@ -60,7 +60,7 @@ class IngestService:
         self._redis_health = DependencyHealth("redis", log, metrics.REDIS_ERRORS.labels, metrics.REDIS_UP.labels)
         publish_wire = open_wire(settings.redis_url, CALL_TIMEOUT, f"ingest:{settings.instance_name}",
                                  REDIS_CONNECT_TIMEOUT)
-        self.publisher = Publisher(publish_wire, keys.symbols, settings.ingest_buffer_frames,
+        self.publisher = Publisher(publish_wire, keys, settings.ingest_buffer_frames,
                                    settings.stream_maxlen, self._redis_health, log)
         self.recorder = None if options.record is None else Recorder(
             options.record, options.record_rotate_bytes, options.record_rotate_seconds)

@@ -1,30 +1,33 @@
 """The Redis side of l2builder: its consumer group on the l2 streams, catch-up ranges, acks and resyncs.
 
 New entries are read with XREADGROUP in the `l2builder` group, under this instance's name, only from the
-streams it owns; so `XINFO GROUPS` shows the lag and `XPENDING` what is read but not yet durable. Entries
-a previous owner read but never made durable are not delivered again by the group: the new owner reads
+streams it owns, those the activity stream named (services.core.activity); so `XINFO GROUPS` shows the lag
+and `XPENDING` what is read but not yet durable. Entries a previous owner read but never made durable are
+not delivered again by the group: the new owner reads
 them with XRANGE from the position stored in MongoDB (`read_range`), which is also how holes are refilled.
 XACK may acknowledge an entry pending under any consumer, so the new owner clears the old one's entries.
 
-The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`: hiredis on bare streams, a
-fraction of redis-py's CPU per round trip, see `python -m bench.wire`), one each because the reader always
-has a read in flight while the flusher acknowledges; everything else goes through redis-py.
+The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`, or `ClusterWire` on a
+cluster: hiredis on bare streams, a fraction of redis-py's CPU per round trip, see `python -m bench.wire`),
+one each because the reader always has a read in flight while the flusher acknowledges; everything else
+goes through redis-py.
 Either way a failure raises a `RedisError` (services.runtime), an error reply to a wire command included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from services.core.entries import RawEntry
+from services.core.activity import ActivityReads
+from services.core.entries import RawEntry, stream_pairs
 from services.core.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, SYMBOL_PATTERN, Keys
-from services.runtime.redis_client import stream_pairs
-from services.runtime.redis_wire import Command, RedisWire
+from services.runtime.redis_wire import Command, Wire, open_wire
 from services.runtime.scripts import LuaScript, raise_first_error
 
 __all__ = ["GroupInfo", "L2Streams", "RawEntry", "StreamHead"]
@@ -55,8 +58,11 @@ class L2Streams:
         `timeout` must be longer than any BLOCK of `read_new`."""
         self.redis, self.keys, self.consumer = redis, keys, consumer
         self._symbol_of: dict[bytes, str] = {}
-        self._reads = RedisWire(url, timeout, f"l2builder:{consumer}:read")
-        self._acks = RedisWire(url, timeout, f"l2builder:{consumer}:ack")
+        self._reads = open_wire(url, timeout, f"l2builder:{consumer}:read")
+        self._acks = open_wire(url, timeout, f"l2builder:{consumer}:ack")
+        self._activity = ActivityReads(keys.activity("l2"))
+        self._was_ready: set[str] = set()
+        """The streams `read_new` was given last time: one new among them is read at once."""
 
     def close(self) -> None:
         self._reads.close()
@@ -91,12 +97,36 @@ class L2Streams:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read_new(self, symbols: list[str], count: int, block_ms: int) -> list[tuple[str, list[RawEntry]]]:
-        """Entries never delivered to the group, from the given streams, as (symbol, entries)."""
-        keys = [self._key(symbol) for symbol in symbols]
-        [reply] = await _call(self._reads, [("XREADGROUP", "GROUP", L2BUILDER_GROUP, self.consumer, "COUNT", count,
-                                             "BLOCK", block_ms, "STREAMS", *keys, *[">"] * len(keys))])
-        return [(self._symbol_of[key], entries) for key, entries in stream_pairs(reply)]
+    async def read_new(self, ready: Collection[str], count: int, block_ms: int) -> list[tuple[str, list[RawEntry]]]:
+        """Entries never delivered to the group, as (symbol, entries), from those of the `ready` streams
+        that the activity stream named (all of them when a full read is due: services.core.activity).
+
+        One call: an XREADGROUP per slot group of the streams to read, then the read of new signals, which
+        blocks `block_ms` only when there is nothing to read. Those signals name the streams of the next
+        call. A failed call has every stream read in full next time."""
+        activity = self._activity
+        new = [symbol for symbol in ready if symbol not in self._was_ready]
+        if new or len(self._was_ready) != len(ready):
+            activity.wake(new)  # just made ready: entries signalled before are waiting
+            self._was_ready = set(ready)
+        plan = activity.plan(ready, time.monotonic())
+        keys = [self._key(symbol) for symbol in plan.symbols]
+        reads: list[Command] = [("XREADGROUP", "GROUP", L2BUILDER_GROUP, self.consumer, "COUNT", count, "STREAMS",
+                                 *[keys[index] for index in group], *[">"] * len(group))
+                                for group in self._reads.slot_groups(keys)]
+        signal = activity.signal_read(None if reads else block_ms)
+        learning = activity.learning
+        try:
+            replies = await _call(self._reads, [signal, *reads] if learning else [*reads, signal])
+        except RedisError:
+            activity.read_failed()
+            raise
+        signal_reply, read_replies = (replies[0], replies[1:]) if learning else (replies[-1], replies[:-1])
+        batch = [(self._symbol_of[key], entries) for reply in read_replies for key, entries in stream_pairs(reply)]
+        activity.read_done(plan, time.monotonic(),
+                           [symbol for symbol, entries in batch if len(entries) >= count])
+        activity.signals(signal_reply)
+        return batch
 
     async def read_range(self, symbol: str, after: str | None, until: str, count: int) -> list[RawEntry]:
         """Up to `count` entries with `after` < id <= `until` (`until` may be `+` or `(id` for exclusive)."""
@@ -178,7 +208,7 @@ class L2Streams:
             await pipe.execute(raise_on_error=False)
 
 
-async def _call(wire: RedisWire, commands: Sequence[Command]) -> list[Any]:
+async def _call(wire: Wire, commands: Sequence[Command]) -> list[Any]:
     """`wire.call`, with the first error reply raised, as redis-py raises it."""
     replies = await wire.call(commands)
     raise_first_error(replies)

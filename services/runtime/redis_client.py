@@ -27,7 +27,7 @@ multi-key command, script and transaction touches keys of one slot (README, "Red
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
@@ -189,13 +189,6 @@ class EvictionWatch:
 def redis_lost_counter(service: str, documentation: str) -> Counter:
     """`bookstream_<service>_redis_lost_total{what}`: Redis state the service relied on and found gone."""
     return Counter(f"bookstream_{service}_redis_lost_total", documentation, ["what"])
-
-
-def stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:
-    """A raw XREADGROUP reply as (stream key, entries) pairs, whichever protocol version shaped it."""
-    if not reply:
-        return ()
-    return cast(Iterable[tuple[bytes, list[Any]]], reply.items() if isinstance(reply, dict) else reply)
 
 
 async def sessions_alive(redis: RedisClient, keys: Keys, sessions: Sequence[str]) -> dict[str, bool]:

@@ -58,6 +58,11 @@ class Wire(Protocol):
         """CLIENT ID of each open connection, by the address of its node."""
         ...
 
+    @property
+    def ordered(self) -> bool:
+        """Whether a call's commands run in the order given (one server), not only per node (a cluster)."""
+        ...
+
     async def connect(self) -> None: ...
 
     async def call(self, commands: Sequence[Command]) -> list[Any]: ...
@@ -100,6 +105,10 @@ class RedisWire:
     @property
     def connected(self) -> bool:
         return self._writer is not None
+
+    @property
+    def ordered(self) -> bool:
+        return True
 
     @property
     def address(self) -> str:
@@ -244,6 +253,10 @@ class ClusterWire:
         for wire in self._nodes.values():
             ids.update(wire.client_ids)
         return ids
+
+    @property
+    def ordered(self) -> bool:
+        return False
 
     @property
     def primaries(self) -> list[Address]:

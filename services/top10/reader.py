@@ -1,8 +1,10 @@
 """The read path of top10: entries read from the group, the newest snapshot per symbol written, entries acked.
 
-New entries go through one `RedisWire` round trip per batch (`process_new`); our own pending entries,
-claimed ones and the shutdown drain through redis-py pipelines (`process`). What to write is decided by the
-pure `plan_batch` (snapshots.py); the scripts decide what a key holds, so a batch redone is harmless.
+New entries go through one wire round trip per batch (`process_new`), reading the streams that the
+activity stream names (services.core.activity); our own pending entries are read on the wire too, and
+written, like claimed ones and the shutdown drain, through redis-py pipelines (`process`). What to write is
+decided by the pure `plan_batch` (snapshots.py); the scripts decide what a key holds, so a batch redone is
+harmless.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
-from redis.typing import KeyT, StreamIdT
 
-from services.core.entries import PendingEntry
+from services.core.activity import ActivityReads
+from services.core.entries import PendingEntry, stream_pairs
 from services.core.keys import TOP10_GROUP, Keys
 from services.core.liveness import SessionTracker
-from services.runtime.redis_client import stream_pairs
-from services.runtime.redis_wire import RedisWire
+from services.runtime.redis_client import RedisClient
+from services.runtime.redis_wire import Command, Wire
 from services.runtime.scripts import LuaScript, raise_first_error
 from services.top10.report import Report
 from services.top10.round_trip import round_trip
@@ -44,7 +45,7 @@ Batch = Iterable[tuple[bytes, list[PendingEntry]]]
 
 
 class Reader:
-    def __init__(self, redis: Redis, wire: RedisWire, keys: Keys, consumer: str, tolerance_us: int,
+    def __init__(self, redis: RedisClient, wire: Wire, keys: Keys, consumer: str, tolerance_us: int,
                  sessions: SessionTracker, streams: Callable[[], dict[str, str]], report: Report) -> None:
         """`streams()` is the symbol -> ob10 stream mapping joined now; `wire` is the read loop's own
         connection, `redis` the one shared with the other loops."""
@@ -56,33 +57,39 @@ class Reader:
         """Entries whose writes are done, acknowledged in the next round trip."""
         self._planned: BatchPlan | None = None
         """The batch read last, written in the next round trip."""
-
-    def forget_unwritten(self) -> None:
-        """After a failed read: what was read and not acknowledged is pending under our name, to read again."""
-        self._unacknowledged, self._planned = {}, None
+        self._activity = ActivityReads(keys.activity("ob10"))
+        self._served: dict[str, str] = {}
+        """The mapping `streams()` gave last: a new one (never changed in place) may have new streams."""
 
     async def process_new(self) -> None:
         """One round trip: acknowledge the batch written last time, write the batch read last time, read on.
 
-        The writes go out in the same pipeline as the next XREADGROUP, so an entry costs one round trip
-        from its arrival to its key, and a busy loop half the system calls (and Redis wake-ups) of a
-        write round trip followed by a read round trip; the round trip goes through `RedisWire`, a
-        fraction of redis-py's CPU per pipeline (`python -m bench.wire`). On a host whose cores are shared
-        with ingest and the exchange, that CPU is what the latency tail is made of. Redis runs the pipeline
-        in order, so the keys are written before the read blocks; their replies arrive with the read's, and
-        the script's reply carries the time of each write. An entry is acknowledged only in the pipeline
-        after the one whose reply showed its write done; so that this is soon, a read sent with writes
-        blocks only briefly.
+        The writes go out in the same call as the next reads, so a busy loop makes half the system calls
+        (and Redis wake-ups) of a write round trip followed by a read round trip; the call goes through the
+        lean wire (`python -m bench.wire`), a fraction of redis-py's CPU per pipeline. On a host whose cores
+        are shared with ingest and the exchange, that CPU is what the latency tail is made of. The reads are
+        XREADGROUPs of the streams the activity stream named (services.core.activity: Redis pays per stream
+        named, and on a cluster one command takes one slot's), then the read of new signals, which blocks
+        only when the call has nothing else to do: after reads, their entries are to be written at once;
+        after writes alone, briefly, so their acknowledgement is soon. Redis runs the commands in order, so
+        the keys are written before anything blocks; the script's reply carries the time of each write. An
+        entry is acknowledged only in the call after the one whose reply showed its write done.
         """
         plan, self._planned = self._planned, None
         writes = list(plan.writes.values()) if plan is not None else []
         gaps = list(plan.gap_marks.values()) if plan is not None else []
         calls, gap_calls = self._store_calls(writes), self._gap_calls(gaps)
-        streams = list(self._streams().values())
-        read_new = ("XREADGROUP", "GROUP", TOP10_GROUP, self._consumer, "COUNT", READ_COUNT,
-                    "BLOCK", WRITING_BLOCK_MS if calls or gap_calls else READ_BLOCK_MS,
-                    "STREAMS", *streams, *(">",) * len(streams))
-        trip = round_trip(self._unacknowledged, calls, gap_calls, read_new)
+        served = self._streams()
+        if served is not self._served:
+            # Streams just joined may hold entries already, signalled before we came.
+            self._activity.wake(served.keys() - self._served.keys())
+            self._served = served
+        read_plan = self._activity.plan(served, time.monotonic())
+        reads = self._read_commands([served[symbol] for symbol in read_plan.symbols], ">")
+        block = None if reads else WRITING_BLOCK_MS if calls or gap_calls else READ_BLOCK_MS
+        learning = self._activity.learning
+        trip = round_trip(self._unacknowledged, calls, gap_calls, reads, self._activity.signal_read(block),
+                          signal_first=learning)
         replies = trip.split(await self._wire.call(trip.commands))
         raise_first_error(replies.acks)
         self._unacknowledged = {}
@@ -91,17 +98,24 @@ class Reader:
             self._report.gap_marks(gaps, await self._retried(MARK_GAP, gap_calls, replies.gap_marks))
             self._report.batch(plan, "new")
             self._unacknowledged = plan.acks
-        if isinstance(replies.read, Exception):
-            raise replies.read
-        batch = list(stream_pairs(replies.read))
+        raise_first_error([*replies.reads, replies.signal])
+        batch = [(stream, entries) for reply in replies.reads for stream, entries in stream_pairs(reply)]
+        self._activity.read_done(read_plan, time.monotonic(), self._filled(batch))
+        self._activity.signals(replies.signal)
         if batch:
             self._planned = self._plan(batch)
 
+    def read_failed(self) -> None:
+        """After a failed call: what was read and not acknowledged is pending under our name, to read again,
+        and every stream is read in full next time (signals may have been missed)."""
+        self._unacknowledged, self._planned = {}, None
+        self._activity.read_failed()
+
     async def process_own_pending(self) -> bool:
         """Process a page of the entries delivered to us but not acknowledged; False once there are none."""
-        streams: dict[KeyT, StreamIdT] = {stream: "0" for stream in self._streams().values()}
-        reply = await self._redis.xreadgroup(TOP10_GROUP, self._consumer, streams, count=READ_COUNT)
-        batch = [(stream, entries) for stream, entries in stream_pairs(reply) if entries]
+        replies = await self._wire.call(self._read_commands(list(self._streams().values()), "0"))
+        raise_first_error(replies)
+        batch = [(stream, entries) for reply in replies for stream, entries in stream_pairs(reply) if entries]
         if not batch:
             return False
         await self.process(batch, "pending")
@@ -135,6 +149,16 @@ class Reader:
             results = await run_pipelined(self._redis, script, calls)
         raise_first_error(results)
         return results
+
+    def _read_commands(self, streams: list[str], after: str) -> list[Command]:
+        """XREADGROUPs of `streams` from `after` (`>`: new entries, `0`: our pending ones), one per slot group."""
+        return [("XREADGROUP", "GROUP", TOP10_GROUP, self._consumer, "COUNT", READ_COUNT, "STREAMS",
+                 *[streams[index] for index in group], *(after,) * len(group))
+                for group in self._wire.slot_groups(streams)]
+
+    def _filled(self, batch: list[tuple[bytes, list[PendingEntry]]]) -> list[str]:
+        """The symbols whose read came back with READ_COUNT entries: more may be waiting."""
+        return [self._keys.symbol_of(stream.decode()) for stream, entries in batch if len(entries) >= READ_COUNT]
 
     def _plan(self, batch: Batch) -> BatchPlan:
         streams = []

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis as AsyncRedis
 
+from services.core.activity import signalled_symbols
 from services.core.entries import decode_entry, encode_entry, encode_gap
 from services.core.keys import Keys
 from services.ingest import metrics
@@ -66,7 +67,7 @@ def run_publisher(url: str, key_prefix: str, scenario: Callable[[Publisher], Awa
 
     async def main() -> None:
         wire = open_wire(url, timeout, "ingest-test", connect_timeout=timeout)
-        publisher = Publisher(wire, Keys(key_prefix).symbols, capacity, 100_000, health, log)
+        publisher = Publisher(wire, Keys(key_prefix), capacity, 100_000, health, log)
         task = asyncio.create_task(publisher.run())
         try:
             await scenario(publisher)
@@ -112,6 +113,11 @@ def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_
         assert stream_frames(redis_url, keys.l2_stream(symbol)) == want
     client = redis_client(redis_url)
     assert client.smembers(keys.symbols) == {symbol.encode() for symbol in "ABCDEF"}
+    # Every batch announced what it appended (services.core.activity), and only the l2 stream's signal exists.
+    signals: Any = client.xrange(keys.activity("l2"))
+    assert signals, "no activity signal written"
+    _, named = signalled_symbols(signals)
+    assert named == set("ABCDEF") and not client.exists(keys.activity("ob10"))
     client.close()
     assert sample("bookstream_ingest_entries_published_total", kind="gap") == before + 1
 

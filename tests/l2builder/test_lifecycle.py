@@ -13,7 +13,7 @@ from services.l2builder.phase import Phase
 from services.l2builder.worker import L2Builder
 from services.runtime.config import load_settings
 from testkit.l2feeds import Books, Feed, make_frame
-from tests.l2builder.driven import own_live_book
+from tests.l2builder.driven import own_live_book, read_delivered
 
 
 def test_a_hand_off_called_off_catches_up_what_was_delivered_meanwhile(
@@ -30,7 +30,7 @@ def test_a_hand_off_called_off_catches_up_what_was_delivered_meanwhile(
             assert owned.state is not None and owned.state.seq == 1
 
             feed.frames([make_frame("XBTUSD", "insert", [(3, "Buy", 5, 99.0)])])
-            delivered = await builder.streams.read_new(["XBTUSD"], 100, 100)  # a read issued before the hand-off
+            delivered = await read_delivered(builder, "XBTUSD")  # a read issued before the hand-off
             builder.restorer.rebalance("XBTUSD", owned, moving=True)
             assert owned.releasing and builder._read_ahead() is None, "a symbol handed off is no longer read"
             for symbol, entries in delivered:

@@ -13,6 +13,7 @@ import orjson
 import redis
 from redis.typing import EncodableT, FieldT
 
+from services.core.activity import signal_command
 from services.core.entries import encode_entry
 from services.core.keys import INGEST_ALIVE_RENEW, INGEST_ALIVE_TTL_MS, TOP10_GROUP, Keys
 from testkit.harness import ServiceProcess, wait_until
@@ -74,7 +75,10 @@ def add(client: redis.Redis, keys: Keys, *snapshots: Snapshot, seq: int = 1, ses
             pipe.sadd(keys.symbols, item.symbol)
         fields = encode_entry(item.frame(), "orderBook10", "update", session, seq + offset, time.time_ns() // 1000)
         pipe.xadd(keys.ob10_stream(item.symbol), _fields(fields))
-    replies = pipe.execute()
+    if snapshots:
+        signal = signal_command(keys.activity("ob10"), [item.symbol for item in snapshots])
+        pipe.execute_command(*signal)  # type: ignore[no-untyped-call]
+    replies = pipe.execute()[:len(snapshots) * (2 if register else 1)]
     ids = [_text(reply) for reply in (replies[1::2] if register else replies)]
     return [Snapshot(item.symbol, item.ts_us, item.bids, item.asks, stream_id)
             for item, stream_id in zip(snapshots, ids, strict=True)]
@@ -83,7 +87,9 @@ def add(client: redis.Redis, keys: Keys, *snapshots: Snapshot, seq: int = 1, ses
 def add_raw(client: redis.Redis, keys: Keys, symbol: str, fields: dict[str, str]) -> str:
     """XADD arbitrary fields to `symbol`'s ob10 stream, e.g. a malformed entry."""
     client.sadd(keys.symbols, symbol)
-    return _text(client.xadd(keys.ob10_stream(symbol), _fields(fields)))
+    stream_id = _text(client.xadd(keys.ob10_stream(symbol), _fields(fields)))
+    client.execute_command(*signal_command(keys.activity("ob10"), [symbol]))  # type: ignore[no-untyped-call]
+    return stream_id
 
 
 def cached(client: redis.Redis, keys: Keys, symbol: str) -> dict[str, Any]:

@@ -178,21 +178,14 @@ def test_kill_9_with_entries_pending_leaves_nothing_unprocessed(
 
 
 def freeze_with_an_entry_delivered(client: redis.Redis, keys: Keys, doomed: ServiceProcess) -> list[Snapshot]:
-    """SIGSTOP `doomed` while it blocks in XREADGROUP, then XADD: the entry is delivered to it, pending under
-    its name, and never seen, like a crash between delivery and acknowledgement.
-
-    Redis delivers to a blocked reader before it answers the XADD, so the check right after is exact. The
-    process may have been between two reads when frozen; then it is thawed and the next attempt made.
-    """
-    for attempt in range(1, 6):
-        wait_until(lambda: consumers(client, keys, "VICTIM").get("doomed") == 0, 10, "doomed reading")
-        os.kill(doomed.pid, signal.SIGSTOP)
-        victim = add(client, keys, snapshot("VICTIM", 100 + attempt, mid=2000 + attempt))
-        if consumers(client, keys, "VICTIM")["doomed"] == 1:
-            return victim
-        os.kill(doomed.pid, signal.SIGCONT)
-        wait_for_all(client, keys, victim)
-    raise AssertionError("doomed was never frozen inside a blocking read")
+    """SIGSTOP `doomed`, XADD, and read the entry under its name: delivered to it, pending under its name, and
+    never seen, like a crash between delivery and acknowledgement."""
+    wait_until(lambda: consumers(client, keys, "VICTIM").get("doomed") == 0, 10, "doomed reading")
+    os.kill(doomed.pid, signal.SIGSTOP)
+    victim = add(client, keys, snapshot("VICTIM", 101, mid=2001))
+    client.xreadgroup(TOP10_GROUP, "doomed", {keys.ob10_stream("VICTIM"): ">"}, count=10)
+    assert consumers(client, keys, "VICTIM")["doomed"] == 1
+    return victim
 
 
 def test_own_pending_entries_are_processed_first_after_a_restart_under_the_same_name(

@@ -11,7 +11,7 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-from services.core.entries import decode_entry, encode_entry
+from services.core.entries import decode_entry, encode_entry, stream_pairs
 from services.core.keys import Keys
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import (
@@ -20,7 +20,6 @@ from services.runtime.redis_client import (
     connect,
     sessions_alive,
     slot_groups,
-    stream_pairs,
 )
 from services.runtime.scripts import LuaScript
 from testkit.harness import RedisServer, free_port
