@@ -6,9 +6,10 @@ a previous owner read but never made durable are not delivered again by the grou
 them with XRANGE from the position stored in MongoDB (`read_range`), which is also how holes are refilled.
 XACK may acknowledge an entry pending under any consumer, so the new owner clears the old one's entries.
 
-The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`: hiredis on bare streams, a
-fraction of redis-py's CPU per round trip, see `python -m bench.wire`), one each because the reader always
-has a read in flight while the flusher acknowledges; everything else goes through redis-py.
+The hot path, XREADGROUP and XACK, runs on two lean wires (`open_wire`: hiredis on bare streams, a
+fraction of redis-py's CPU per round trip, see `python -m bench.wire`; on a cluster one connection per
+primary, each command routed by its stream's slot), one each because the reader always has a read in
+flight while the flusher acknowledges; everything else goes through redis-py.
 Either way a failure raises a `RedisError` (services.runtime), an error reply to a wire command included.
 """
 
@@ -18,13 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from services.core.entries import RawEntry
 from services.core.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, SYMBOL_PATTERN, Keys
-from services.runtime.redis_client import stream_pairs
-from services.runtime.redis_wire import Command, RedisWire
+from services.runtime.redis_client import RedisClient, stream_pairs
+from services.runtime.redis_wire import Command, Wire, open_wire
 from services.runtime.scripts import LuaScript, raise_first_error
 
 __all__ = ["GroupInfo", "L2Streams", "RawEntry", "StreamHead"]
@@ -50,13 +50,13 @@ class StreamHead:
 
 
 class L2Streams:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, url: str, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, consumer: str, url: str, timeout: float) -> None:
         """`redis` serves the occasional commands; reads and acks open their own connections to `url`, whose
         `timeout` must be longer than any BLOCK of `read_new`."""
         self.redis, self.keys, self.consumer = redis, keys, consumer
         self._symbol_of: dict[bytes, str] = {}
-        self._reads = RedisWire(url, timeout, f"l2builder:{consumer}:read")
-        self._acks = RedisWire(url, timeout, f"l2builder:{consumer}:ack")
+        self._reads = open_wire(url, timeout, f"l2builder:{consumer}:read")
+        self._acks = open_wire(url, timeout, f"l2builder:{consumer}:ack")
 
     def close(self) -> None:
         self._reads.close()
@@ -178,7 +178,7 @@ class L2Streams:
             await pipe.execute(raise_on_error=False)
 
 
-async def _call(wire: RedisWire, commands: Sequence[Command]) -> list[Any]:
+async def _call(wire: Wire, commands: Sequence[Command]) -> list[Any]:
     """`wire.call`, with the first error reply raised, as redis-py raises it."""
     replies = await wire.call(commands)
     raise_first_error(replies)

@@ -11,15 +11,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from redis.typing import KeyT, StreamIdT
 
 from services.core.entries import PendingEntry
 from services.core.keys import TOP10_GROUP, Keys
 from services.core.liveness import SessionTracker
-from services.runtime.redis_client import stream_pairs
-from services.runtime.redis_wire import RedisWire
+from services.runtime.redis_client import RedisClient, stream_pairs
+from services.runtime.redis_wire import Wire
 from services.runtime.scripts import LuaScript, raise_first_error
 from services.top10.report import Report
 from services.top10.round_trip import round_trip
@@ -44,7 +43,7 @@ Batch = Iterable[tuple[bytes, list[PendingEntry]]]
 
 
 class Reader:
-    def __init__(self, redis: Redis, wire: RedisWire, keys: Keys, consumer: str, tolerance_us: int,
+    def __init__(self, redis: RedisClient, wire: Wire, keys: Keys, consumer: str, tolerance_us: int,
                  sessions: SessionTracker, streams: Callable[[], dict[str, str]], report: Report) -> None:
         """`streams()` is the symbol -> ob10 stream mapping joined now; `wire` is the read loop's own
         connection, `redis` the one shared with the other loops."""

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
+from services.runtime.redis_client import RedisClient
 from services.runtime.scripts import LuaScript, ScriptCall, raise_first_error
 from services.top10.snapshots import GapMark, Top10Write
 
@@ -55,7 +55,7 @@ def mark_gap_call(key: str, gap: GapMark) -> ScriptCall:
     return [key], [*gap.position, gap.stream_id, gap.reason, message]
 
 
-async def run_pipelined(redis: Redis, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_pipelined(redis: RedisClient, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
     """Run `script` once per `(keys, args)` in one pipeline; return the replies in order.
 
     Raises the first error other than a NOSCRIPT that a reload cured: a batch is never half-reported as done.

@@ -31,7 +31,7 @@ from services.runtime.dependency import DependencyHealth
 from services.runtime.health import safe_error
 from services.runtime.logs import EventLog
 from services.runtime.redis_client import EvictionWatch, connect
-from services.runtime.redis_wire import RedisWire
+from services.runtime.redis_wire import open_wire
 from services.top10 import group, metrics
 from services.top10.liveness_pass import LivenessPass
 from services.top10.reader import READ_BLOCK_MS, Reader
@@ -60,7 +60,7 @@ class Top10Service:
         # may already have moved to our pending list. The loops below retry, re-reading that list first.
         self._redis = connect(settings.redis_url, SOCKET_TIMEOUT, f"top10:{self._consumer}")
         # The read loop's own connection (see `Reader.process_new`); the other operations use `_redis`.
-        self._wire = RedisWire(settings.redis_url, SOCKET_TIMEOUT, f"top10:{self._consumer}")
+        self._wire = open_wire(settings.redis_url, SOCKET_TIMEOUT, f"top10:{self._consumer}")
         report = Report(settings.timestamp_tolerance)
         self._sessions = SessionTracker()
         self._upkeep = GroupUpkeep(self._redis, keys, self._consumer, report)
