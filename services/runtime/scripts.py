@@ -19,8 +19,8 @@ from redis.exceptions import NoScriptError
 
 from services.core.text import as_text
 from services.runtime.redis_client import RedisClient
-from services.runtime.replicas import ReplicaWait
 from services.runtime.redis_wire import Command
+from services.runtime.replicas import ReplicaWait
 
 Keys = Sequence[str | bytes]
 Args = Sequence[bytes | str | int | float]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-
 from services.core.entries import PendingEntry
 from services.core.keys import TOP10_GROUP
 from services.core.text import as_text
