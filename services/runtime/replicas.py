@@ -11,7 +11,8 @@ primary the writes went to (redis-py sends a cluster pipeline's commands for one
 A primary without replicas gets no WAIT: it would only block for the whole timeout and answer 0, and
 there is no replica a failover could promote. Which primaries have replicas is known from the slot map on
 a cluster (CLUSTER SLOTS lists each slot's replicas) and from `INFO replication` (`connected_slaves`) on
-one server, asked every REPLICAS_CHECK_INTERVAL: one server without replicas pays one INFO per interval.
+one server, asked every REPLICAS_CHECK_INTERVAL: one server without replicas pays one INFO per interval
+(an INFO refused counts as no replica).
 A write whose slot moved during the pipeline (redis-py followed a MOVED on another connection) is not
 confirmed either.
 """
@@ -24,7 +25,7 @@ from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from services.runtime.redis_client import RedisClient
 
@@ -53,7 +54,10 @@ class ReplicaWait:
         """On one server, ask for its replicas when a check is due; a failed ask raises, retried next call."""
         if isinstance(self.redis, RedisCluster) or time.monotonic() - self._checked_at < REPLICAS_CHECK_INTERVAL:
             return
-        info = await self.redis.info("replication")
+        try:
+            info = await self.redis.info("replication")
+        except ResponseError:  # INFO refused (an ACL, a managed Redis): no replica known, as before this guard
+            info = {}
         self._single_replicas = int(info.get("connected_slaves", 0))
         self._checked_at = time.monotonic()
 

@@ -99,7 +99,7 @@ def test_health_fails_when_only_the_reads_fail(
         builder = run_service("l2builder", env=env, name="blind", healthy=False)
         builder.wait_log("event=restored")
         wait_until(lambda: builder.health()[0] == 503, 15, "/healthz to fail while every read is refused")
-        status, body = builder.health()
+        _, body = builder.health()
         assert "NOPERM" in orjson.loads(body)["last_error"]
         assert builder.metric("bookstream_l2builder_redis_errors_total", 'operation="read"') > 0
         assert set(feed.lease_holders().values()) == {env["INSTANCE_NAME"]}  # the ownership loop works
