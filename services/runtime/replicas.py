@@ -11,8 +11,8 @@ primary the writes went to (redis-py sends a cluster pipeline's commands for one
 A primary without replicas gets no WAIT: it would only block for the whole timeout and answer 0, and
 there is no replica a failover could promote. Which primaries have replicas is known from the slot map on
 a cluster (CLUSTER SLOTS lists each slot's replicas) and from `INFO replication` (`connected_slaves`) on
-one server, asked every REPLICAS_CHECK_INTERVAL: one server without replicas pays one INFO per interval
-(an INFO refused counts as no replica).
+one server, each asked again every REPLICAS_CHECK_INTERVAL: one server without replicas pays one INFO per
+interval (an INFO refused counts as no replica).
 A write whose slot moved during the pipeline (redis-py followed a MOVED on another connection) is not
 confirmed either.
 """
@@ -51,8 +51,14 @@ class ReplicaWait:
         self._checked_at = float("-inf")
 
     async def refresh(self) -> None:
-        """On one server, ask for its replicas when a check is due; a failed ask raises, retried next call."""
-        if isinstance(self.redis, RedisCluster) or time.monotonic() - self._checked_at < REPLICAS_CHECK_INTERVAL:
+        """Learn which primaries have replicas when a check is due; a failed ask raises, retried next call."""
+        if time.monotonic() - self._checked_at < REPLICAS_CHECK_INTERVAL:
+            return
+        if isinstance(self.redis, RedisCluster):
+            # redis-py reads the slot map again only after a redirect or an error: a replica added since
+            # would go unseen.
+            await self.redis.nodes_manager.initialize()
+            self._checked_at = time.monotonic()
             return
         try:
             info = await self.redis.info("replication")

@@ -49,6 +49,9 @@ def test_leases_and_epochs_on_every_primary(redis_cluster_url: str, key_prefix: 
         await client.initialize()
         try:
             assert len(primaries_of(client, [keys.lease(symbol) for symbol in SYMBOLS])) == 3
+            while not all(len(nodes) > 1 for nodes in client.nodes_manager.slots_cache.values()):
+                await asyncio.sleep(0.1)  # a cluster just created: its replicas are not all in the slot map yet
+                await client.nodes_manager.initialize()
             one, two = Ownership(client, keys, "one", 5.0), Ownership(client, keys, "two", 5.0)
             assert await one.heartbeat() == (["one"], True)
             assert await two.heartbeat() == (["one", "two"], True)
