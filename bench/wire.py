@@ -44,7 +44,7 @@ CLIENTS = ("redis-py", "redis-py pool", "RedisWire")
 RoundTrip = Callable[[Sequence[Command]], Awaitable[list[Any]]]
 
 
-def redispy_round_trip(client: aioredis.Redis) -> RoundTrip:
+def redispy_round_trip(client: redis_client.RedisClient) -> RoundTrip:
     async def call(commands: Sequence[Command]) -> list[Any]:
         async with client.pipeline(transaction=False) as pipe:
             for command in commands:

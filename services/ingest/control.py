@@ -14,7 +14,6 @@ import asyncio
 import time
 from typing import Any, Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.core.keys import CONTROL_MAXLEN, Keys
@@ -22,6 +21,7 @@ from services.ingest import metrics
 from services.ingest.feed import Feed
 from services.runtime.dependency import DependencyHealth
 from services.runtime.logs import EventLog
+from services.runtime.redis_client import RedisClient
 
 READ_COUNT: Final = 100
 MAX_BLOCK: Final = 1.0
@@ -60,7 +60,7 @@ class ResubscribeSchedule:
 class ControlReader:
     """Follows `<prefix>:control` and asks the feed for the resubscriptions it requests."""
 
-    def __init__(self, redis: Redis, keys: Keys, symbols: tuple[str, ...], feed: Feed, interval: float,
+    def __init__(self, redis: RedisClient, keys: Keys, symbols: tuple[str, ...], feed: Feed, interval: float,
                  redis_health: DependencyHealth, log: EventLog) -> None:
         self._redis, self._stream, self._symbols, self._feed = redis, keys.control, frozenset(symbols), feed
         self._schedule = ResubscribeSchedule(interval)

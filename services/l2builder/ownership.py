@@ -7,6 +7,12 @@ lease's epoch proves that Redis lost data (`Renewal.vanished`). Each script touc
 which share a hash tag, so the protocol also works on Redis Cluster; many symbols are handled in one
 pipelined round trip.
 
+The writes fencing relies on (an acquisition, a renewal, a raised epoch) count only once a replica has
+them, where the primary has replicas (services.runtime.replicas, docs/cluster.md): a failover to a replica
+that missed an acquisition would hand the same epoch out again. An unconfirmed acquisition gives no lease
+(the key names this instance, so the next tick takes it again under a new epoch), an unconfirmed renewal
+extends nothing, an unconfirmed raise counts as the lease lost.
+
 An instance trusts a lease only until `valid_until`: a fraction of the TTL measured from when the renewal
 was *sent*, on its own monotonic clock. Redis expires the key no earlier than a full TTL after it received
 the renewal, so the holder always gives up before anyone else can take the symbol. The epoch covers what
@@ -20,15 +26,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from services.core.keys import Keys
+from services.runtime.redis_client import RedisClient
+from services.runtime.replicas import NotReplicated, ReplicaWait
 from services.runtime.scripts import LuaScript, ScriptCall, raise_first_error
 
 LEASE_TRUST = 0.75
 """Fraction of LEASE_TTL a renewal is trusted for, leaving room for clock drift and network delay."""
 RENEW_FRACTION = 0.25
 """A lease is renewed once this fraction of LEASE_TTL has passed since its last renewal."""
+REPLICA_WAIT_SHARE = 0.1
+"""The WAIT for a replica after a fencing write lasts at most this share of LEASE_TTL (and 1 s): a replica
+that is slower than that has the write refused, to be tried again on the next tick."""
+REPLICA_WAIT_MAX_MS = 1000
 
 HEARTBEAT = LuaScript.beside(__file__, "heartbeat.lua")
 ACQUIRE = LuaScript.beside(__file__, "acquire_lease.lua")
@@ -60,22 +70,25 @@ class Renewal:
 class Ownership:
     """Membership and leases of one instance; time is `time.monotonic()` throughout."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, instance: str, ttl: float) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, instance: str, ttl: float) -> None:
         self.redis, self.keys, self.instance, self.ttl = redis, keys, instance, ttl
         self._ttl_ms = max(1, int(ttl * 1000))
+        self.replicated = ReplicaWait(redis, max(1, min(REPLICA_WAIT_MAX_MS, int(self._ttl_ms * REPLICA_WAIT_SHARE))))
 
     def _lease_keys(self, symbol: str) -> list[str]:
         return [self.keys.lease(symbol), self.keys.epoch(symbol)]
 
-    async def _run_each(self, script: LuaScript, calls: list[ScriptCall]) -> list[Any]:
-        """One pipelined run per call; the first error raises (after the whole pipeline ran)."""
-        replies = await script.run_each(self.redis, calls)
-        raise_first_error(replies)
+    async def _run_each(self, script: LuaScript, calls: list[ScriptCall], replicated: bool = False) -> list[Any]:
+        """One pipelined run per call; the first error raises (after the whole pipeline ran). `replicated`:
+        each write no replica confirmed has a `NotReplicated` as its reply (that one is not raised)."""
+        replies = await script.run_each(self.redis, calls, self.replicated if replicated else None)
+        raise_first_error([reply for reply in replies if not isinstance(reply, NotReplicated)])
         return replies
 
     async def heartbeat(self) -> tuple[list[str], bool]:
         """Announce this instance for one more TTL; return the live members (this one included) and whether
         this instance was missing from them (first heartbeat, membership expired or lost by Redis)."""
+        await self.replicated.refresh()
         added, members = await HEARTBEAT(self.redis, [self.keys.l2builder_members], [self.instance, self._ttl_ms])
         return sorted(member.decode() for member in members), bool(added)
 
@@ -93,9 +106,10 @@ class Ownership:
         sent = time.monotonic()
         epochs = await self._run_each(ACQUIRE, [(self._lease_keys(symbol),
                                                  [self.instance, self._ttl_ms, floors.get(symbol, 0)])
-                                                for symbol in symbols])
+                                                for symbol in symbols], replicated=True)
         return [Lease(symbol, int(epoch), sent, sent + self.ttl * LEASE_TRUST)
-                for symbol, epoch in zip(symbols, epochs, strict=True) if epoch is not None]
+                for symbol, epoch in zip(symbols, epochs, strict=True)
+                if epoch is not None and not isinstance(epoch, NotReplicated)]
 
     def due(self, leases: list[Lease], now: float) -> list[Lease]:
         return [lease for lease in leases if now - lease.renewed_at >= self.ttl * RENEW_FRACTION]
@@ -107,9 +121,14 @@ class Ownership:
             return renewal
         sent = time.monotonic()
         replies = await self._run_each(RENEW, [(self._lease_keys(lease.symbol),
-                                                [self.instance, self._ttl_ms, lease.epoch]) for lease in leases])
+                                                [self.instance, self._ttl_ms, lease.epoch]) for lease in leases],
+                                       replicated=True)
         for lease, renewed in zip(leases, replies, strict=True):
-            if renewed == 1:
+            if isinstance(renewed, NotReplicated):
+                # Trusted as before until confirmed; a refusal (0, -1) changed nothing, so it holds as it is.
+                if renewed.reply != 1:
+                    (renewal.vanished if renewed.reply < 0 else renewal.lost).append(lease)
+            elif renewed == 1:
                 lease.renewed_at, lease.valid_until = sent, sent + self.ttl * LEASE_TRUST
             elif renewed < 0:
                 renewal.vanished.append(lease)
@@ -132,10 +151,10 @@ class Ownership:
             return []
         epochs = await self._run_each(RAISE_EPOCH, [(self._lease_keys(lease.symbol),
                                                      [self.instance, lease.epoch, lease.epoch + 1])
-                                                    for lease in leases])
+                                                    for lease in leases], replicated=True)
         lost = []
         for lease, epoch in zip(leases, epochs, strict=True):
-            if epoch is None:
+            if epoch is None or isinstance(epoch, NotReplicated):
                 lost.append(lease)
             else:
                 lease.epoch = int(epoch)
@@ -143,8 +162,9 @@ class Ownership:
 
     async def raise_epoch(self, lease: Lease, floor: int) -> bool:
         """Make `lease.epoch` at least `floor`; False when the lease is no longer ours."""
-        epoch = await RAISE_EPOCH(self.redis, self._lease_keys(lease.symbol), [self.instance, lease.epoch, floor])
-        if epoch is None:
+        [epoch] = await self._run_each(RAISE_EPOCH, [(self._lease_keys(lease.symbol),
+                                                      [self.instance, lease.epoch, floor])], replicated=True)
+        if epoch is None or isinstance(epoch, NotReplicated):
             return False
         lease.epoch = int(epoch)
         return True

@@ -3,14 +3,14 @@
 New entries are read with XREADGROUP in the `l2builder` group, under this instance's name, only from the
 streams it owns, those the activity stream named (services.core.activity); so `XINFO GROUPS` shows the lag
 and `XPENDING` what is read but not yet durable. Entries a previous owner read but never made durable are
-not delivered again by the group: the new owner reads
-them with XRANGE from the position stored in MongoDB (`read_range`), which is also how holes are refilled.
+not delivered again by the group: the new owner reads them with XRANGE from the position stored in MongoDB
+(`read_range`), which is also how holes are refilled.
 XACK may acknowledge an entry pending under any consumer, so the new owner clears the old one's entries.
 
-The hot path, XREADGROUP and XACK, runs on two lean connections (`RedisWire`, or `ClusterWire` on a
-cluster: hiredis on bare streams, a fraction of redis-py's CPU per round trip, see `python -m bench.wire`),
-one each because the reader always has a read in flight while the flusher acknowledges; everything else
-goes through redis-py.
+The hot path, XREADGROUP and XACK, runs on two lean wires (`open_wire`: hiredis on bare streams, a
+fraction of redis-py's CPU per round trip, see `python -m bench.wire`; on a cluster one connection per
+primary, each command routed by its stream's slot), one each because the reader always has a read in
+flight while the flusher acknowledges; everything else goes through redis-py.
 Either way a failure raises a `RedisError` (services.runtime), an error reply to a wire command included.
 """
 
@@ -21,12 +21,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from services.core.activity import ActivityReads
 from services.core.entries import RawEntry, stream_pairs
 from services.core.keys import CONTROL_MAXLEN, L2BUILDER_GROUP, SYMBOL_PATTERN, Keys
+from services.runtime.redis_client import RedisClient
 from services.runtime.redis_wire import Command, Wire, open_wire
 from services.runtime.scripts import LuaScript, raise_first_error
 
@@ -53,7 +53,7 @@ class StreamHead:
 
 
 class L2Streams:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, url: str, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, consumer: str, url: str, timeout: float) -> None:
         """`redis` serves the occasional commands; reads and acks open their own connections to `url`, whose
         `timeout` must be longer than any BLOCK of `read_new`."""
         self.redis, self.keys, self.consumer = redis, keys, consumer

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import time
 
-import redis.asyncio as aioredis
-
 from services.core.entries import parse_stream_id
 from services.core.keys import Keys
 from services.core.ratelimit import LogLimit
@@ -25,7 +23,7 @@ from services.l2builder.ownership import Lease, Ownership
 from services.l2builder.streams import L2Streams
 from services.l2builder.symbol_state import Outcome, StaleKind, Status, SymbolState
 from services.runtime.logs import EventLog
-from services.runtime.redis_client import sessions_alive
+from services.runtime.redis_client import RedisClient, sessions_alive
 
 log = EventLog("l2builder")
 
@@ -36,7 +34,7 @@ INVALID_REMEMBERED = 10_000
 
 
 class Upkeep:
-    def __init__(self, books: OwnedBooks, redis: aioredis.Redis, keys: Keys, ownership: Ownership,
+    def __init__(self, books: OwnedBooks, redis: RedisClient, keys: Keys, ownership: Ownership,
                  streams: L2Streams, instance: str) -> None:
         self.books, self.redis, self.keys = books, redis, keys
         self.ownership, self.streams, self.instance = ownership, streams, instance

@@ -160,6 +160,10 @@ class L2Builder:
         now = time.monotonic()
         limit = self.settings.health_stale_after
         redis_age, mongo_age = now - self.redis_health.last_ok_at, now - self.mongo_health.last_ok_at
+        # The reads have a connection of their own: the ownership loop reaching Redis proves nothing about them.
+        # Counted while symbols are owned: a failed read is followed by a successful one, or by none if the
+        # symbols went meanwhile (nothing left to read) or their catch-ups never end (unhealthy indeed).
+        reads_failing = self.redis_health.failing_for("read", now) if self.owned else 0.0
         detail = {
             "instance": self.instance,
             "members": len(self.members),
@@ -167,10 +171,13 @@ class L2Builder:
             "read_paused": len(self.read_paused),
             "invalid_symbols": self.upkeep.invalid_symbols,
             "redis_ok_seconds_ago": round(redis_age, 3),
+            "reads_failing_seconds": round(reads_failing, 3),
             "mongo_ok_seconds_ago": round(mongo_age, 3),
         }
         self.eviction.describe(detail)
-        return redis_age < limit and mongo_age < limit, detail
+        if reads_failing:
+            detail["last_error"] = self.redis_health.last_error
+        return redis_age < limit and mongo_age < limit and reads_failing < limit, detail
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up when the service starts draining."""

@@ -10,7 +10,9 @@ What is up or down is the caller's choice. Per operation (the default: ingest, t
 its own connection or command and one may fail while another works: each operation goes down and recovers
 on its own, and `describe` and `problems` give the /healthz detail per operation. Per server
 (`per_operation=False`: l2builder), where every operation goes to the same server and any answer proves it
-back: one state, so an outage is two lines however many operations fail during it.
+back: one state, so an outage is two lines however many operations fail during it. Either way
+`failing_for(operation)` says how long one operation has failed without a success in between: per server,
+an operation on a connection of its own (l2builder's reads) may fail while the others prove the server up.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DependencyHealth:
         """When any operation last succeeded (the start, before any did)."""
         self.last_error = ""
         """`<operation>: <safe error>` of the last failure of any operation, kept after recovery."""
+        self._failing_since: dict[str, float] = {}
+        """Per operation, its first failure since its last success (absent while it succeeds)."""
 
     def operation(self, name: str) -> OperationHealth:
         """The state of `name` (unknown until it first succeeds or fails); per server, the server's state."""
@@ -62,9 +66,15 @@ class DependencyHealth:
             found = self._operations[key] = OperationHealth(None, time.monotonic(), "")
         return found
 
+    def failing_for(self, operation: str, now: float) -> float:
+        """Seconds since `operation` began failing without a success since; 0.0 while it is not failing."""
+        since = self._failing_since.get(operation)
+        return 0.0 if since is None else now - since
+
     def succeeded(self, operation: str) -> None:
         state = self.operation(operation)
         self.last_ok_at = now = time.monotonic()
+        self._failing_since.pop(operation, None)
         if state.up is True:
             return
         if state.up is False:
@@ -75,6 +85,7 @@ class DependencyHealth:
 
     def failed(self, operation: str, exc: BaseException) -> None:
         state = self.operation(operation)
+        self._failing_since.setdefault(operation, time.monotonic())
         state.error = safe_error(exc)
         self.last_error = f"{operation}: {state.error}"
         if self._errors is not None:

@@ -59,14 +59,13 @@ RedisClient = aioredis.Redis | RedisCluster
 """What `connect` gives: one server's client or a cluster's; both take the same command methods."""
 
 
-def connect(url: str, socket_timeout: float, client_name: str | None = None) -> aioredis.Redis:
+def connect(url: str, socket_timeout: float, client_name: str | None = None) -> RedisClient:
     """A client for `url`; `socket_timeout` must be longer than any BLOCK the caller uses.
 
-    For a cluster URL, a `RedisCluster`: its command methods are the same, but it is no `Redis`. It is typed
-    as one while top10 and l2builder, which annotate `Redis`, are not yet ported to clusters; code that runs
-    on a cluster takes `RedisClient` and tells the two apart where they differ."""
+    For a cluster URL, a `RedisCluster`: its command methods are the same, but it is no `Redis`; callers
+    take `RedisClient` and tell the two apart where they differ."""
     if is_cluster_url(url):
-        return cast(aioredis.Redis, _connect_cluster(url, socket_timeout, client_name))
+        return _connect_cluster(url, socket_timeout, client_name)
     pool = aioredis.ConnectionPool.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=CONNECT_TIMEOUT,
                                             retry=Retry(NoBackoff(), 0), client_name=client_name)
     base = pool.connection_class

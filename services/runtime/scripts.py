@@ -17,8 +17,10 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from services.core.text import as_text
 from services.runtime.redis_client import RedisClient
 from services.runtime.redis_wire import Command
+from services.runtime.replicas import ReplicaWait
 
 Keys = Sequence[str | bytes]
 Args = Sequence[bytes | str | int | float]
@@ -56,26 +58,35 @@ class LuaScript:
             raise reply
         return reply
 
-    async def run_each(self, redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_each(self, redis: RedisClient, calls: Sequence[ScriptCall],
+                       replicated: ReplicaWait | None = None) -> list[Any]:
         """Run once per call in one pipeline; the replies in order, an error reply in its place (not raised).
 
-        The calls that got NOSCRIPT are sent again, in order, after loading the script."""
-        replies = await self._pipelined(redis, calls)
+        The calls that got NOSCRIPT are sent again, in order, after loading the script. With `replicated`,
+        a WAIT follows the calls on each primary with replicas, and a call no replica confirmed has a
+        `NotReplicated` in place of its reply (services.runtime.replicas)."""
+        replies = await self._pipelined(redis, calls, replicated)
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             await redis.script_load(self.source)
-            for index, reply in zip(missing, await self._pipelined(redis, [calls[index] for index in missing]),
-                                    strict=True):
+            for index, reply in zip(missing, await self._pipelined(redis, [calls[index] for index in missing],
+                                                                   replicated), strict=True):
                 replies[index] = reply
         return replies
 
-    async def _pipelined(self, redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def _pipelined(self, redis: RedisClient, calls: Sequence[ScriptCall],
+                         replicated: ReplicaWait | None) -> list[Any]:
+        first_keys = [as_text(keys[0]) for keys, _ in calls] if replicated is not None else []
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 # Not `pipe.evalsha`: a cluster pipeline refuses that method, though it routes the command
                 # itself by its first key (one node's calls travel together).
                 pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            waits = replicated.append(pipe, first_keys) if replicated is not None else []
             replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if replicated is not None:
+            replies, acked = replies[:len(calls)], replies[len(calls):]
+            replicated.judge(replies, first_keys, waits, acked)
         return replies
 
 

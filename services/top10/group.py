@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
-
 from services.core.entries import PendingEntry
 from services.core.keys import TOP10_GROUP
 from services.core.text import as_text
+from services.runtime.redis_client import RedisClient
 from services.top10.scripts import REMOVE_CONSUMER, ScriptCall, run_pipelined
 
 CLAIM_COUNT = 200
@@ -27,14 +25,16 @@ class Joined:
 
     created: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
-    """Stream -> the reason (e.g. WRONGTYPE: something else holds the name)."""
+    """Stream -> the reason: WRONGTYPE, something else holds the name."""
 
 
-async def join(redis: Redis, streams: Sequence[str]) -> Joined:
+async def join(redis: RedisClient, streams: Sequence[str]) -> Joined:
     """Create the group on each stream from id 0, so entries written before we came are not lost.
 
     A group that exists already is joined, whoever created it. Of several instances creating the same
-    group at once, exactly one sees it created.
+    group at once, exactly one sees it created. Only a name held by something else (WRONGTYPE) refuses a
+    stream for good; any other error reply (a slot moving on a cluster and redis-py's redirect failing too,
+    a denied command, Redis out of memory) raises, for the caller's loop to back off and try again.
     """
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
@@ -42,10 +42,12 @@ async def join(redis: Redis, streams: Sequence[str]) -> Joined:
         results = await pipe.execute(raise_on_error=False)
     joined = Joined()
     for stream, result in zip(streams, results, strict=True):
-        if not isinstance(result, ResponseError):
+        if not isinstance(result, Exception):
             joined.created.append(stream)
-        elif not str(result).startswith("BUSYGROUP"):
+        elif str(result).startswith("WRONGTYPE"):
             joined.refused[stream] = str(result)
+        elif not str(result).startswith("BUSYGROUP"):
+            raise result
     return joined
 
 
@@ -57,7 +59,7 @@ class ClaimedPage:
     trimmed: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def claim_abandoned(redis: Redis, streams: Sequence[str], consumer: str,
+async def claim_abandoned(redis: RedisClient, streams: Sequence[str], consumer: str,
                           min_idle_ms: int) -> AsyncIterator[ClaimedPage]:
     """XAUTOCLAIM for `consumer` every entry pending longer than `min_idle_ms`, whoever holds it, page by page.
 
@@ -93,7 +95,7 @@ class Departure:
     streams: int
 
 
-async def remove_departed(redis: Redis, streams: Sequence[str], consumer: str, expiry_ms: int) -> list[Departure]:
+async def remove_departed(redis: RedisClient, streams: Sequence[str], consumer: str, expiry_ms: int) -> list[Departure]:
     """Remove the members other than `consumer` idle at least `expiry_ms` on every stream and owning nothing.
 
     A member counts as gone only when it is idle everywhere: Redis 7.0 refreshes a consumer's idle time on
@@ -127,7 +129,7 @@ async def remove_departed(redis: Redis, streams: Sequence[str], consumer: str, e
     return [Departure(name, idle_ms[name], count) for name, count in removed_from.items() if count]
 
 
-async def leave(redis: Redis, streams: Sequence[str], consumer: str) -> int:
+async def leave(redis: RedisClient, streams: Sequence[str], consumer: str) -> int:
     """Remove `consumer` from the group on every stream where it owns nothing; return how many."""
     calls: list[ScriptCall] = [([stream], [TOP10_GROUP, consumer, 0]) for stream in streams]
     return sum(await run_pipelined(redis, REMOVE_CONSUMER, calls))

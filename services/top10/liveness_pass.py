@@ -14,12 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-
 from services.core.keys import Keys
 from services.core.liveness import INGEST_LOST, SessionTracker
 from services.runtime.logs import EventLog
-from services.runtime.redis_client import sessions_alive
+from services.runtime.redis_client import RedisClient, sessions_alive
 from services.top10 import metrics
 from services.top10.liveness import keys_to_mark, marked_per_session, read_keys
 from services.top10.report import Report
@@ -29,7 +27,7 @@ log = EventLog("top10")
 
 
 class LivenessPass:
-    def __init__(self, redis: Redis, keys: Keys, sessions: SessionTracker, symbols: Callable[[], list[str]],
+    def __init__(self, redis: RedisClient, keys: Keys, sessions: SessionTracker, symbols: Callable[[], list[str]],
                  report: Report) -> None:
         """`symbols()` are the symbols served now; `sessions` is shared with the writes (a snapshot of a lost
         session is written stale)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.core.entries import PendingEntry
@@ -18,6 +17,7 @@ from services.core.keys import SYMBOL_PATTERN, Keys
 from services.core.text import as_text
 from services.runtime.health import safe_error
 from services.runtime.logs import EventLog
+from services.runtime.redis_client import RedisClient
 from services.top10 import group, metrics
 from services.top10.report import SHOWN_SYMBOLS, Report
 
@@ -25,7 +25,7 @@ log = EventLog("top10")
 
 
 class GroupUpkeep:
-    def __init__(self, redis: Redis, keys: Keys, consumer: str, report: Report) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, consumer: str, report: Report) -> None:
         self._redis, self._keys, self._consumer, self._report = redis, keys, consumer, report
         self.symbols: dict[str, str] = {}
         """symbol -> ob10 stream key, for every stream this consumer has joined."""

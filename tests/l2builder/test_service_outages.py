@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+import redis
+
 from testkit.harness import MongoServer, RedisServer, wait_until
-from testkit.l2feeds import Books, Feed, capture_frames, log_values, reconstruct, wait_settled
+from testkit.l2feeds import Books, Feed, capture_frames, log_values, make_frame, reconstruct, wait_settled
 from tests.conftest import RunService
 
 CAPTURE = "2021-04-17.capture"
@@ -77,3 +80,28 @@ def test_redis_restarts_mid_run(
     later = {frame.symbol for frame in frames[2 * third:]}
     assert {symbol: documents[symbol]["epoch"] for symbol in later} == dict.fromkeys(later, 2)
     assert "event=redis_recovered" in builder.logs()
+
+
+def test_health_fails_when_only_the_reads_fail(
+        run_service: RunService, service_env: dict[str, str], redis_url: str, key_prefix: str) -> None:
+    """The reads have connections of their own: the ownership loop reaching Redis must not hide that they fail."""
+    admin = redis.Redis.from_url(redis_url)
+    user = f"{key_prefix}-noread"
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=[f"{key_prefix}:*"],
+                      commands=["+@all", "-xreadgroup"])
+    feed = Feed(redis_url, key_prefix)
+    feed.frames([make_frame(symbol, "partial", [(1, "Sell", 10, 101.0), (2, "Buy", 20, 100.0)])
+                 for symbol in ("XBTUSD", "ETHUSD")])
+    netloc = redis_url.split("//", 1)[1].rpartition("@")[2]
+    env = {**service_env, "REDIS_URL": f"redis://{user}:pw@{netloc}", "HEALTH_STALE_AFTER": "1",
+           "INSTANCE_NAME": "blind"}
+    try:
+        builder = run_service("l2builder", env=env, name="blind", healthy=False)
+        builder.wait_log("event=restored")
+        wait_until(lambda: builder.health()[0] == 503, 15, "/healthz to fail while every read is refused")
+        _, body = builder.health()
+        assert "NOPERM" in orjson.loads(body)["last_error"]
+        assert builder.metric("bookstream_l2builder_redis_errors_total", 'operation="read"') > 0
+        assert set(feed.lease_holders().values()) == {env["INSTANCE_NAME"]}  # the ownership loop works
+    finally:
+        admin.acl_deluser(user)

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
@@ -28,6 +29,7 @@ from testkit.harness import RedisServer, free_port
 def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:
     for url, expected in (("redis://127.0.0.1:1/0", Connection), ("unix:///tmp/none.sock", UnixDomainSocketConnection)):
         client = connect(url, 5.0)
+        assert isinstance(client, aioredis.Redis)
         connection_class = client.connection_pool.connection_class
         assert issubclass(connection_class, expected)
         fast, plain = connection_class(), expected()
