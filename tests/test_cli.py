@@ -39,8 +39,8 @@ def test_help_lists_every_subcommand() -> None:
         ("top10", {"REDIS_URL": "notaurl"}, "REDIS_URL"),
         ("l2builder", {"FLUSH_INTERVAL": "-0.5"}, "FLUSH_INTERVAL"),
         ("status", {"REDIS_URL": "redis://user:pa55word@host:bad/0"}, "REDIS_URL"),
-        ("top10", {"REDIS_URL": "redis+cluster://user:pa55word@127.0.0.1:7000/"}, "REDIS_URL"),
-        ("l2builder", {"REDIS_URL": "redis+cluster://user:pa55word@127.0.0.1:7000/"}, "REDIS_URL"),
+        ("top10", {"REDIS_URL": "redis+cluster://user:pa55word@127.0.0.1:7000,h2:bad/"}, "REDIS_URL"),
+        ("l2builder", {"REDIS_URL": "rediss+cluster://user:pa55word@127.0.0.1:7000/3"}, "REDIS_URL"),
     ],
 )
 def test_invalid_configuration_exits_2_with_one_line(command: str, env: dict[str, str], variable: str) -> None:

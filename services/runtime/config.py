@@ -308,9 +308,6 @@ SERVICE_SETTINGS: Mapping[str, tuple[str, ...]] = {
 }
 """The settings each subcommand reads: its `--help` lists these, its start-up line shows these, the others
 keep their defaults whatever the environment says (compose shares one environment block between services)."""
-NOT_ON_A_CLUSTER = frozenset({"top10", "l2builder"})
-"""Subcommands whose multi-stream reads, acks and ownership scripts still span slots: on a cluster they would
-fail every read while looking started, so they refuse a cluster URL at start-up (exit 2) instead."""
 SERVICE_DEFAULTS: Mapping[str, Mapping[str, str]] = {
     # One port each, so the services run side by side on one host without a setting.
     "ingest": {"metrics_port": "9101"}, "top10": {"metrics_port": "9102"}, "l2builder": {"metrics_port": "9103"},
@@ -394,9 +391,6 @@ def load_settings(args: argparse.Namespace | None = None,
         except ValueError as exc:
             shown = mask_url(raw) if setting.secret_url else raw
             raise ConfigError(f"{source}={shown!r}: {exc}") from None
-    if service in NOT_ON_A_CLUSTER and is_cluster_url(values["redis_url"]):
-        raise ConfigError(f"REDIS_URL={mask_url(values['redis_url'])!r}: {service} does not run on a Redis Cluster"
-                          " yet (ingest and status do; see docs/cluster.md)")
     if not values["instance_name"]:
         values["instance_name"] = f"{socket.gethostname()}-{os.getpid()}"
     return Settings(**values)

@@ -202,16 +202,7 @@ def test_a_bad_cluster_url_is_one_line_with_the_password_masked() -> None:
     assert "s3cret" not in message and "\n" not in message
 
 
-@pytest.mark.parametrize("service", ["top10", "l2builder"])
-def test_consumers_not_yet_ported_refuse_a_cluster_in_one_line(service: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_settings(parse([], service), environ={"REDIS_URL": "redis+cluster://u:s3cret@h1:7000,h2:7001/"})
-    message = str(caught.value)
-    assert message.startswith("REDIS_URL='redis+cluster://u:***@h1:7000,h2:7001/'") and service in message
-    assert "s3cret" not in message and "\n" not in message
-
-
-@pytest.mark.parametrize("service", ["ingest", "status"])
-def test_ingest_and_status_take_a_cluster(service: str) -> None:
+@pytest.mark.parametrize("service", ["ingest", "top10", "l2builder", "status"])
+def test_every_service_takes_a_cluster(service: str) -> None:
     url = "redis+cluster://h1:7000,h2:7001/"
     assert load_settings(parse([], service), environ={"REDIS_URL": url}).redis_url == url
