@@ -6,8 +6,9 @@ Each book goes as a delta (the levels changed since its last acknowledged write)
 An entry is acknowledged only after the write covering it succeeded. What the flusher does with each
 symbol a write carried is decided by `flush_decisions`, a pure function of the write's result: a symbol
 whose write failed is retried alone after its own backoff, never holding up the others; one a newer owner
-wrote is given up; one that cannot be stored goes stale. Symbols that must move are released here, once
-everything read from them is settled.
+wrote is given up; one that cannot be stored goes stale; one whose version is stored with another status
+waits for a new epoch. A book waiting for a new epoch (`Owned.epoch_pending`) is not written at all.
+Symbols that must move are released here, once everything read from them is settled.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class FlushAction(enum.Enum):
     """Not written: keep its entries unacknowledged and retry this symbol alone, after its own backoff."""
     REWRITE = "rewrite"
     """A delta found no document to build on: keep its entries unacknowledged, write it whole next flush."""
+    NEW_EPOCH = "new_epoch"
+    """The document holds this very version with another status or reason (the book changed without a new
+    entry): keep its entries unacknowledged and write it once the ownership loop moved its lease on."""
     MARK_STALE = "mark_stale"
     """The book cannot be stored: make it stale without levels (`stale_kind`, `reason`); the next flush
     writes that document and acknowledges the entries."""
@@ -85,6 +89,8 @@ def flush_decisions(symbols: Iterable[str], result: WriteResult | None) -> dict[
         elif symbol in result.unwritable:
             problem = result.unwritable[symbol]
             decision = FlushDecision(FlushAction.MARK_STALE, StaleKind.UNWRITABLE, f"book cannot be stored: {problem}")
+        elif symbol in result.same_version:
+            decision = FlushDecision(FlushAction.NEW_EPOCH, detail=result.same_version[symbol])
         elif symbol in result.rebase:
             decision = FlushDecision(FlushAction.REWRITE, detail=result.rebase[symbol])
         elif symbol in result.failed:
@@ -126,7 +132,7 @@ class Flusher:
         deltas: dict[str, Delta] = {}
         for symbol, owned in owned_now.items():
             state = owned.state
-            if state is None or not owned.lease.valid(now) or owned.retry_at > now:
+            if state is None or not owned.lease.valid(now) or owned.retry_at > now or owned.epoch_pending:
                 continue
             ticket = state.take_flush()
             if ticket is None:
@@ -147,7 +153,8 @@ class Flusher:
             owned, ticket, planned = tickets[symbol]
             if decision.action is FlushAction.ACKNOWLEDGE:
                 if owned.state is not None:
-                    owned.state.flush_written(ticket, planned.version, planned.top, planned.tombstones)
+                    owned.state.flush_written(ticket, planned.version, planned.top, planned.tombstones,
+                                              stored_before=result is not None and symbol in result.stored_before)
             elif owned.state is not None:
                 owned.state.flush_failed(ticket, planned.version, lost=decision.action is FlushAction.REWRITE,
                                          tombstones=planned.tombstones)
@@ -167,6 +174,9 @@ class Flusher:
         if action is FlushAction.REWRITE:
             # Not a failure of MongoDB: the next flush writes the book whole, without a backoff.
             log.warning("book_rewrite", symbol=symbol, detail=decision.detail)
+        elif action is FlushAction.NEW_EPOCH:
+            owned.changed_under = owned.lease.epoch
+            log.warning("book_needs_epoch", symbol=symbol, epoch=owned.lease.epoch, detail=decision.detail)
         elif action is FlushAction.DROP:
             metrics.WRITE_CONFLICTS.inc()
             log.warning("write_conflict", symbol=symbol, epoch=owned.lease.epoch, detail=decision.detail)

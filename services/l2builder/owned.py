@@ -44,6 +44,10 @@ class Owned:
     write_backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_FIRST, BACKOFF_MAX), repr=False)
     lost: str | None = None
     """Redis lost state of the symbol before its document was loaded: the restored book must not be live."""
+    changed_under: int | None = None
+    """An epoch under which the book changed without a new entry (it went stale where it stood): under it,
+    its document would have the version of the one stored before, so it waits for a higher one
+    (`epoch_pending`)."""
 
     def move(self, target: Phase) -> None:
         """Enter `target`; raises IllegalTransition for a move the lifecycle does not allow."""
@@ -56,6 +60,11 @@ class Owned:
     @property
     def releasing(self) -> bool:
         return self.phase is Phase.RELEASING
+
+    @property
+    def epoch_pending(self) -> bool:
+        """The flusher leaves the book until the ownership loop has moved its lease past `changed_under`."""
+        return self.changed_under is not None and self.lease.epoch <= self.changed_under
 
     def cancel_task(self) -> None:
         """Stop restoring or catching up (not from inside that task, which ends by itself)."""

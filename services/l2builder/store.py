@@ -346,14 +346,18 @@ def unencodable(deltas: dict[str, Delta]) -> dict[str, str]:
 @dataclass(slots=True)
 class WriteResult:
     """Per symbol: written (now durable), superseded (a newer version is stored), failed (retry later),
-    rebase (a delta found no document to build on: what is stored instead; write it whole), too large (its
+    rebase (a delta found no document to build on: what is stored instead; write it whole), same version
+    (its version is stored with another status or reason: only a new epoch can store it), too large (its
     size: over `MAX_DOCUMENT_BYTES`) or unwritable (BSON cannot encode it); retrying the last two is
-    pointless. Neither of them was sent."""
+    pointless. Neither of them was sent. `stored_before` are the whole writes among `written` refused
+    because the document held their version already: what is stored is what an earlier write left."""
 
     written: list[str] = field(default_factory=list)
+    stored_before: list[str] = field(default_factory=list)
     superseded: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     rebase: dict[str, str] = field(default_factory=dict)
+    same_version: dict[str, str] = field(default_factory=dict)
     too_large: dict[str, int] = field(default_factory=dict)
     unwritable: dict[str, str] = field(default_factory=dict)
 
@@ -464,21 +468,30 @@ class BookStore:
     async def _resolve_duplicates(self, symbols: list[str], documents: dict[str, Document], takeover: bool,
                                   result: WriteResult) -> None:
         """Tell "already written" from "a newer owner wrote" for whole writes refused with 11000, and take
-        foreign documents over."""
-        stored = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": symbols}}, {"version": 1})}
+        foreign documents over. The same version stored with another status or reason is not this write:
+        the book changed without a new entry under the same epoch, and acknowledging it would leave it so."""
+        stored = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": symbols}},
+                                                                       {"version": 1, "status": 1, "reason": 1})}
         foreign = {}
         for symbol in symbols:
-            version = stored.get(symbol, {}).get("version")
-            if version == documents[symbol]["version"]:
+            found, document = stored.get(symbol, {}), documents[symbol]
+            version = found.get("version")
+            if version == document["version"] and (found.get("status"), found.get("reason")) != (
+                    document["status"], document["reason"]):
+                result.same_version[symbol] = f"stored {found.get('status')!r} at version {version}"
+            elif version == document["version"]:
                 result.written.append(symbol)
-            elif isinstance(version, str) and version > documents[symbol]["version"]:
+                result.stored_before.append(symbol)
+            elif isinstance(version, str) and version > document["version"]:
                 result.superseded[symbol] = version
             elif symbol in stored and not isinstance(version, str) and not takeover:
-                foreign[symbol] = documents[symbol]
+                foreign[symbol] = document
             else:
                 result.failed[symbol] = f"duplicate key with stored version {version!r}"
         if foreign:
             taken = await self._write(foreign, {}, takeover=True)
             result.written += taken.written
+            result.stored_before += taken.stored_before
             result.superseded.update(taken.superseded)
+            result.same_version.update(taken.same_version)
             result.failed.update(taken.failed)

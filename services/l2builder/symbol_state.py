@@ -381,19 +381,31 @@ class SymbolState:
         self.pending_ids = []
         return ticket
 
-    def flush_written(self, ticket: FlushTicket, version: str, top: TopLevels, tombstones: int = 0) -> None:
+    def flush_written(self, ticket: FlushTicket, version: str, top: TopLevels, tombstones: int = 0,
+                      stored_before: bool = False) -> None:
         """The write of `ticket` is durable as `version`, with `top` in `bids`/`asks` and `tombstones` removed
-        levels in its map: the next delta builds on it."""
-        if ticket.book is not None:
-            self.written = Written(ticket.book, ticket.loads, [version], top, tombstones)
-            self.unsure_ids = set()
+        levels in its map: the next delta builds on it.
+
+        `stored_before`: the document held `version` already (a whole write refused with 11000), so its map
+        holds what an earlier write of that version left: at most the base's removed levels, which are kept,
+        or an unknown number without a base, so the next write is whole."""
+        if ticket.book is None:
+            return
+        if stored_before:
+            if ticket.base is None or self.written is not ticket.base:
+                self.written, self.unsure_ids = None, set()
+                return
+            tombstones = max(tombstones, ticket.base.tombstones)
+        self.written = Written(ticket.book, ticket.loads, [version], top, tombstones)
+        self.unsure_ids = set()
 
     def flush_failed(self, ticket: FlushTicket, version: str | None = None, lost: bool = False,
                      tombstones: int = 0) -> None:
         """Take the ticket back: its ids stay unacknowledged and the book is written again next time.
 
-        The write (as `version`, leaving `tombstones` removed levels) may still have landed: a delta's
-        changed ids are sent again with the next one, which may build on `version` too; after a whole write,
+        The write (as `version`, leaving `tombstones` removed levels) may still have landed: while the ticket
+        had a base (a delta, or a whole write for compaction or a size check), its changed ids are sent again
+        with the next write, which may build on the base or on `version`; after a whole write without a base,
         or when `lost` (the stored document is not one a delta can build on), the next write is whole.
         """
         self.pending_ids = ticket.ids + self.pending_ids

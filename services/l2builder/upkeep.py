@@ -62,6 +62,8 @@ class Upkeep:
     # -- leases ----------------------------------------------------------------------------------
 
     async def renew(self, now: float, everything: bool = False) -> None:
+        """Extend the leases due (all of them with `everything`), then move on those whose book waits for a
+        new epoch (`Owned.epoch_pending`): every pass, until that succeeds or the lease is gone."""
         leases = [owned.lease for owned in self.books.owned.values()]
         renewal = await self.ownership.renew(leases if everything else self.ownership.due(leases, now))
         for lease in renewal.lost:
@@ -70,6 +72,9 @@ class Upkeep:
                 self.books.drop(lease.symbol, "lease taken over or expired", "lost")
         if renewal.vanished:
             await self.retake(renewal.vanished)
+        pending = [owned for owned in self.books.owned.values() if owned.epoch_pending]
+        if pending:
+            await self.advance(pending)
 
     async def retake(self, leases: list[Lease]) -> None:
         """Redis lost the epoch keys of these leases: take them again above the epochs already written
@@ -100,28 +105,32 @@ class Upkeep:
     async def stale_in_place(self, marks: Marks) -> list[str]:
         """Mark books stale where they stand, by symbol (kind, detail, keep_levels); return those marked.
 
-        The books turn stale in memory before anything is awaited: a flush running meanwhile must never
-        store one of them live under the new epoch, which would leave the stale document that follows at
-        the same version, refused. No entry moved them, and a document's version is (epoch, stream id), so
-        each lease then moves to a new epoch and its book is written again under it, over the live one
-        stored at the same position (a flush during the move wrote it under the old epoch, refused).
+        No entry moved them, and a document's version is (epoch, stream id): under the current epoch the
+        stale document would have the version of the live one stored at the same position, which a whole
+        write cannot replace. So each book turns stale in memory and waits for a new epoch
+        (`Owned.epoch_pending`) before anything is awaited, and the flusher writes it only once its lease
+        has moved on. When the move fails (Redis unavailable), `renew` tries it again on every pass.
         """
         targets: dict[str, tuple[Owned, SymbolState]] = {
             symbol: (owned, owned.state) for symbol in marks
             if (owned := self.books.owned.get(symbol)) is not None and owned.state is not None}
         now = time.monotonic()
-        for symbol, (_, state) in targets.items():
+        for symbol, (owned, state) in targets.items():
             kind, detail, keep_levels = marks[symbol]
             state.mark_stale(kind, detail, now, keep_levels=keep_levels)
+            owned.changed_under = owned.lease.epoch
             self.books.note(symbol, state, Outcome.STALE)
-        unmoved = await self.ownership.advance([owned.lease for owned, _ in targets.values()])
-        for _, state in targets.values():
-            state.dirty = True
-        if unmoved:  # the epoch key is gone or another instance holds the lease
+        unmoved = {lease.symbol for lease in await self.advance([owned for owned, _ in targets.values()])}
+        return [symbol for symbol, (owned, _) in targets.items()
+                if symbol not in unmoved and self.books.owned.get(symbol) is owned]
+
+    async def advance(self, targets: list[Owned]) -> list[Lease]:
+        """Move the leases of `targets` to a new epoch; return those that could not be moved, taken again
+        when their epoch key is gone (`retake`), dropped when another instance holds them."""
+        unmoved = await self.ownership.advance([owned.lease for owned in targets])
+        if unmoved:
             await self.retake(unmoved)
-            for lease in unmoved:
-                targets.pop(lease.symbol)
-        return [symbol for symbol, (owned, _) in targets.items() if self.books.owned.get(symbol) is owned]
+        return unmoved
 
     async def check_liveness(self, now: float) -> None:
         """Mark stale the live books of ingest sessions whose liveness key has been gone too long."""

@@ -2,7 +2,8 @@
 
 The builder is driven method by method, so the flush can be made to run exactly while the stale mark
 waits for Redis to move the lease to a new epoch: the moment a flush used to store the book live under the
-new epoch, leaving the stale document that followed at the same version, refused.
+new epoch, leaving the stale document that followed at the same version, refused. The book now waits for
+the new epoch (`Owned.epoch_pending`) and the flusher leaves it until then.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def test_a_flush_during_the_epoch_move_never_leaves_the_book_live(
             await asyncio.sleep(0)  # the mark now waits for Redis to move the epoch
             assert not marking.done() and owned.lease.epoch == epoch
             assert not owned.state.live, "stale in memory before anything is awaited"
-            await builder.flusher.flush()  # under the old epoch: refused, the live document has that version
+            await builder.flusher.flush()  # left alone: under the old epoch it has the live document's version
+            assert owned.epoch_pending and not builder.books.settled("XBTUSD", owned)
             assert await marking == ["XBTUSD"] and owned.lease.epoch == epoch + 1
             await builder.flusher.flush()
             return epoch

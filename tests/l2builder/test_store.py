@@ -337,7 +337,8 @@ async def flush(store: BookStore, state: SymbolState, epoch: int, lose_ack: bool
     result = await store.write({} if planned.document is None else {"XBTUSD": planned.document},
                                {} if planned.delta is None else {"XBTUSD": planned.delta})
     if "XBTUSD" in result.written and not lose_ack:
-        state.flush_written(ticket, planned.version, planned.top, planned.tombstones)
+        state.flush_written(ticket, planned.version, planned.top, planned.tombstones,
+                            stored_before="XBTUSD" in result.stored_before)
     else:
         state.flush_failed(ticket, planned.version, lost="XBTUSD" in result.rebase, tombstones=planned.tombstones)
     return planned.kind, result
