@@ -154,7 +154,8 @@ class Flusher:
             if decision.action is FlushAction.ACKNOWLEDGE:
                 if owned.state is not None:
                     owned.state.flush_written(ticket, planned.version, planned.top, planned.tombstones,
-                                              stored_before=result is not None and symbol in result.stored_before)
+                                              stored_before=result is not None and symbol in result.stored_before,
+                                              fields=planned.fields)
             elif owned.state is not None:
                 owned.state.flush_failed(ticket, planned.version, lost=decision.action is FlushAction.REWRITE,
                                          tombstones=planned.tombstones)

@@ -135,17 +135,14 @@ def _top(book: L2Book, top_levels: int) -> TopLevels:
 
 
 def _fields(state: SymbolState, book: L2Book, epoch: int, top_levels: int) -> Document:
-    """Every field of the document but the levels, the best levels and the dates."""
+    """Every field of the document but the levels, the best levels and `updated_at`."""
     bid_depth, ask_depth = book.depth
-    return {"bid_depth": bid_depth, "ask_depth": ask_depth, "truncated": max(bid_depth, ask_depth) > top_levels,
-            "timestamp": book.timestamp, "received_us": state.received_us, "stream_id": state.stream_id,
-            "session": state.session, "seq": state.seq, "epoch": epoch, "status": str(state.status),
-            "reason": state.reason, "version": version_key(epoch, state.stream_id)}
-
-
-def _received_at(state: SymbolState) -> dt.datetime | None:
     received = state.received_us
-    return None if received is None else dt.datetime.fromtimestamp(received / 1e6, UTC)
+    return {"bid_depth": bid_depth, "ask_depth": ask_depth, "truncated": max(bid_depth, ask_depth) > top_levels,
+            "timestamp": book.timestamp, "received_us": received, "stream_id": state.stream_id,
+            "session": state.session, "seq": state.seq, "epoch": epoch, "status": str(state.status),
+            "reason": state.reason, "version": version_key(epoch, state.stream_id),
+            "received_at": None if received is None else dt.datetime.fromtimestamp(received / 1e6, UTC)}
 
 
 def book_document(state: SymbolState, epoch: int, now: dt.datetime,
@@ -155,7 +152,7 @@ def book_document(state: SymbolState, epoch: int, now: dt.datetime,
     book = state.shown_book
     bids, asks = _top(book, top_levels)
     return {"layout": LAYOUT, "bids": bids, "asks": asks, **_fields(state, book, epoch, top_levels),
-            "received_at": _received_at(state), "updated_at": now, LEVELS: level_map(book)}
+            "updated_at": now, LEVELS: level_map(book)}
 
 
 def full_write_reason(ticket: FlushTicket, top_levels: int) -> str | None:
@@ -176,9 +173,13 @@ def full_write_reason(ticket: FlushTicket, top_levels: int) -> str | None:
 
 
 def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int,
-               top_levels: int) -> tuple[Delta, TopLevels, int]:
+               top_levels: int) -> tuple[Delta, TopLevels, int, Document]:
     """The delta that turns the stored document of `ticket.base` into the one of `state`, with the best
-    levels and (at most) the tombstones it leaves stored."""
+    levels, (at most) the tombstones and the other fields it leaves stored.
+
+    Only what differs from the base is sent: the levels changed, the best levels and the other fields when
+    they changed (all of them when the base's are unknown), so a flush costs what changed, not the book's
+    size nor the document's (the version filter makes "differs from the base" exact)."""
     book, base = ticket.book, ticket.base
     assert book is not None and base is not None
     sets, removed = level_changes(book, ticket.changed)
@@ -188,24 +189,26 @@ def book_delta(state: SymbolState, ticket: FlushTicket, epoch: int,
     if base.top is None or base.top[1] != asks:
         sets["asks"] = asks
     fields = _fields(state, book, epoch, top_levels)
-    sets.update(fields)
-    received = _received_at(state)
-    if received is not None:
-        sets["received_at"] = received
+    stored = base.fields
+    if stored is None:
+        sets.update(fields)
+    else:
+        sets.update({name: value for name, value in fields.items() if name not in stored or stored[name] != value})
     update: Document = {"$set": sets, "$currentDate": {"updated_at": True}}
-    return Delta(fields["version"], tuple(base.versions), update), top, base.tombstones + removed
+    return Delta(fields["version"], tuple(base.versions), update), top, base.tombstones + removed, fields
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedWrite:
     """How one flush writes a book: whole (`document`) or as a `delta`; `kind` is "delta" or the reason
     for a whole write (`full_write_reason`); `version`, `top` and (at most) `tombstones` removed levels are
-    what the document holds once written."""
+    what the document holds once written, with its other `fields`."""
 
     kind: str
     version: str
     top: TopLevels
     tombstones: int
+    fields: Document
     document: Document | None = None
     delta: Delta | None = None
 
@@ -215,10 +218,11 @@ def plan_write(state: SymbolState, ticket: FlushTicket, epoch: int, now: dt.date
     """The write of `ticket` (just taken from `state`) by the owner of `epoch`."""
     reason = full_write_reason(ticket, top_levels)
     if reason is None:
-        delta, top, removed = book_delta(state, ticket, epoch, top_levels)
-        return PlannedWrite("delta", delta.version, top, removed, delta=delta)
+        delta, top, removed, fields = book_delta(state, ticket, epoch, top_levels)
+        return PlannedWrite("delta", delta.version, top, removed, fields, delta=delta)
     document = book_document(state, epoch, now, top_levels)
-    return PlannedWrite(reason, document["version"], (document["bids"], document["asks"]), 0, document=document)
+    return PlannedWrite(reason, document["version"], (document["bids"], document["asks"]), 0,
+                        _fields(state, state.shown_book, epoch, top_levels), document=document)
 
 
 def restore_state(symbol: str, document: Document | None, resync_interval: float, now: float) -> SymbolState:

@@ -26,6 +26,7 @@ with the next write: a `$set` of current values is harmless twice).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,9 @@ class Written:
     top: TopLevels | None = None
     tombstones: int = 0
     """At most this many removed levels (null) are in the stored level map."""
+    fields: Mapping[str, Any] | None = None
+    """The other fields stored (position, depths, status...), None when unknown like `top`: a delta sets
+    only those that differ."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,9 +386,9 @@ class SymbolState:
         return ticket
 
     def flush_written(self, ticket: FlushTicket, version: str, top: TopLevels, tombstones: int = 0,
-                      stored_before: bool = False) -> None:
-        """The write of `ticket` is durable as `version`, with `top` in `bids`/`asks` and `tombstones` removed
-        levels in its map: the next delta builds on it.
+                      stored_before: bool = False, fields: Mapping[str, Any] | None = None) -> None:
+        """The write of `ticket` is durable as `version`, with `top` in `bids`/`asks`, `tombstones` removed
+        levels in its map and `fields` as its other fields: the next delta builds on it.
 
         `stored_before`: the document held `version` already (a whole write refused with 11000), so its map
         holds what an earlier write of that version left: at most the base's removed levels, which are kept,
@@ -395,8 +399,8 @@ class SymbolState:
             if ticket.base is None or self.written is not ticket.base:
                 self.written, self.unsure_ids = None, set()
                 return
-            tombstones = max(tombstones, ticket.base.tombstones)
-        self.written = Written(ticket.book, ticket.loads, [version], top, tombstones)
+            tombstones, fields = max(tombstones, ticket.base.tombstones), None
+        self.written = Written(ticket.book, ticket.loads, [version], top, tombstones, fields)
         self.unsure_ids = set()
 
     def flush_failed(self, ticket: FlushTicket, version: str | None = None, lost: bool = False,
@@ -418,6 +422,6 @@ class SymbolState:
             self.written, self.unsure_ids = None, set()
             return
         written.versions.append(version)
-        written.top = None
+        written.top = written.fields = None
         written.tombstones = max(written.tombstones, tombstones)
         self.unsure_ids = ticket.changed

@@ -338,7 +338,7 @@ async def flush(store: BookStore, state: SymbolState, epoch: int, lose_ack: bool
                                {} if planned.delta is None else {"XBTUSD": planned.delta})
     if "XBTUSD" in result.written and not lose_ack:
         state.flush_written(ticket, planned.version, planned.top, planned.tombstones,
-                            stored_before="XBTUSD" in result.stored_before)
+                            stored_before="XBTUSD" in result.stored_before, fields=planned.fields)
     else:
         state.flush_failed(ticket, planned.version, lost="XBTUSD" in result.rebase, tombstones=planned.tombstones)
     return planned.kind, result
@@ -375,6 +375,10 @@ def test_many_deltas_store_what_a_whole_write_of_the_same_book_stores(mongo_url:
     delta = COMMANDS.updates[-1]["updates"][0]
     assert not delta.get("upsert") and set(delta["u"]) == {"$set", "$currentDate"}
     assert len(bson.encode(delta)) < len(bson.encode(stored_document)) / 4
+    # Fields the base holds already are not sent again: only those that changed (and after an unknown
+    # outcome, all of them, which the final equality above covers).
+    sent = set(delta["u"]["$set"])
+    assert {"seq", "stream_id", "version"} <= sent and not sent & {"session", "status", "reason", "epoch"}
 
 
 def test_a_delta_keeps_dates_real_on_every_server(mongo_url: str, mongo_database: str) -> None:
