@@ -108,13 +108,17 @@ def top10_key(client: Client, keys: Keys, symbol: str) -> dict[str, Any]:
 
 
 def undrained(client: Client, stream: str, group: str) -> str | None:
-    """What group `group` has left to do on `stream` (unread or unacknowledged entries), None when nothing."""
-    groups = cast(list[dict[str, Any]], client.xinfo_groups(stream))
+    """What group `group` has left to do on `stream` (entries not delivered or not acknowledged), None when
+    nothing. Delivery is judged by the last delivered id, not by the group's `lag`: Redis's count of entries
+    read is an estimate that a failover can leave off (lost writes, replayed reads)."""
+    groups: list[dict[str, Any]] = client.xinfo_groups(stream)
     found = [entry for entry in groups if entry["name"] == group.encode()]
     if not found:
         return "no group"
-    if found[0]["pending"] or found[0]["lag"]:
-        return f"pending={found[0]['pending']} lag={found[0]['lag']}"
+    newest = cast(list[tuple[bytes, Any]], client.xrevrange(stream, count=1))
+    delivered = found[0]["last-delivered-id"]
+    if found[0]["pending"] or (newest and newest[0][0] != delivered):
+        return f"pending={found[0]['pending']} last_delivered={delivered!r} newest={newest[0][0]!r}"
     return None
 
 
@@ -221,7 +225,7 @@ def test_pipeline_on_a_cluster_survives_a_kill_9_of_an_l2builder(
     env = {**service_env, "REDIS_URL": redis_cluster_url}
     books = Books(mongo_url, mongo_database)
     pipeline = Pipeline(run_service, env, redis_cluster_url, symbols, books, keys, frames=4000, rate=250)
-    wait_until(pipeline.all_live, 30, "every book live", interval=0.5)
+    wait_until(pipeline.all_live, 45, "every book live", interval=0.5)
     victim = pipeline.builders.pop("builder-b")
     assert "max_frames_reached" not in pipeline.exchange.logs(), "the market ended before the kill: raise frames"
     victim.kill()
@@ -289,7 +293,7 @@ def test_pipeline_keeps_running_through_a_primary_failover(
     env = {**service_env, "REDIS_URL": cluster.url}
     books = Books(mongo_url, mongo_database)
     pipeline = Pipeline(run_service, env, cluster.url, symbols, books, keys, frames=5000, rate=250)
-    wait_until(pipeline.all_live, 30, "every book live", interval=0.5)
+    wait_until(pipeline.all_live, 45, "every book live", interval=0.5)
     sampler = EpochSampler(books)
     sampler.start()
 
@@ -309,5 +313,5 @@ def test_pipeline_keeps_running_through_a_primary_failover(
     assert not set.intersection(*taken.values()), "one (symbol, epoch) taken by two instances"
     for symbol, seen in epochs.items():
         assert seen == sorted(seen), f"{symbol}: document epochs went back: {seen}"
-    assert sampler.samples > 10 and victim_symbols
+    assert set(epochs) == set(symbols) and victim_symbols
     wait_status_clean(env, symbols, primaries=3)
