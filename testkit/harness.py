@@ -223,14 +223,13 @@ class RedisClusterServers:
     def wait_ok(self, timeout: float = 30) -> None:
         """Wait until every running node says cluster_state:ok and sees every slot served."""
         def ok() -> bool:
-            return all(_cluster_ok(node.port, self.masters)
-                       for node in self.nodes if node.process and node.process.poll() is None)
+            return all(_cluster_ok(node.port, self.masters) for node in self._live())
 
         wait_until(ok, timeout, "cluster_state:ok on every node", interval=0.1)
 
     def primaries(self) -> list[RedisServer]:
         """The nodes serving slots now, as their own CLUSTER NODES says (a failover changes them)."""
-        live = [node for node in self.nodes if node.process and node.process.poll() is None]
+        live = self._live()
         table = self._table(live[0])
         ports = {int(address.rsplit(":", 1)[1]) for address, entry in table.items()
                  if "master" in entry["flags"] and "fail" not in entry["flags"] and entry["slots"]}
@@ -238,7 +237,7 @@ class RedisClusterServers:
 
     def owner(self, slot: int) -> RedisServer:
         """The primary serving `slot`, as the first live node sees it."""
-        live = [node for node in self.nodes if node.process and node.process.poll() is None]
+        live = self._live()
         for address, entry in self._table(live[0]).items():
             # A range of one slot (left by a resharding) is listed as its lone number.
             if "master" in entry["flags"] and any(int(span[0]) <= slot <= int(span[-1]) for span in entry["slots"]):
@@ -249,10 +248,37 @@ class RedisClusterServers:
         return str(self._table(node)[f"127.0.0.1:{node.port}"]["node_id"])
 
     def replica_of(self, primary: RedisServer) -> RedisServer:
-        primary_id = self.node_id(primary)
-        ports = {int(address.rsplit(":", 1)[1]) for address, entry in self._table(primary).items()
+        """A replica of `primary`, as a live node sees it (`primary` itself may be dead)."""
+        table = self._table(self._live()[0])
+        primary_id = str(table[f"127.0.0.1:{primary.port}"]["node_id"])
+        ports = {int(address.rsplit(":", 1)[1]) for address, entry in table.items()
                  if entry["master_id"] == primary_id and "fail" not in entry["flags"]}
-        return next(node for node in self.nodes if node.port in ports)
+        return next(node for node in self._live() if node.port in ports)
+
+    def take_over(self, dead: RedisServer) -> RedisServer:
+        """Promote a replica of the primary `dead` (killed) at once with CLUSTER FAILOVER TAKEOVER, rather than
+        wait for the cluster to notice; returns the new primary once every live node sees it serve."""
+        replica = self.replica_of(dead)
+        client = redis.Redis(port=replica.port, socket_timeout=5)
+        try:
+            try:
+                client.cluster("FAILOVER", "TAKEOVER")
+            except redis.exceptions.ResponseError as exc:
+                # The cluster may have promoted it by itself already: nothing left to do.
+                if "master" not in str(exc).lower():
+                    raise
+        finally:
+            client.close()
+
+        def promoted() -> bool:
+            return all("master" in self._table(node)[f"127.0.0.1:{replica.port}"]["flags"] for node in self._live())
+
+        wait_until(promoted, 20, f"node {replica.port} promoted in place of {dead.port}", 0.1)
+        self.wait_ok()
+        return replica
+
+    def _live(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process and node.process.poll() is None]
 
     def fail_over(self, primary: RedisServer) -> RedisServer:
         """Promote a replica of `primary` with CLUSTER FAILOVER (nothing is lost: it waits for the replica to
@@ -266,7 +292,7 @@ class RedisClusterServers:
         def promoted() -> bool:
             return all("master" in self._table(node)[f"127.0.0.1:{replica.port}"]["flags"]
                        and "slave" in self._table(node)[f"127.0.0.1:{primary.port}"]["flags"]
-                       for node in self.nodes if node.process and node.process.poll() is None)
+                       for node in self._live())
 
         try:
             # A manual failover needs the replica in sync, and gives up (silently) after a few seconds

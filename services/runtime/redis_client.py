@@ -19,6 +19,8 @@ A cluster URL (`redis+cluster://h1:7000,h2:7001/`, `rediss+cluster://` for TLS) 
 `RedisCluster`, seeded with every node the URL names. It follows MOVED, ASK and TRYAGAIN itself (those
 commands did not run, so sending them on is safe), and with its retries off a connection error or
 CLUSTERDOWN is raised to the caller's loop after marking the slot map for a refresh on the next command.
+redis-py's cluster pipeline marks it only when it may retry, so with retries off a pipeline would send to a
+failed primary for ever: `_Pipeline` marks it too (any of its commands' replies being such an error).
 Its errors are `RedisError`s, as the one-server client's are: redis-py raises `RedisClusterException`,
 which is none, when no node answers or some slot has no node, and `_Cluster` raises that as a
 `ClusterError`. Commands keep bookstream's layout: every
@@ -32,7 +34,7 @@ from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -102,6 +104,34 @@ class _Cluster(RedisCluster):
             return await super().execute_command(*args, **kwargs)
         except RedisClusterException as exc:
             raise _as_redis_error(exc) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise ClusterError("shard_hint is not supported on a cluster")
+        return _Pipeline(self, transaction)  # type: ignore[abstract]  # redis-py types an attribute it sets in __init__ as abstract
+
+
+class _Pipeline(ClusterPipeline):
+    """redis-py's cluster pipeline, refreshing the slot map after a topology error as single commands do.
+
+    Without retries redis-py raises (or, with `raise_on_error=False`, returns) a connection error, timeout
+    or CLUSTERDOWN of a pipeline without marking the map stale: after a primary died and its replica took
+    over, every pipeline touching its slots would go on failing against the dead node."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            replies: list[Any] = await super().execute(raise_on_error, allow_redirections)
+        except RedisCluster.ERRORS_ALLOW_RETRY:
+            self._refresh_slot_map()
+            raise
+        if any(isinstance(reply, RedisCluster.ERRORS_ALLOW_RETRY) for reply in replies):
+            self._refresh_slot_map()
+        return replies
+
+    def _refresh_slot_map(self) -> None:
+        # What redis-py's own single-command path does on a connection error: the next command (of any
+        # caller) reads CLUSTER SLOTS again before it is sent.
+        self.cluster_client._initialize = True
 
 
 def _as_redis_error(exc: RedisClusterException) -> RedisError:
