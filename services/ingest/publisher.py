@@ -220,11 +220,12 @@ class Publisher:
         for group, outcome in zip(groups, outcomes, strict=True):
             failures |= _first_failures(batch, group, outcome)
         try:
-            if signals and not same_call:
-                # Before settling, which raises when some stream refused: the others' entries are in.
-                signal_replies = await self._wire.call(signals)
+            # Before anything awaits: the heartbeat's count of what landed must never lag what Redis holds.
+            self._settle(batch, failures, done)
         finally:
-            self._settle(batch, failures, done)  # whatever the signals' fate: these entries must not go again
+            if signals and not same_call:
+                # Even when settling raised (a stream refused): the other streams' entries are in.
+                signal_replies = await self._wire.call(signals)
         for reply in signal_replies if signals else ():
             if isinstance(reply, ResponseError):
                 # The entries are in: a lost signal only delays their readers (services.core.activity).
