@@ -47,6 +47,9 @@ HANDLED = {  # service: the counter of the frames it handled
 }
 ENTRIES = "bookstream_ingest_entries_published_total"
 """Every stream entry ingest wrote (frames of both tables and gap markers): what Redis stores and serves."""
+KEPT_UP = 0.99
+"""A run kept up when the simulator made at least this share of RATE and l2builder applied this share of what
+it made. Else the machine was saturated: batches grow, so CPU per frame falls, and latency is queueing."""
 RESULTS_HEADING = "## Cluster: one server vs 3 primaries + 3 replicas"
 
 
@@ -68,7 +71,14 @@ class Run:
     cores_busy: float = 0.0
     top10_us: tuple[float, float] = (float("nan"), float("nan"))
     ingest_us: tuple[float, float] = (float("nan"), float("nan"))
+    ended: str = ""
+    """UTC time and the machine's 1-minute load average at the window's end: how shared the cores were."""
     error: str = ""
+
+    @property
+    def saturated(self) -> bool:
+        made = self.frames_per_s.get("exchange", 0.0)
+        return made < KEPT_UP * RATE or self.frames_per_s.get("l2builder", 0.0) < KEPT_UP * made
 
     @property
     def redis_us_per_entry(self) -> float:
@@ -108,6 +118,8 @@ def measure(workdir: Path, target: str, number: int, warmup: float, window: floa
             servers = {f"redis:{node.port}": node for node in nodes} | {"nx-27017": mongo_server}
             pids |= {name: server.process.pid for name, server in servers.items() if server.process is not None}
             measured, _ = measure_window(pids, services, lambda: time.sleep(window))
+            run.ended = (f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())}, "
+                         f"load {Path('/proc/loadavg').read_text().split()[0]}")
         _record(run, measured.seconds, measured.cpu, {name: measured.count(name, HANDLED[name]) for name in SERVICES},
                 {f"redis:{port}" for port in primaries})
         run.entries = measured.count("ingest", ENTRIES)
@@ -146,24 +158,26 @@ def _ms(us: float) -> str:
 def table(runs: Sequence[Run]) -> list[str]:
     header = ("Redis", "round", "frames/s: " + " / ".join(SERVICES), "CPU µs per frame: " + " / ".join(SERVICES),
               "Redis CPU µs per entry (all nodes)", "of which replicas", "top10 receive -> key p50 / p99",
-              "ingest receive -> XADD p50 / p99", "cores busy (all processes)")
+              "ingest receive -> XADD p50 / p99", "cores busy (these processes)", "window ended (UTC), load")
     rows = []
     for run in runs:
-        rows.append((f"{run.target}" + (f" ({run.error})" if run.error else ""), str(run.round),
+        rows.append((f"{run.target}" + (f" ({run.error})" if run.error else ""),
+                     f"{run.round}" + (" (saturated)" if run.saturated and not run.error else ""),
                      " / ".join(f"{run.frames_per_s.get(name, float('nan')):,.0f}" for name in SERVICES),
                      " / ".join(f"{run.cpu_us_per_frame.get(name, float('nan')):,.1f}" for name in SERVICES),
                      f"{run.redis_us_per_entry:,.1f}", f"{run.replicas_us_per_entry:,.1f}",
                      f"{_ms(run.top10_us[0])} / {_ms(run.top10_us[1])}",
-                     f"{_ms(run.ingest_us[0])} / {_ms(run.ingest_us[1])}", f"{run.cores_busy:.2f} of {os.cpu_count()}"))
+                     f"{_ms(run.ingest_us[0])} / {_ms(run.ingest_us[1])}", f"{run.cores_busy:.2f} of {os.cpu_count()}",
+                     run.ended or "-"))
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def ratios(runs: Sequence[Run]) -> dict[str, float]:
-    """Cluster over one server, each figure averaged over the rounds: CPU per frame of each service, Redis CPU
-    per entry, top10 p50 / p99; NaN where either target has no figure."""
+    """Cluster over one server, each figure averaged over the rounds that kept up: CPU per frame of each service,
+    Redis CPU per entry, top10 p50 / p99; NaN where either target has no such round."""
     def mean(target: str, figure: Callable[[Run], float]) -> float:
-        values = [figure(run) for run in runs if run.target == target and not run.error]
+        values = [figure(run) for run in runs if run.target == target and not run.error and not run.saturated]
         return sum(values) / len(values) if values else float("nan")
 
     def cpu_of(name: str) -> Callable[[Run], float]:
@@ -191,12 +205,16 @@ def section(runs: Sequence[Run], quick: bool, warmup: float, window: float) -> l
              "six cluster nodes, replicas included; the replicas' share beside it), and receive -> key written "
              "(top10) and receive -> XADD acknowledged (ingest) from the services' histograms. Other agents run "
              "tests on this shared two-core machine at the same time: the CPU-per-frame and per-entry figures "
-             "do not depend on that, the wall-clock ones (frames/s at saturation, latency, cores busy) do, so "
-             "judge latency by its order of magnitude and across the rounds.", ""]
+             "do not depend much on that while the pipeline keeps up, the wall-clock ones (latency above all) do: the "
+             "last column gives the machine's 1-minute load average, of which these processes are the cores-busy "
+             "column. A round marked saturated did not keep up (the simulator made less than "
+             f"{KEPT_UP:.0%} of its rate, or l2builder applied less than {KEPT_UP:.0%} of what it made): there "
+             "batches grow, CPU per frame falls and latency is queueing, so it is left out of the ratios. Judge "
+             "latency by its order of magnitude and across the rounds.", ""]
     if quick:
         lines += ["**Quick run: short windows, a smoke test; do not quote these numbers.**", ""]
     found = ratios(runs)
-    lines += ["Cluster over one server, averaged over the rounds: "
+    lines += ["Cluster over one server, averaged over the rounds that kept up: "
               + ", ".join(f"{label} {ratio:.2f}x" for label, ratio in found.items()) + ".", ""]
     return [*lines, *table(runs), ""]
 

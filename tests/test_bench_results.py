@@ -54,8 +54,10 @@ def cluster_run(target: str, number: int, factor: float) -> cluster.Run:
 
 def test_the_cluster_section_sets_the_cluster_beside_one_server(tmp_path: Path) -> None:
     single, clustered = cluster.TARGETS
+    saturated = cluster_run(clustered, 3, 1.0)
+    saturated.frames_per_s["l2builder"] = 1_900.0  # behind the simulator's 2,000/s: left out of the ratios
     runs = [cluster_run(single, 1, 1.0), cluster_run(clustered, 1, 2.0), cluster_run(single, 2, 1.0),
-            cluster_run(clustered, 2, 3.0)]
+            cluster_run(clustered, 2, 3.0), saturated]
     ratios = cluster.ratios(runs)
     # Each figure averaged over the rounds first: (2 + 3) / 2 over 1.
     assert ratios["Redis CPU per entry"] == 2.5 and ratios["ingest CPU per frame"] == 2.5
@@ -69,6 +71,7 @@ def test_the_cluster_section_sets_the_cluster_beside_one_server(tmp_path: Path) 
     # ingest 2 s over 36,000 frames.
     assert f"| {clustered} | 1 | 2,000 / 3,600 / 1,600 / 2,000 | 100.0 / 55.6 / 93.8 / 50.0 | 100.0 | 25.0 |" in first
     assert "Redis CPU per entry 2.50x" in first and "Quick run" not in first
+    assert f"| {clustered} | 3 (saturated) |" in first and f"| {clustered} | 2 |" in first
     scale.write_section(path, cluster.section(runs[:2], True, 5.0, 10.0))
     second = path.read_text()
     assert second.count(cluster.RESULTS_HEADING) == 1 and "| 2 |" not in second
