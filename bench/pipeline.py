@@ -46,8 +46,8 @@ import orjson
 import pymongo
 import redis
 
-from bench.processes import cpu_seconds, start_service
-from bench.prometheus import delta, histogram, metric, quantile
+from bench.processes import cpu_seconds, measure_window, start_service
+from bench.prometheus import quantile
 from services.core.bitmex import parse_frame
 from services.core.capture import iter_capture
 from services.core.entries import parse_stream_id
@@ -217,11 +217,6 @@ def peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def window(before: str, after: str, name: str) -> Distribution:
-    """Histogram `name` (bounds in µs) of what was observed between two scrapes of the metrics text."""
-    return Distribution(buckets=delta(histogram(before, name, 1e6), histogram(after, name, 1e6)))
-
-
 class Servers:
     """The redis-server and MongoDB-protocol server every measurement uses, with a fresh prefix each."""
 
@@ -265,20 +260,19 @@ def measure_rate(servers: Servers, rate: int, symbols: list[str], warmup: float,
         time.sleep(warmup)
         # This process polls the keys and documents meanwhile: its CPU is part of what the machine carries.
         pids = {name: process.pid for name, process in services.items()} | servers.pids() | {"bench": os.getpid()}
-        scrape_before = {role: services[role].metrics() for role in services}
-        # The CPU window is the polling window exactly: a scrape of a busy service can take a while.
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        started_wall, started = time.time(), time.monotonic()
-        top10, documents = poll(servers, keys, books, symbols, seconds)
-        cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        elapsed, ended_wall = time.monotonic() - started, time.time()
-        scrape_after = {role: services[role].metrics() for role in services}
-        cpu = {name: (cpu_after[name] - cpu_before[name]) / elapsed * 100 for name in pids}
+
+        def polled() -> tuple[float, tuple[list[Stored], list[Stored]], float]:
+            started_wall = time.time()
+            return started_wall, poll(servers, keys, books, symbols, seconds), time.time()
+
+        measured, (started_wall, (top10, documents), ended_wall) = measure_window(pids, services, polled)
+        elapsed = measured.seconds
+        cpu = {name: spent / elapsed * 100 for name, spent in measured.cpu.items()}
         peaks = {name: peak_mb(pid) for name, pid in pids.items() if name != "bench"}
         backlog = l2builder_backlog(servers.client, keys, symbols)
 
     def rate_of(role: str, sample: str) -> float:
-        return (metric(scrape_after[role], sample) - metric(scrape_before[role], sample)) / elapsed
+        return measured.count(role, sample) / elapsed
 
     throughput = {"exchange changes": rate_of("exchange", "bookstream_exchange_l2_changes_total"),
                   "ingest entries": rate_of("ingest", 'bookstream_ingest_entries_published_total{kind="frame"}'),
@@ -287,8 +281,8 @@ def measure_rate(servers: Servers, rate: int, symbols: list[str], warmup: float,
     entries = list(l2_entries(servers.client, keys, symbols, started_wall, ended_wall))
     stages = {
         "exchange -> receive": Distribution(samples=[entry.recv_us - entry.exchange_us for entry in entries]),
-        "receive -> XADD": window(scrape_before["ingest"], scrape_after["ingest"], INGEST_LATENCY),
-        "receive -> top10 key": window(scrape_before["top10"], scrape_after["top10"], TOP10_LATENCY),
+        "receive -> XADD": Distribution(buckets=measured.buckets("ingest", INGEST_LATENCY, 1e6)),
+        "receive -> top10 key": Distribution(buckets=measured.buckets("top10", TOP10_LATENCY, 1e6)),
         "exchange -> top10 key": Distribution(samples=[state.written_us - state.exchange_us for state in top10]),
         "receive -> MongoDB, newest change": Distribution(
             samples=[state.written_us - state.recv_us for state in documents]),

@@ -1,13 +1,20 @@
-"""The benchmarks' child processes: `bookstream` services with a metrics port, and their CPU time."""
+"""The benchmarks' child processes: `bookstream` services with a metrics port, their CPU time, and a
+measured window over a set of them."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from bench.prometheus import Buckets, delta, histogram, metric
 from testkit.harness import ServiceProcess, free_port
+
+T = TypeVar("T")
 
 TERMINATE_SECONDS = 30.0
 """Long enough for l2builder's last bulk write and ingest's last XADD on a busy machine, before SIGKILL."""
@@ -46,3 +53,36 @@ def service(workdir: Path, name: str, *args: str, env: dict[str, str],
         raise
     finally:
         process.terminate(TERMINATE_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What a set of processes did over a measured window: CPU seconds of each, and the metrics text of each
+    service at either end."""
+
+    seconds: float
+    cpu: dict[str, float]
+    before: dict[str, str]
+    after: dict[str, str]
+
+    def count(self, service: str, sample: str) -> float:
+        """How much counter `sample` (see `prometheus.metric`) of `service` grew over the window."""
+        return metric(self.after[service], sample) - metric(self.before[service], sample)
+
+    def buckets(self, service: str, name: str, scale: float = 1.0) -> Buckets:
+        """Histogram `name` of `service` over the window, bounds multiplied by `scale`."""
+        return delta(histogram(self.before[service], name, scale), histogram(self.after[service], name, scale))
+
+
+def measure_window(pids: Mapping[str, int], services: Mapping[str, ServiceProcess],
+                   during: Callable[[], T]) -> tuple[Window, T]:
+    """Run `during()` as the window: every process's CPU time read on either side of it, every service's metrics
+    scraped outside that, since a scrape of a busy service can take a while."""
+    before = {name: process.metrics() for name, process in services.items()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    result = during()
+    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds = time.monotonic() - started
+    after = {name: process.metrics() for name, process in services.items()}
+    return Window(seconds, {name: cpu_after[name] - cpu_before[name] for name in pids}, before, after), result

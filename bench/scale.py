@@ -42,8 +42,8 @@ import pymongo
 import redis
 
 from bench.book import CAPTURES
-from bench.processes import cpu_seconds, start_service
-from bench.prometheus import delta, histogram, metric, quantile
+from bench.processes import measure_window, start_service
+from bench.prometheus import quantile
 from services.core.capture import iter_capture
 from services.core.keys import L2BUILDER_GROUP, Keys
 from services.exchange.market import symbol_names
@@ -318,28 +318,28 @@ def measure(workdir: Path, scenario: Scenario, variant: str, tree: Path, window:
 
 
 def _window(stack: Stack, run: Run, builders: list[ServiceProcess], window: float) -> None:
-    pids = stack.pids()
-    scrapes = [builder.metrics() for builder in builders]
-    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    sent, (calls, usec), started = stack.proxy.sent, stack.xreadgroup(), time.monotonic()
-    time.sleep(window)
-    run.seconds = time.monotonic() - started
-    mongo_bytes, (calls_after, usec_after) = stack.proxy.sent, stack.xreadgroup()
-    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    after = [builder.metrics() for builder in builders]
+    services = {builder.name: builder for builder in builders}
+
+    def observed() -> tuple[int, float, float]:
+        """(bytes sent to MongoDB, XREADGROUP calls, µs of XREADGROUP) over the window."""
+        sent, (calls, usec) = stack.proxy.sent, stack.xreadgroup()
+        time.sleep(window)
+        calls_after, usec_after = stack.xreadgroup()
+        return stack.proxy.sent - sent, calls_after - calls, usec_after - usec
+
+    measured, (run.mongo_bytes, calls, usec) = measure_window(stack.pids(), services, observed)
+    run.seconds = measured.seconds
     run.lag, run.pending = stack.backlog()
 
     def total(sample: str) -> float:
-        return sum(metric(late, sample) - metric(early, sample) for early, late in zip(scrapes, after, strict=True))
+        return sum(measured.count(name, sample) for name in services)
 
     run.frames = total("bookstream_l2builder_frames_applied_total")
     run.rows = total("bookstream_l2builder_rows_applied_total")
-    run.mongo_bytes = mongo_bytes - sent
-    run.cpu_us = {name: (cpu_after[name] - cpu[name]) / max(run.frames, 1) * 1e6 for name in pids}
-    run.xreadgroup_calls_per_s = (calls_after - calls) / run.seconds
-    run.xreadgroup_us_per_call = (usec_after - usec) / max(calls_after - calls, 1)
-    cycles = [delta(histogram(early, CYCLE), histogram(late, CYCLE))
-              for early, late in zip(scrapes, after, strict=True)]
+    run.cpu_us = {name: spent / max(run.frames, 1) * 1e6 for name, spent in measured.cpu.items()}
+    run.xreadgroup_calls_per_s = calls / run.seconds
+    run.xreadgroup_us_per_call = usec / max(calls, 1)
+    cycles = [measured.buckets(name, CYCLE) for name in services]
     if all(cycles):
         merged = [(bound, sum(buckets[index][1] for buckets in cycles)) for index, (bound, _) in enumerate(cycles[0])]
         if merged[-1][1]:
@@ -413,11 +413,12 @@ def section(runs: Sequence[Run], figure: str | None, quick: bool, baseline: str)
 
 
 def write_section(path: Path, lines: list[str]) -> None:
-    """Replace (or append) the Scale section of RESULTS.md: from its heading to the next `## `."""
+    """Replace the section of RESULTS.md headed by `lines[0]` (from that heading to the next `## `) with `lines`,
+    or insert them ahead of "How to run" where there is none yet. bench.cluster writes its section so too."""
     text = path.read_text() if path.exists() else "# bookstream benchmark results\n"
     body = text.split("\n")
-    if RESULTS_HEADING in body:
-        start = body.index(RESULTS_HEADING)
+    if lines[0] in body:
+        start = body.index(lines[0])
         end = next((index for index in range(start + 1, len(body)) if body[index].startswith("## ")), len(body))
         body[start:end] = lines
     else:
