@@ -7,11 +7,9 @@ import json
 import urllib.request
 from typing import Any, cast
 
-import redis
-
 from services.core.bookdoc import book_levels
 from services.core.keys import Keys
-from testkit.harness import free_port, wait_until
+from testkit.harness import free_port, redis_client, wait_until
 from testkit.l2feeds import Books, Levels, log_values
 from tests.conftest import RunService
 
@@ -30,7 +28,7 @@ def exchange_book(port: int, symbol: str) -> Levels:
 
 
 def test_simulated_market_with_a_forced_resync_ends_equal_to_the_exchange(
-        run_service: RunService, service_env: dict[str, str], redis_url: str, mongo_url: str, key_prefix: str,
+        run_service: RunService, service_env: dict[str, str], redis_target: str, mongo_url: str, key_prefix: str,
         mongo_database: str) -> None:
     port = free_port()
     run_service("exchange", "--sim", "--host", "127.0.0.1", "--port", str(port), "--symbols", ",".join(SYMBOLS),
@@ -40,7 +38,7 @@ def test_simulated_market_with_a_forced_resync_ends_equal_to_the_exchange(
     run_service("ingest", env=env, name="ingest")
     builders = [run_service("l2builder", env={**env, "INSTANCE_NAME": name}, name=name) for name in ("one", "two")]
     books, keys = Books(mongo_url, mongo_database), Keys(key_prefix)
-    client: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_client(redis_target)  # one server, then a cluster (service_env follows redis_target)
 
     def all_live() -> bool:
         documents = books.all()
@@ -50,8 +48,8 @@ def test_simulated_market_with_a_forced_resync_ends_equal_to_the_exchange(
     client.xadd(keys.l2_stream("XBTUSD"), {"table": "orderBookL2", "action": "update", "frame": "{"})
 
     def resync_requested() -> bool:
-        requests = cast(list[tuple[str, dict[str, str]]], client.xrange(keys.control))
-        return any(fields.get("symbol") == "XBTUSD" and fields.get("requested_by") in ("one", "two")
+        requests = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.control))
+        return any(fields.get(b"symbol") == b"XBTUSD" and fields.get(b"requested_by") in (b"one", b"two")
                    for _, fields in requests)
 
     wait_until(resync_requested, 10, "l2builder asking ingest for a fresh XBTUSD partial")

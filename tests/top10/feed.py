@@ -92,7 +92,7 @@ def add_raw(client: redis.Redis, keys: Keys, symbol: str, fields: dict[str, str]
     return stream_id
 
 
-def cached(client: redis.Redis, keys: Keys, symbol: str) -> dict[str, Any]:
+def cached(client: redis.Redis | redis.RedisCluster, keys: Keys, symbol: str) -> dict[str, Any]:
     """The top10 hash of `symbol` with bids and asks decoded; empty when absent."""
     raw: dict[str, Any] = {_text(key): _text(value) for key, value in client.hgetall(keys.top10(symbol)).items()}
     for side in ("bids", "asks"):

@@ -16,7 +16,7 @@ import redis
 
 from services.core.entries import decode_entry
 from services.core.keys import TOP10_GROUP, Keys
-from testkit.harness import ServiceProcess, base_env, free_port, wait_until
+from testkit.harness import ServiceProcess, base_env, free_port, redis_client, wait_until
 from tests.top10.feed import cached
 
 RunService = Callable[..., ServiceProcess]
@@ -33,7 +33,8 @@ def truth_top10(port: int, symbol: str) -> tuple[list[list[float]], list[list[fl
     return bids[:10], asks[:10]
 
 
-def last_ob10_frame(client: redis.Redis, keys: Keys, symbol: str) -> tuple[str, dict[str, Any]] | None:
+def last_ob10_frame(client: redis.Redis | redis.RedisCluster, keys: Keys,
+                    symbol: str) -> tuple[str, dict[str, Any]] | None:
     """The stream id and the orderBook10 row of the newest frame in `symbol`'s ob10 stream."""
     # An undecoded client: ids and fields come back as bytes, never None for entries that exist.
     newest_first = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrevrange(keys.ob10_stream(symbol), count=20))
@@ -45,8 +46,9 @@ def last_ob10_frame(client: redis.Redis, keys: Keys, symbol: str) -> tuple[str, 
     return None
 
 
-def test_keys_equal_the_last_frame_and_the_exchange_book(run_service: RunService, redis_url: str,
+def test_keys_equal_the_last_frame_and_the_exchange_book(run_service: RunService, redis_target: str,
                                                          key_prefix: str) -> None:
+    redis_url = redis_target  # one server, then a cluster
     port = free_port()
     env = base_env(REDIS_URL=redis_url, KEY_PREFIX=key_prefix, CLAIM_IDLE="2", LOG_LEVEL="INFO")
     exchange = run_service("exchange", "--sim", "--host", "127.0.0.1", "--port", str(port), "--symbols",
@@ -55,7 +57,7 @@ def test_keys_equal_the_last_frame_and_the_exchange_book(run_service: RunService
     run_service("ingest", env={**env, "BITMEX_WS_URL": f"ws://127.0.0.1:{port}/realtime",
                                "SYMBOLS": ",".join(SYMBOLS)})
     exchange.wait_log("max_frames_reached", timeout=30)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     keys = Keys(key_prefix)
 
     def settled() -> bool:
