@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +30,9 @@ from services.runtime.redis_client import connect
 from services.runtime.redis_wire import open_wire
 
 DRAIN_TIMEOUT: Final = 5.0
+STEP_TIMEOUT: Final = 2.0
+"""How long a shutdown step after the drain (tasks ending, connections closing) may take: each is
+instant unless something hangs, and a hung one must not make a SIGTERM cost a SIGKILL."""
 REDIS_SOCKET_TIMEOUT: Final = 5.0
 REDIS_CONNECT_TIMEOUT: Final = 2.0
 REDIS_OPERATIONS: Final = (publisher.OPERATION, control.OPERATION, liveness.OPERATION)
@@ -101,12 +105,20 @@ class IngestService:
                 self._log.error("stopped_with_loss", entries=dropped, exit_code=code,
                                 why="Redis did not take them within the drain timeout",
                                 drain_timeout_s=DRAIN_TIMEOUT)
-            await asyncio.gather(publishing, controlling, beating, return_exceptions=True)
+            await self._bounded("tasks_ended", asyncio.gather(publishing, controlling, beating, return_exceptions=True))
             self.publisher.close_connection()
-            await self._redis.aclose()
+            await self._bounded("redis_closed", self._redis.aclose())
             if self.recorder is not None:
                 self.recorder.close()
         return code
+
+    async def _bounded(self, step: str, awaitable: Awaitable[object]) -> None:
+        """A step of the shutdown that must not hold the exit for ever: given up after STEP_TIMEOUT, said so."""
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                await awaitable
+        except TimeoutError:
+            self._log.warning("shutdown_step_timed_out", step=step, timeout_s=STEP_TIMEOUT)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Unhealthy when disconnected longer than HEALTH_STALE_AFTER, when the venue rejected every topic,
