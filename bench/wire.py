@@ -59,7 +59,8 @@ def workloads(sha: str, batch_sha: str, groups: dict[str, str]) -> dict[str, Cal
     fields = [str(number) for number in range(12)]
     entry = ("action", "update", "data", '[{"symbol":"XBTUSD","id":8799,"side":"Buy","size":100}]', "recv_us", "1")
     keys = [f"bench:wire:batch:{number % 20}" for number in range(BATCH)]
-    batch_args = [str(1000), *(item for _ in range(BATCH) for item in (str(len(entry) // 2), *entry))]
+    # MAXLEN, no activity signal (its count and its streams' MAXLEN), then the entries.
+    batch_args = [str(1000), "0", "1000", *(item for _ in range(BATCH) for item in (str(len(entry) // 2), *entry))]
     return {
         "xreadgroup": lambda client, _: [("XREADGROUP", "GROUP", groups[client], "reader", "COUNT", READ_COUNT,
                                           "STREAMS", STREAM, ">")],

@@ -25,6 +25,9 @@ from services.core.keys import SYMBOL_PATTERN
 ACTIVITY_MAXLEN: Final = 1000
 """Approximate MAXLEN of an activity stream: signals are useful for a moment only."""
 ACTIVITY_FIELD: Final = "s"
+ACTIVITY_FIELD_BYTES: Final = ACTIVITY_FIELD.encode()
+KNOWN_TEXTS: Final = 10_000
+"""Signal texts a reader remembers the symbols of: bounded, so a stranger's signals cannot grow it."""
 READ_SIGNALS: Final = 200
 """Signals read per XREAD; a reply this long may have skipped some, so everything is read next."""
 FULL_READ_INTERVAL: Final = 1.0
@@ -38,22 +41,31 @@ def signal_command(key: str, symbols: Iterable[str]) -> Command:
     return ("XADD", key, "MAXLEN", "~", ACTIVITY_MAXLEN, "*", ACTIVITY_FIELD, " ".join(sorted(set(symbols))))
 
 
-def signalled_symbols(entries: Sequence[Any]) -> tuple[str | None, set[str]]:
+def signalled_symbols(entries: Sequence[Any],
+                      known: dict[bytes, frozenset[str]] | None = None) -> tuple[str | None, set[str]]:
     """The last id and the symbols named by XREAD/XREVRANGE entries (`[id, [field, value, ...]]` raw, or
     with the fields in a dict as redis-py parses them).
 
     A name that is no symbol is dropped here: what a reader does with the rest is intersect it with the
-    symbols it serves, so a stranger's signal can make it read, never read something it does not serve."""
+    symbols it serves, so a stranger's signal can make it read, never read something it does not serve.
+    `known` caches what each signal text names: a reader sees the same few texts again and again."""
     last: str | None = None
     symbols: set[str] = set()
+    cache = {} if known is None else known
     for entry_id, fields in entries:
         last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         pairs = fields.items() if isinstance(fields, Mapping) else zip(fields[::2], fields[1::2], strict=True)
         for name, value in pairs:
-            if (name.decode() if isinstance(name, bytes) else name) != ACTIVITY_FIELD:
+            if name != ACTIVITY_FIELD_BYTES and name != ACTIVITY_FIELD:
                 continue
-            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            symbols.update(symbol for symbol in text.split(" ") if SYMBOL_PATTERN.fullmatch(symbol))
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            named = cache.get(raw)
+            if named is None:
+                named = frozenset(symbol for symbol in raw.decode(errors="replace").split(" ")
+                                  if SYMBOL_PATTERN.fullmatch(symbol))
+                if len(cache) < KNOWN_TEXTS:
+                    cache[raw] = named
+            symbols |= named
     return last, symbols
 
 
@@ -80,6 +92,7 @@ class ActivityReads:
         self._pending: set[str] = set()
         """Symbols signalled (or read full) and not read since."""
         self._full_due = float("-inf")
+        self._texts: dict[bytes, frozenset[str]] = {}
 
     @property
     def learning(self) -> bool:
@@ -129,7 +142,7 @@ class ActivityReads:
         entries: list[Any] = []
         for _key, stream_entries in stream_pairs(reply):
             entries.extend(stream_entries)
-        last, symbols = signalled_symbols(entries)
+        last, symbols = signalled_symbols(entries, self._texts)
         if last is not None:
             self._last_id = last
         self._pending |= symbols

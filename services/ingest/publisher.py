@@ -7,8 +7,8 @@ loop keeps receiving. On a Redis Cluster a script may only touch keys of one slo
 which writes them to their primaries at once. A frame arriving alone is sent alone at once (low latency at
 a low rate); frames arriving during a round trip go together in the next one (high throughput at a high rate).
 After its entries, a batch appends one signal per activity stream naming the symbols it appended to, so
-that readers read only those streams (services.core.activity): in the same call on one server, in the next
-on a cluster, whose nodes run a call's commands side by side.
+that readers read only those streams (services.core.activity): in the same script on one server, in the
+next call on a cluster, whose nodes run a call's commands side by side.
 
 Why a script rather than a pipeline of XADDs: this process has one reply to read per batch instead of
 one per XADD, at the price of more work in Redis, and this process is the one that runs out of CPU first
@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from services.core.activity import signal_command
+from services.core.activity import ACTIVITY_MAXLEN, signal_command
 from services.core.entries import GAP_ACTION
 from services.core.keys import Keys
 from services.ingest import metrics
@@ -90,6 +90,8 @@ class Publisher:
         self._unconfirmed_on: dict[str, int] = {}
         self._progress_at = time.monotonic()
         """When Redis last acknowledged entries, or the buffer last went from empty to holding some."""
+        self._activity_of: dict[str, str | None] = {}
+        """Stream -> the activity stream announcing its entries (None: none), as computed once."""
         self.appended: dict[str, int] = {}
         """Entries Redis acknowledged per stream since start: what the heartbeat holds Redis to."""
         self.fence = "unknown"
@@ -189,17 +191,16 @@ class Publisher:
         await self._connect()
         new_symbols = {entry.symbol for entry in batch} - self._announced
         groups = self._wire.slot_groups([entry.stream for entry in batch])
-        scripts = [self._batch_command(batch, group) for group in groups]
+        signals = self._signals(batch)
+        # One server runs a call's commands in order: its one script appends the entries, then the signals.
+        # A cluster's scripts each hold one slot's keys, so there the signals go in the next call, once the
+        # entries are in (its nodes run a call's commands side by side).
+        ordered = self._wire.ordered
+        scripts = [self._batch_command(batch, group, signals if ordered else {}) for group in groups]
         commands = [self._sadd_command(new_symbols)] if new_symbols else []
         started = time.perf_counter_ns()
         self._unconfirmed, self._unconfirmed_on = len(batch), self._wire.client_ids
-        signals = self._signal_commands(batch)
-        # One server runs a call's commands in order, so the signals can follow the entries in the same
-        # call; a cluster only per node, so there they go once the entries are in.
-        same_call = signals if self._wire.ordered else []
-        replies = await self._wire.call(commands + scripts + same_call)
-        if same_call:
-            replies, signal_replies = replies[:-len(same_call)], replies[-len(same_call):]
+        replies = await self._wire.call(commands + scripts)
         outcomes = replies[len(commands):]
         missing = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
@@ -217,19 +218,22 @@ class Publisher:
         metrics.BATCH_SECONDS.observe((done - started) / 1e9)
         metrics.BATCH_ENTRIES.observe(len(batch))
         failures: dict[str, tuple[int, str]] = {}
+        refused: list[Any] = []
         for group, outcome in zip(groups, outcomes, strict=True):
             failures |= _first_failures(batch, group, outcome)
+            refused += _signal_errors(outcome)
         try:
             # Before anything awaits: the heartbeat's count of what landed must never lag what Redis holds.
             self._settle(batch, failures, done)
         finally:
-            if signals and not same_call:
+            if signals and not ordered:
                 # Even when settling raised (a stream refused): the other streams' entries are in.
-                signal_replies = await self._wire.call(signals)
-        for reply in signal_replies if signals else ():
-            if isinstance(reply, ResponseError):
-                # The entries are in: a lost signal only delays their readers (services.core.activity).
-                raise RedisRefused(f"the activity signal was refused: {reply}")
+                refused += [reply for reply in await self._wire.call(
+                    [signal_command(key, symbols) for key, symbols in signals.items()])
+                    if isinstance(reply, ResponseError)]
+        if refused:
+            # The entries are in: a lost signal only delays their readers (services.core.activity).
+            raise RedisRefused(f"the activity signal was refused: {refused[0]}")
         if new_symbols:
             if isinstance(replies[0], ResponseError):
                 # The entries landed, but consumers find symbols by the set: retried with the next batch.
@@ -246,25 +250,30 @@ class Publisher:
             batch.append(entry)
         return batch
 
-    def _batch_command(self, batch: list[Entry], group: list[int]) -> Command:
-        """The script call appending the entries of `batch` at the indices `group`, in order."""
+    def _batch_command(self, batch: list[Entry], group: list[int], signals: dict[str, str]) -> Command:
+        """The script call appending the entries of `batch` at the indices `group`, in order, then `signals`
+        (activity stream -> the symbols it names)."""
         streams: list[Any] = [batch[index].stream for index in group]
-        argv: list[Any] = [self._maxlen]
+        argv: list[Any] = [self._maxlen, len(signals), ACTIVITY_MAXLEN]
         for index in group:
             fields = batch[index].fields
             argv.append(len(fields))
             for item in fields.items():
                 argv += item
-        return XADD_BATCH.command(streams, argv)
+        return XADD_BATCH.command([*streams, *signals], [*argv, *signals.values()])
 
-    def _signal_commands(self, batch: list[Entry]) -> list[Command]:
-        """One XADD per activity stream naming the symbols `batch` appends to (services.core.activity)."""
+    def _signals(self, batch: list[Entry]) -> dict[str, str]:
+        """Activity stream -> the symbols `batch` appends to there, as a signal names them
+        (services.core.activity)."""
         symbols: dict[str, set[str]] = {}
+        activity_of = self._activity_of
         for entry in batch:
-            key = self._keys.stream_activity(entry.stream)
+            key = activity_of.get(entry.stream, "")
+            if key == "":
+                key = activity_of[entry.stream] = self._keys.stream_activity(entry.stream)
             if key is not None:
                 symbols.setdefault(key, set()).add(entry.symbol)
-        return [signal_command(key, names) for key, names in symbols.items()]
+        return {key: " ".join(sorted(names)) for key, names in symbols.items()}
 
     def _sadd_command(self, symbols: set[str]) -> Command:
         return ("SADD", self._symbols_key, *sorted(symbols))
@@ -385,10 +394,18 @@ def _first_failures(batch: list[Entry], group: list[int], reply: Any) -> dict[st
     the entries at the indices `group`."""
     failures: dict[str, tuple[int, str]] = {}
     for position, error in reply or ():
+        if int(position) == 0:
+            continue  # a signal (`_signal_errors`)
         index = group[int(position) - 1]
         text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
         failures[batch[index].stream] = (index, text)
     return failures
+
+
+def _signal_errors(reply: Any) -> list[str]:
+    """The errors of the activity signals a batch script appended after its entries."""
+    return [error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+            for position, error in reply or () if int(position) == 0]
 
 
 def _tail_identity(reply: Any) -> tuple[str, str] | None:
