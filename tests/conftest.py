@@ -102,6 +102,15 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def private_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A cluster of this test's own, whose primaries it may kill; its services are stopped before it."""
+    cluster = RedisClusterServers(tmp_path / "cluster").start()
+    yield cluster
+    stop_services(request.node)
+    cluster.stop()
+
+
+@pytest.fixture
 def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server this test may stop, kill and restart."""
     server = RedisServer(tmp_path / "redis").start()

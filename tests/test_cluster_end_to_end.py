@@ -15,16 +15,12 @@ import subprocess
 import threading
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import pytest
 import redis
 
 from services.core.bookdoc import book_levels
-from services.core.entries import decode_entry
 from services.core.keys import TOP10_GROUP, Keys
 from services.core.slots import key_slot
 from services.exchange.market import symbol_names
@@ -37,7 +33,8 @@ from testkit.harness import (
     wait_until,
 )
 from testkit.l2feeds import Books, Levels, log_values
-from tests.conftest import RunService, stop_services
+from tests.conftest import RunService
+from tests.top10.test_end_to_end import last_ob10_frame
 
 Client = redis.Redis | redis.RedisCluster
 
@@ -80,17 +77,6 @@ def spread(seed_url: str, keys: Keys, symbols: list[str]) -> dict[str, set[str]]
         return served
     finally:
         client.close()
-
-
-def last_ob10(client: Client, keys: Keys, symbol: str) -> tuple[str, dict[str, Any]] | None:
-    """The stream id and orderBook10 row of the newest frame in `symbol`'s ob10 stream."""
-    newest_first = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrevrange(keys.ob10_stream(symbol), count=20))
-    for entry_id, fields in newest_first:
-        entry = decode_entry(entry_id, fields)
-        if not entry.is_gap:
-            row: dict[str, Any] = orjson.loads(entry.frame)["data"][-1]
-            return entry.stream_id, row
-    return None
 
 
 def last_l2_id(client: Client, keys: Keys, symbol: str) -> str | None:
@@ -157,7 +143,7 @@ class Pipeline:
         documents = self.books.all()
         for symbol in self.symbols:
             truth = exchange_book(exchange_rows(self.port, symbol))
-            last = last_ob10(self.client, self.keys, symbol)
+            last = last_ob10_frame(self.client, self.keys, symbol)
             value = top10_key(self.client, self.keys, symbol)
             if last is None or value.get("stream_id") != last[0] or (value["bids"], value["asks"]) != (
                     last[1]["bids"], last[1]["asks"]) or (value["bids"], value["asks"]) != top10_of(truth):
@@ -274,15 +260,6 @@ def epochs_taken(builder: ServiceProcess) -> set[tuple[str, int]]:
     return {(symbol, int(epoch)) for event in ACQUISITIONS
             for symbol, epoch in zip(log_values(builder, event, "symbol"), log_values(builder, event, "epoch"),
                                      strict=True)}
-
-
-@pytest.fixture
-def private_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisClusterServers]:
-    """A cluster of this test's own, whose primaries it may kill; its services are stopped before it."""
-    cluster = RedisClusterServers(tmp_path / "cluster").start()
-    yield cluster
-    stop_services(request.node)
-    cluster.stop()
 
 
 def test_pipeline_keeps_running_through_a_primary_failover(
