@@ -49,24 +49,33 @@ def signalled_symbols(entries: Sequence[Any],
     A name that is no symbol is dropped here: what a reader does with the rest is intersect it with the
     symbols it serves, so a stranger's signal can make it read, never read something it does not serve.
     `known` caches what each signal text names: a reader sees the same few texts again and again."""
-    last: str | None = None
     symbols: set[str] = set()
     cache = {} if known is None else known
-    for entry_id, fields in entries:
-        last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-        pairs = fields.items() if isinstance(fields, Mapping) else zip(fields[::2], fields[1::2], strict=True)
-        for name, value in pairs:
-            if name != ACTIVITY_FIELD_BYTES and name != ACTIVITY_FIELD:
-                continue
-            raw = value if isinstance(value, bytes) else str(value).encode()
+    for _entry_id, fields in entries:
+        if type(fields) is list and len(fields) == 2 and fields[0] == ACTIVITY_FIELD_BYTES:
+            raw = fields[1]  # what ingest writes: one field, raw from the wire
             named = cache.get(raw)
             if named is None:
-                named = frozenset(symbol for symbol in raw.decode(errors="replace").split(" ")
-                                  if SYMBOL_PATTERN.fullmatch(symbol))
-                if len(cache) < KNOWN_TEXTS:
-                    cache[raw] = named
+                named = _named(raw, cache)
             symbols |= named
-    return last, symbols
+            continue
+        pairs = fields.items() if isinstance(fields, Mapping) else zip(fields[::2], fields[1::2], strict=True)
+        for name, value in pairs:
+            if name in (ACTIVITY_FIELD_BYTES, ACTIVITY_FIELD):
+                text = value if isinstance(value, bytes) else str(value).encode()
+                symbols |= cache.get(text) or _named(text, cache)
+    if not entries:
+        return None, symbols
+    last = entries[-1][0]
+    return (last.decode() if isinstance(last, bytes) else str(last)), symbols
+
+
+def _named(raw: bytes, cache: dict[bytes, frozenset[str]]) -> frozenset[str]:
+    """The symbols a signal text names (its other words dropped), remembered in `cache` while it has room."""
+    named = frozenset(symbol for symbol in raw.decode(errors="replace").split(" ") if SYMBOL_PATTERN.fullmatch(symbol))
+    if len(cache) < KNOWN_TEXTS:
+        cache[raw] = named
+    return named
 
 
 @dataclass(frozen=True, slots=True)

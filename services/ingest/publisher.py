@@ -200,14 +200,14 @@ class Publisher:
         commands = [self._sadd_command(new_symbols)] if new_symbols else []
         started = time.perf_counter_ns()
         self._unconfirmed, self._unconfirmed_on = len(batch), self._wire.client_ids
-        replies = await self._wire.call(commands + scripts)
+        replies = await self._call_fenced(commands + scripts)
         outcomes = replies[len(commands):]
         missing = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
             # Redis restarted, flushed its script cache, or (a cluster) a replica took over: those scripts did
             # not run, so loading and sending them again is safe.
             await self._load_script()
-            for index, outcome in zip(missing, await self._wire.call([scripts[index] for index in missing]),
+            for index, outcome in zip(missing, await self._call_fenced([scripts[index] for index in missing]),
                                       strict=True):
                 outcomes[index] = outcome
         done = time.perf_counter_ns()
@@ -239,6 +239,14 @@ class Publisher:
                 # The entries landed, but consumers find symbols by the set: retried with the next batch.
                 raise RedisRefused(f"the symbol set refused {len(new_symbols)} symbols: {replies[0]}")
             self._announced |= new_symbols
+
+    async def _call_fenced(self, commands: list[Command]) -> list[Any]:
+        """A call of the unconfirmed batch, the connections it wrote on noted for the fence: also those it
+        opened (a cluster node met through a redirect), in which the batch may still sit after a failure."""
+        try:
+            return await self._wire.call(commands)
+        finally:
+            self._unconfirmed_on = {**self._unconfirmed_on, **self._wire.call_client_ids}
 
     def _take_batch(self) -> list[Entry]:
         batch: list[Entry] = []

@@ -63,6 +63,12 @@ class Wire(Protocol):
         """Whether a call's commands run in the order given (one server), not only per node (a cluster)."""
         ...
 
+    @property
+    def call_client_ids(self) -> dict[str, int]:
+        """CLIENT ID of every connection the last call wrote on, by node, those it abandoned included: what
+        a fence must kill after a call whose outcome is unknown (a cluster call may open new ones)."""
+        ...
+
     async def connect(self) -> None: ...
 
     async def call(self, commands: Sequence[Command]) -> list[Any]: ...
@@ -101,6 +107,7 @@ class RedisWire:
         self._parser = _new_parser()
         self.client_id: int | None = None
         """CLIENT ID of the current connection (None when closed): what CLIENT KILL ID names it by."""
+        self._call_ids: dict[str, int] = {}
 
     @property
     def connected(self) -> bool:
@@ -120,6 +127,10 @@ class RedisWire:
     @property
     def client_ids(self) -> dict[str, int]:
         return {} if self.client_id is None else {self.address: self.client_id}
+
+    @property
+    def call_client_ids(self) -> dict[str, int]:
+        return self._call_ids
 
     async def kill_clients(self, ids: Mapping[str, int], skip_me: bool = False) -> list[Any]:
         skip: tuple[str, ...] = ("SKIPME", "yes") if skip_me else ()
@@ -220,6 +231,8 @@ class RedisWire:
                 raise reply
         # An ACL may refuse CLIENT ID; only ingest's fence after a failed batch uses it, and does without.
         self.client_id = client_id if isinstance(client_id, int) else None
+        # Kept when the connection is abandoned: a fence after the failed call must still name it.
+        self._call_ids = {} if self.client_id is None else {self.address: self.client_id}
 
 
 MAX_REDIRECTS: Final = 5
@@ -242,6 +255,7 @@ class ClusterWire:
         self._nodes: dict[Address, RedisWire] = {}
         self._slots: list[Address] | None = None
         """The primary serving each slot; None until read (again) from CLUSTER SLOTS."""
+        self._call_ids: dict[str, int] = {}
 
     @property
     def connected(self) -> bool:
@@ -257,6 +271,10 @@ class ClusterWire:
     @property
     def ordered(self) -> bool:
         return False
+
+    @property
+    def call_client_ids(self) -> dict[str, int]:
+        return self._call_ids
 
     @property
     def primaries(self) -> list[Address]:
@@ -290,6 +308,7 @@ class ClusterWire:
             await self._refresh()
         replies: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))
+        self._call_ids = {}
         asking: dict[int, Address] = {}
         for _ in range(MAX_REDIRECTS + 1):
             redirected, moved, pause = await self._send(commands, pending, asking, replies)
@@ -327,7 +346,7 @@ class ClusterWire:
         for index in broadcast:
             for address in self._nodes:
                 plan.setdefault(address, []).append(index)
-        calls, layouts = [], []
+        calls, layouts, wires = [], [], []
         for address, indices in plan.items():
             wire = self._node(address)
             sent: list[Command] = []
@@ -337,11 +356,15 @@ class ClusterWire:
                 sent.append(commands[index])
             calls.append(wire.call(sent))
             layouts.append(indices)
+            wires.append(wire)
         try:
             results = await _gather_or_raise(calls)
         except RedisError:
             self._slots = None
             raise
+        finally:
+            for wire in wires:
+                self._call_ids.update(wire.call_client_ids)
         redirected: list[int] = []
         moved: dict[int, Address] | None = None
         pause = False

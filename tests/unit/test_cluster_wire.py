@@ -108,6 +108,8 @@ def test_moved_after_a_manual_failover_is_followed(redis_cluster: RedisClusterSe
         new = await asyncio.to_thread(redis_cluster.fail_over, old)
         after = await wire.call([("GET", key), ("SET", key, "again")])
         assert ("127.0.0.1", new.port) in wire.primaries
+        # The node met through the redirect is among the connections the call wrote on (ingest's fence).
+        assert f"127.0.0.1:{new.port}" in wire.call_client_ids
         return before, after
 
     before, after = run(scenario, redis_cluster.url)

@@ -81,9 +81,13 @@ def test_a_failed_call_leaves_no_reply_behind(redis_url: str, key_prefix: str) -
             for client in admin.client_list():
                 if client["name"] == "wire-victim":
                     admin.client_kill_filter(_id=client["id"])
+            killed = wire.client_ids
             with pytest.raises(redis.ConnectionError):
                 await wire.call([("PING",)])
+            # The dropped connection is still named for a fence, though the wire no longer holds it.
+            assert wire.client_ids == {} and wire.call_client_ids == killed != {}
             assert await wire.call([("ECHO", "again")]) == [b"again"]
+            assert wire.call_client_ids == wire.client_ids != killed
         finally:
             wire.close()
 
