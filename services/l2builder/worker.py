@@ -6,7 +6,8 @@ Three loops share one event loop and the owned symbols (services.l2builder.owned
   rendezvous hashing, acquire those (then restore them) and hand off those that must move, check the
   liveness keys of the sessions of the live books, ask ingest for partials for stale books, sample lag
   (services.l2builder.upkeep);
-- reader: XREADGROUP over the owned, READY streams; each entry goes to its `SymbolState`;
+- reader: XREADGROUP over the owned, READY streams the activity stream named; each entry goes to its
+  `SymbolState`;
 - flusher, every FLUSH_INTERVAL: one unordered bulk write of every changed book, then XACK what it
   covered (services.l2builder.flusher).
 
@@ -55,12 +56,14 @@ TICK_MIN = 0.05
 READ_COUNT = 500
 """Entries per stream per XREADGROUP."""
 READ_BLOCK_MS = 100
-"""XREADGROUP BLOCK; short, so a newly owned stream is read within this time."""
+"""BLOCK of the activity read when no stream is to be read; short, so a newly owned stream is read within
+this time."""
 READ_PAUSE_SHARE = 0.1
-"""After a read that filled no stream's COUNT, the next waits this share of FLUSH_INTERVAL: Redis pays for
-every stream an XREADGROUP names, quiet or not, so reading at every entry makes its CPU per entry grow with
-the symbols owned; a book is written once per FLUSH_INTERVAL anyway, so this adds at most a tenth of it to
-the receive -> MongoDB latency. A full read is followed at once (a backlog drains at full speed)."""
+"""After a read that filled no stream's COUNT, the next waits this share of FLUSH_INTERVAL: each read
+names the streams signalled since the one before (services.core.activity), so reading at every entry would
+pay a round trip, and Redis a command, per entry; a book is written once per FLUSH_INTERVAL anyway, so this
+adds at most a tenth of it to the receive -> MongoDB latency. A full read is followed at once (a backlog
+drains at full speed)."""
 REDIS_SOCKET_TIMEOUT = 5.0
 """Longer than READ_BLOCK_MS, or every idle read would time out; short enough to notice a hung server."""
 MAX_UNACKED_PER_SYMBOL = 100_000

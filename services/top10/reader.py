@@ -35,9 +35,11 @@ from services.top10.scripts import (
 from services.top10.snapshots import Acks, BatchPlan, GapMark, Top10Write, plan_batch, stream_symbol
 
 READ_BLOCK_MS: Final = 1000
+"""BLOCK of the activity read of a round trip with nothing else to do."""
 WRITING_BLOCK_MS: Final = 10
-"""BLOCK of a read sent with writes: their acknowledgement waits for its reply, so it must not wait long.
-(Redis ends a short block at its next event-loop pass: within milliseconds when busy, 100 ms when idle.)"""
+"""BLOCK of the activity read sent with writes: their acknowledgement waits for its reply, so it must not
+wait long. (Redis ends a short block at its next event-loop pass: within milliseconds when busy, 100 ms when
+idle.) One sent with reads does not block at all: what they bring is to be written at once."""
 READ_COUNT: Final = 200
 """Entries per stream per read: large enough to drain a backlog quickly, small enough to keep batches short."""
 

@@ -1,13 +1,14 @@
-"""The top10 service: every `<prefix>:ob10:{SYM}` stream, read in group `top10`, into `<prefix>:top10:SYM`.
+"""The top10 service: every `<prefix>:ob10:{SYM}` stream, read in group `top10`, into `<prefix>:top10:{SYM}`.
 
-One consumer per process. The read loop takes entries from all streams in one blocking XREADGROUP, writes
-the newest snapshot of each symbol through the compare-and-set script, and acknowledges the batch once the
-writes succeeded. The housekeeping loop joins the streams of newly seen symbols, claims entries that dead
-consumers left pending, and removes members long gone. Any instance may process any entry: the script, not
-the order of processing, decides what a key holds, so instances can be added, killed or restarted at will.
-The liveness loop marks `stale` the keys whose ingest session is gone (liveness_pass.py); every instance
-does it for every key, which the marking script makes harmless. A gap marker read from a stream marks its
-key `stale` the same way, unless the key holds a snapshot from after the gap (mark_gap.lua).
+One consumer per process. The read loop blocks on the activity stream and reads the streams it names
+(services.core.activity; on a cluster, one XREADGROUP per slot group), writes the newest snapshot of each
+symbol through the compare-and-set script, and acknowledges the batch once the writes succeeded. The
+housekeeping loop joins the streams of newly seen symbols, claims entries that dead consumers left pending,
+and removes members long gone. Any instance may process any entry: the script, not the order of processing,
+decides what a key holds, so instances can be added, killed or restarted at will. The liveness loop marks
+`stale` the keys whose ingest session is gone (liveness_pass.py); every instance does it for every key, which
+the marking script makes harmless. A gap marker read from a stream marks its key `stale` the same way, unless
+the key holds a snapshot from after the gap (mark_gap.lua).
 
 Redis being down is a state, not a crash: each loop logs, counts, backs off and retries, and /healthz fails
 once no Redis call has succeeded for HEALTH_STALE_AFTER seconds. Redis losing state (FLUSHALL, a failover
