@@ -89,7 +89,7 @@ class ReadPlan:
 class ActivityReads:
     """One reader's view of an activity stream: where it is in it, and which streams to read next.
 
-    Use: `plan` before each read (the symbols to read, then `signal_command` for the activity stream), then
+    Use: `plan` before each read (the symbols to read, then `signal_read` for the activity stream), then
     `read_done` with the symbols whose read came back full, and `signals` with the activity reply.
     """
 
@@ -97,7 +97,7 @@ class ActivityReads:
         self.key = key
         self._interval = full_read_interval
         self._last_id: str | None = None
-        """The id of the last signal seen; None until the stream's end is learnt (see `signal_command`)."""
+        """The id of the last signal seen; None until the stream's end is learnt (see `signal_read`)."""
         self._pending: set[str] = set()
         """Symbols signalled (or read full) and not read since."""
         self._full_due = float("-inf")

@@ -258,7 +258,7 @@ class Publisher:
             batch.append(entry)
         return batch
 
-    def _batch_command(self, batch: list[Entry], group: list[int], signals: dict[str, str]) -> Command:
+    def _batch_command(self, batch: list[Entry], group: list[int], signals: dict[str, list[str]]) -> Command:
         """The script call appending the entries of `batch` at the indices `group`, in order, then `signals`
         (activity stream -> the symbols it names)."""
         streams: list[Any] = [batch[index].stream for index in group]
@@ -268,9 +268,9 @@ class Publisher:
             argv.append(len(fields))
             for item in fields.items():
                 argv += item
-        return XADD_BATCH.command([*streams, *signals], [*argv, *signals.values()])
+        return XADD_BATCH.command([*streams, *signals], [*argv, *(" ".join(names) for names in signals.values())])
 
-    def _signals(self, batch: list[Entry]) -> dict[str, str]:
+    def _signals(self, batch: list[Entry]) -> dict[str, list[str]]:
         """Activity stream -> the symbols `batch` appends to there, as a signal names them
         (services.core.activity)."""
         symbols: dict[str, set[str]] = {}
@@ -281,7 +281,7 @@ class Publisher:
                 key = activity_of[entry.stream] = self._keys.stream_activity(entry.stream)
             if key is not None:
                 symbols.setdefault(key, set()).add(entry.symbol)
-        return {key: " ".join(sorted(names)) for key, names in symbols.items()}
+        return {key: sorted(names) for key, names in symbols.items()}
 
     def _sadd_command(self, symbols: set[str]) -> Command:
         return ("SADD", self._symbols_key, *sorted(symbols))

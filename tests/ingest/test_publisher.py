@@ -122,6 +122,21 @@ def test_entries_land_in_their_streams_in_order_and_symbols_are_announced(redis_
     assert sample("bookstream_ingest_entries_published_total", kind="gap") == before + 1
 
 
+def test_the_signal_names_each_symbol_whole(redis_target: str, key_prefix: str) -> None:
+    """One server (the batch script) and a cluster (a call of its own) write the same signal text."""
+    keys = Keys(key_prefix)
+
+    async def feed(publisher: Publisher) -> None:
+        publisher.append(entries(keys, ["XBTUSD", "ETHUSD"], 4))
+
+    assert run_publisher(redis_target, key_prefix, feed).up is True
+    client = redis_client(redis_target)
+    signals: Any = client.xrange(keys.activity("l2"))
+    client.close()
+    assert signals and signalled_symbols(signals)[1] == {"XBTUSD", "ETHUSD"}
+    assert {fields[b"s"] for _, fields in signals} <= {b"ETHUSD XBTUSD", b"ETHUSD", b"XBTUSD"}
+
+
 def test_the_buffer_bound_is_reported_and_room_comes_back_as_redis_catches_up(redis_url: str,
                                                                               key_prefix: str) -> None:
     keys = Keys(key_prefix)
